@@ -1,0 +1,159 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Interop;
+
+namespace VhostUserVirtio.Backend;
+
+/// <summary>Something that wants to hear when a descriptor registered with an <see cref="EventLoop"/> is ready.</summary>
+public interface IReadyHandler
+{
+    void OnReady(EpollEvents events);
+}
+
+/// <summary>
+/// One thread waiting on epoll. Registrations and their handlers belong to the loop thread; other
+/// threads reach it with <see cref="Post"/> (fire and forget) or <see cref="Invoke{T}"/> (wait for the
+/// result). A handler that throws is logged and the loop goes on.
+/// Rule that keeps this deadlock-free: the control loop may Invoke on a worker, never the reverse.
+/// </summary>
+public sealed class EventLoop : IDisposable
+{
+    private const ulong WakeToken = 0;
+
+    private readonly ILogger _logger;
+    private readonly Epoll _epoll = new();
+    private readonly EventFd _wake = new();
+    private readonly ConcurrentQueue<Action> _posted = new();
+    private readonly Dictionary<ulong, IReadyHandler> _handlers = new();
+    private readonly Thread _thread;
+    private ulong _nextToken = 1;
+    private volatile bool _stopping;
+
+    public EventLoop(string name, ILogger logger)
+    {
+        Name = name;
+        _logger = logger;
+        _epoll.Add(_wake.Descriptor, EpollEvents.In, WakeToken);
+        _thread = new Thread(Run) { Name = name, IsBackground = true };
+        _thread.Start();
+    }
+
+    public string Name { get; }
+
+    public bool IsLoopThread => Thread.CurrentThread == _thread;
+
+    /// <summary>Registers a descriptor (loop thread only); returns the token to unregister it with.</summary>
+    public ulong Register(FileDescriptor fd, EpollEvents events, IReadyHandler handler)
+    {
+        AssertLoopThread();
+        ulong token = _nextToken++;
+        _epoll.Add(fd, events, token);
+        _handlers[token] = handler;
+        return token;
+    }
+
+    /// <summary>Removes a registration (loop thread only). Safe to call for a closed descriptor.</summary>
+    public void Unregister(FileDescriptor fd, ulong token)
+    {
+        AssertLoopThread();
+        _epoll.Remove(fd);
+        _handlers.Remove(token);
+    }
+
+    /// <summary>Runs <paramref name="action"/> on the loop thread soon.</summary>
+    public void Post(Action action)
+    {
+        _posted.Enqueue(action);
+        _wake.Signal();
+    }
+
+    /// <summary>Runs <paramref name="func"/> on the loop thread and waits for its result (or exception).</summary>
+    public T Invoke<T>(Func<T> func)
+    {
+        if (IsLoopThread)
+            return func();
+        if (_stopping)
+            throw new ObjectDisposedException(Name);
+        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Post(() =>
+        {
+            try { done.SetResult(func()); }
+            catch (Exception e) { done.SetException(e); }
+        });
+        return done.Task.GetAwaiter().GetResult();
+    }
+
+    public void Invoke(Action action) => Invoke(() => { action(); return true; });
+
+    private void AssertLoopThread()
+    {
+        if (!IsLoopThread)
+            throw new InvalidOperationException($"{Name}: registrations change only on the loop thread");
+    }
+
+    private void Run()
+    {
+        Span<EpollReady> ready = stackalloc EpollReady[64];
+        while (!_stopping)
+        {
+            int n;
+            try
+            {
+                n = _epoll.Wait(ready, -1);
+            }
+            catch (Exception e)
+            {
+                _logger.LogCritical(e, "{Loop}: epoll_wait failed; loop stops", Name);
+                break;
+            }
+            for (int i = 0; i < n; i++)
+            {
+                if (ready[i].Token == WakeToken)
+                {
+                    _wake.Drain();
+                    continue;
+                }
+                // A handler earlier in this batch may have unregistered this one.
+                if (!_handlers.TryGetValue(ready[i].Token, out var handler))
+                    continue;
+                try
+                {
+                    handler.OnReady(ready[i].Events);
+                }
+                catch (Exception e)
+                {
+                    _logger.LogError(e, "{Loop}: handler {Handler} failed", Name, handler);
+                }
+            }
+            RunPosted();
+        }
+        RunPosted();
+    }
+
+    private void RunPosted()
+    {
+        while (_posted.TryDequeue(out var action))
+        {
+            try
+            {
+                action();
+            }
+            catch (Exception e)
+            {
+                _logger.LogError(e, "{Loop}: posted work failed", Name);
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_stopping)
+            return;
+        _stopping = true;
+        _wake.Signal();
+        if (!IsLoopThread)
+            _thread.Join();
+        _epoll.Dispose();
+        _wake.Dispose();
+    }
+}

@@ -1,0 +1,79 @@
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Interop;
+using VhostUserVirtio.Memory;
+using VhostUserVirtio.Protocol;
+
+namespace VhostUserVirtio.Backend;
+
+// Memory table changes. The new snapshot is published to every running ring on its own worker
+// before any retired region is unmapped, so no worker can touch an unmapped page.
+public sealed partial class VhostUserBackend
+{
+    private void SetMemTable(Message m)
+    {
+        var regions = MemoryTablePayload.Read(m.Payload, out string? error)
+            ?? throw new VhostUserException(error!);
+        if (regions.Length == 0)
+            throw new VhostUserException("empty memory table");
+        foreach (var r in regions)
+            if (r.Problem() is { } problem)
+                throw new VhostUserException($"memory region {r.GuestPhysAddr:x}: {problem}");
+        var fds = new FileDescriptor[regions.Length];
+        for (int i = 0; i < fds.Length; i++)
+            fds[i] = m.TakeFd(i);
+        var retired = _memory.Replace(regions.Select(r => (r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr, r.MmapOffset)).ToArray(), fds);
+        PublishMemory(retired);
+        _logger.LogInformation("{Device}: memory table set: {Count} regions, {Size} MiB", _device.Name, regions.Length,
+            regions.Sum(r => (double)r.MemorySize) / (1 << 20));
+    }
+
+    private void AddMemRegion(Message m)
+    {
+        var r = SingleRegionPayload.Read(m.Payload);
+        if (r.Problem() is { } problem)
+        {
+            throw new VhostUserException($"memory region {r.GuestPhysAddr:x}: {problem}");
+        }
+        _memory.Add(r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr, r.MmapOffset, m.TakeFd(0));
+        PublishMemory(Array.Empty<MemoryRegion>());
+        _logger.LogDebug("{Device}: memory region added: gpa 0x{Gpa:x} size 0x{Size:x}", _device.Name, r.GuestPhysAddr, r.MemorySize);
+    }
+
+    private void RemoveMemRegion(Message m)
+    {
+        // The spec lets a front end attach a descriptor here; it is closed with the message.
+        var r = SingleRegionPayload.Read(m.Payload);
+        var removed = _memory.Remove(r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr);
+        PublishMemory(new[] { removed });
+        _logger.LogDebug("{Device}: memory region removed: gpa 0x{Gpa:x}", _device.Name, r.GuestPhysAddr);
+    }
+
+    /// <summary>Moves every running ring to the current snapshot, then unmaps what was retired.</summary>
+    private void PublishMemory(IReadOnlyList<MemoryRegion> retired)
+    {
+        var memory = _memory.Current;
+        foreach (var region in memory.Regions.Where(r => !r.SealedAgainstShrink))
+            _logger.LogDebug("{Device}: region {Region} cannot be sealed against shrinking; a front end that truncates it would fault this process",
+                _device.Name, region);
+        foreach (var q in _queues)
+        {
+            if (q.Owner is { } owner)
+            {
+                owner.Loop.Invoke(() =>
+                {
+                    if (q.Ring.Remap(memory) is { } error)
+                    {
+                        q.Ring.Break($"after a memory table change: {error}");
+                        q.ReportFault();
+                    }
+                });
+            }
+        }
+        foreach (var r in retired)
+            r.Dispose();
+        // Rings waiting for memory to appear may start now.
+        foreach (var q in _queues)
+            if (!q.Started && q.Kick != null)
+                TryStart(q);
+    }
+}

@@ -1,0 +1,201 @@
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Interop;
+using VhostUserVirtio.Protocol;
+
+namespace VhostUserVirtio.Backend;
+
+// Ring lifecycle (vhost-user.rst "Ring states"): a ring starts when it has a size, addresses and a
+// kick descriptor; GET_VRING_BASE stops it. A started ring belongs to a worker, so every change to
+// it goes through that worker's loop.
+public sealed partial class VhostUserBackend
+{
+    private DeviceQueue QueueAt(uint index) =>
+        index < (uint)_queues.Length
+            ? _queues[index]
+            : throw new VhostUserException($"queue index {index} is out of range (device has {_queues.Length} queues)");
+
+    private void SetVringNum(VringState state)
+    {
+        var q = QueueAt(state.Index);
+        if (q.Started)
+            throw new VhostUserException($"queue {state.Index} is running; stop it before resizing");
+        if (state.Num == 0 || state.Num > (uint)_device.MaxQueueSize || (state.Num & (state.Num - 1)) != 0)
+            throw new VhostUserException($"queue size {state.Num} is not a power of two in 1..{_device.MaxQueueSize}");
+        q.Size = (int)state.Num;
+    }
+
+    private void SetVringBase(VringState state)
+    {
+        var q = QueueAt(state.Index);
+        if (q.Started)
+            throw new VhostUserException($"queue {state.Index} is running; stop it before setting its base");
+        if (state.Num > ushort.MaxValue)
+            throw new VhostUserException($"split-ring base 0x{state.Num:x} has reserved bits set");
+        q.Base = (ushort)state.Num;
+    }
+
+    private void SetVringAddr(VringAddress addr)
+    {
+        var q = QueueAt(addr.Index);
+        if ((addr.Flags & ~VringAddress.LogFlag) != 0)
+            throw new VhostUserException($"unknown vring address flags 0x{addr.Flags:x}");
+        if ((addr.Flags & VringAddress.LogFlag) != 0)
+            throw new VhostUserException("ring logging requested, but dirty logging (LOG_ALL) is not offered");
+        // A running ring moves: take it back, re-place it at the new addresses, hand it out again.
+        bool wasStarted = q.Started;
+        if (wasStarted)
+        {
+            q.Base = StopQueue(q);
+        }
+        q.UserAddresses = (addr.Descriptor, addr.Available, addr.Used);
+        if (wasStarted)
+            TryStart(q);
+    }
+
+    private byte[] GetVringBase(VringState state)
+    {
+        var q = QueueAt(state.Index);
+        ushort next = q.Started ? StopQueue(q) : q.Base;
+        q.Base = next;
+        // Like libvhost-user: a stopped ring drops its kick and call; a restart sends new ones.
+        q.Kick?.Dispose();
+        q.Kick = null;
+        q.Call?.Dispose();
+        q.Call = null;
+        var reply = new byte[VringState.Size];
+        new VringState(state.Index, next).Write(reply);
+        _logger.LogDebug("{Device}: queue {Queue} stopped at avail index {Next}", _device.Name, state.Index, next);
+        return reply;
+    }
+
+    private void SetVringFile(Message m)
+    {
+        ulong value = m.PayloadU64;
+        string? problem = VringFile.Problem(value);
+        if (problem != null)
+            throw new VhostUserException(problem);
+        var q = QueueAt((uint)(value & VringFile.IndexMask));
+        EventFd? fd = (value & VringFile.NoFdFlag) != 0 ? null : new EventFd(m.TakeFd(0));
+
+        switch (m.Request)
+        {
+            case FrontendRequest.SetVringKick:
+                if (q.Started)
+                    q.Base = StopQueue(q);
+                q.Kick?.Dispose();
+                q.Kick = fd;
+                if (fd == null)
+                    _logger.LogWarning("{Device}: queue {Queue} given no kick descriptor; polling mode is not supported, the ring stays stopped", _device.Name, q.Index);
+                else
+                    TryStart(q);
+                break;
+            case FrontendRequest.SetVringCall:
+                ReplaceOnOwner(q, fd, isCall: true);
+                break;
+            default:
+                ReplaceOnOwner(q, fd, isCall: false);
+                break;
+        }
+    }
+
+    /// <summary>Swaps a call or err descriptor; a running ring swaps it on its worker, between two kicks.</summary>
+    private static void ReplaceOnOwner(DeviceQueue q, EventFd? fd, bool isCall)
+    {
+        EventFd? old = null;
+        void Swap()
+        {
+            old = isCall ? q.Call : q.Err;
+            if (isCall) q.Call = fd; else q.Err = fd;
+        }
+        if (q.Owner != null)
+            q.Owner.Loop.Invoke(Swap);
+        else
+            Swap();
+        old?.Dispose();
+    }
+
+    private void SetVringEnable(VringState state)
+    {
+        var q = QueueAt(state.Index);
+        if (state.Num > 1)
+            throw new VhostUserException($"SET_VRING_ENABLE value {state.Num} is neither 0 nor 1");
+        SetEnabled(q, state.Num == 1);
+    }
+
+    private void SetEnabled(DeviceQueue q, bool enabled)
+    {
+        if (q.Owner != null)
+            q.Owner.Loop.Invoke(() =>
+            {
+                q.Enabled = enabled;
+                if (enabled)
+                    q.Process(); // buffers may have arrived while it was disabled
+            });
+        else
+            q.Enabled = enabled;
+    }
+
+    /// <summary>Starts the ring if it has everything it needs; otherwise it waits for the missing piece.</summary>
+    private void TryStart(DeviceQueue q)
+    {
+        if (q.Started || q.Kick == null || q.UserAddresses is not { } ua || q.Size == 0)
+            return;
+        var memory = _memory.Current;
+        if (memory.Regions.Count == 0)
+            return; // SET_MEM_TABLE has not come yet; PublishMemory retries
+        var ring = q.Ring;
+        ring.Reset();
+        q.ClearFaultReport();
+        ring.EventIdx = VirtioFeature.Has(_ackedFeatures, VirtioFeature.RingEventIdx);
+        ring.IndirectAllowed = VirtioFeature.Has(_ackedFeatures, VirtioFeature.RingIndirectDesc);
+        string? error = null;
+        if (!memory.TryUserToGuest(ua.Desc, out ulong desc) || !memory.TryUserToGuest(ua.Avail, out ulong avail) ||
+            !memory.TryUserToGuest(ua.Used, out ulong used))
+            error = $"ring addresses (desc 0x{ua.Desc:x}, avail 0x{ua.Avail:x}, used 0x{ua.Used:x}) are not in the memory table";
+        else
+            error = ring.Configure(memory, q.Size, desc, avail, used);
+        if (error != null)
+        {
+            ring.Break(error);
+            q.ReportFault();
+            return;
+        }
+        ring.NextAvail = q.Base;
+        ring.SyncUsedIndex();
+        q.Started = true;
+        _device.QueueStarted(q);
+        var worker = _workers.Next();
+        worker.Loop.Invoke(() => q.AttachTo(worker));
+        _logger.LogDebug("{Device}: queue {Queue} started on {Worker} (size {Size}, avail {Avail}, used {Used})",
+            _device.Name, q.Index, worker.Loop.Name, q.Size, ring.NextAvail, ring.NextUsed);
+    }
+
+    /// <summary>Takes a running ring back from its worker; returns the next avail index.</summary>
+    private ushort StopQueue(DeviceQueue q)
+    {
+        if (!q.Started)
+            return q.Base;
+        ushort next = q.Owner!.Loop.Invoke(() =>
+        {
+            q.Detach();
+            return q.Ring.NextAvail;
+        });
+        q.Started = false;
+        _device.QueueStopped(q);
+        return next;
+    }
+
+    private void ResetQueue(DeviceQueue q)
+    {
+        StopQueue(q);
+        q.Kick?.Dispose();
+        q.Call?.Dispose();
+        q.Err?.Dispose();
+        q.Kick = q.Call = q.Err = null;
+        q.UserAddresses = null;
+        q.Size = 0;
+        q.Base = 0;
+        q.Enabled = false;
+        q.Ring.Reset();
+    }
+}

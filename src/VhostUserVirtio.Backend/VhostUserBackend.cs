@@ -1,0 +1,287 @@
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Memory;
+using VhostUserVirtio.Protocol;
+
+namespace VhostUserVirtio.Backend;
+
+/// <summary>A front-end request that is well formed but cannot be honoured; the message says why.</summary>
+public sealed class VhostUserException(string message) : Exception(message);
+
+/// <summary>What the endpoint should do after a message was handled.</summary>
+public readonly record struct HandleResult(byte[]? Reply, bool CloseConnection)
+{
+    public static readonly HandleResult None = new(null, false);
+    public static readonly HandleResult Close = new(null, true);
+}
+
+/// <summary>
+/// The vhost-user state machine of one device and its current front end: feature negotiation,
+/// memory table, ring lifecycle (vhost-user.rst "Ring states"), config space, status. Runs on the
+/// control loop; hands started rings to workers. Accepts any legal message order and validates
+/// everything before acting, so a rejected message changes nothing.
+/// </summary>
+public sealed partial class VhostUserBackend : IDisposable
+{
+    /// <summary>Protocol features this back end implements itself, whatever the device.</summary>
+    public const ProtocolFeatures CoreProtocolFeatures =
+        ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.ResetDevice |
+        ProtocolFeatures.ConfigureMemSlots | ProtocolFeatures.Status;
+
+    private readonly IVirtioDevice _device;
+    private readonly WorkerPool _workers;
+    private readonly ILogger _logger;
+    private readonly DeviceQueue[] _queues;
+    private readonly GuestMemoryTable _memory = new();
+
+    private ulong _ackedFeatures;
+    private bool _featuresSet;
+    private ProtocolFeatures _ackedProtocol;
+    private byte _status;
+    private bool _owned;
+
+    public VhostUserBackend(IVirtioDevice device, WorkerPool workers, ILogger logger)
+    {
+        _device = device;
+        _workers = workers;
+        _logger = logger;
+        _queues = Enumerable.Range(0, device.QueueCount).Select(i => new DeviceQueue(device, i, logger)).ToArray();
+    }
+
+    public IVirtioDevice Device => _device;
+    public IReadOnlyList<DeviceQueue> Queues => _queues;
+    public GuestMemory Memory => _memory.Current;
+
+    /// <summary>Virtio features offered: the device's plus vhost-user's PROTOCOL_FEATURES bit.</summary>
+    public ulong OfferedFeatures => _device.Features | VirtioFeature.Mask(VirtioFeature.VhostUserProtocolFeatures);
+
+    /// <summary>Protocol features offered: exactly the ones implemented.</summary>
+    public ProtocolFeatures OfferedProtocolFeatures =>
+        CoreProtocolFeatures | _device.ExtraProtocolFeatures | (_device.ConfigSize > 0 ? ProtocolFeatures.Config : 0);
+
+    public ulong AckedFeatures => _ackedFeatures;
+    public ProtocolFeatures AckedProtocolFeatures => _ackedProtocol;
+    public byte Status => _status;
+
+    /// <summary>
+    /// Handles one message. Returns the reply to send (if any) and whether to drop the connection.
+    /// Never throws for anything the front end sent.
+    /// </summary>
+    public HandleResult Handle(Message message)
+    {
+        using (message)
+        {
+            var request = message.Request;
+            if (_logger.IsEnabled(LogLevel.Debug))
+                _logger.LogDebug("{Device}: <- {Request} ({Size} bytes, {Fds} fds{Need})", _device.Name, request,
+                    message.Payload.Length, message.FdCount, message.Header.NeedsReply ? ", need reply" : "");
+
+            if (!MessageRules.TryGet(request, out var rule))
+                return Reject(message, default, $"unsupported request {message.Header.Request} ({request})");
+            string? malformed = MessageRules.Validate(request, rule, message.Payload, message.FdCount);
+            if (malformed != null)
+                return Reject(message, rule, $"malformed {request}: {malformed}");
+            if (rule.Gate != ProtocolFeatures.None && (_ackedProtocol & rule.Gate) == 0)
+                return Reject(message, rule, $"{request} needs protocol feature {rule.Gate}, which was not negotiated");
+
+            byte[]? reply;
+            try
+            {
+                reply = Dispatch(message);
+            }
+            catch (Exception e) when (e is VhostUserException or GuestMemoryException)
+            {
+                return Reject(message, rule, $"{request} refused: {e.Message}");
+            }
+            catch (Exception e)
+            {
+                _logger.LogError(e, "{Device}: {Request} failed", _device.Name, request);
+                return Reject(message, rule, $"{request} failed: {e.Message}");
+            }
+
+            if (reply != null)
+                return new HandleResult(reply, false);
+            return message.Header.NeedsReply && ReplyAckNegotiated
+                ? new HandleResult(BitConverter.GetBytes(0UL), false)
+                : HandleResult.None;
+        }
+    }
+
+    private bool ReplyAckNegotiated => (_ackedProtocol & ProtocolFeatures.ReplyAck) != 0;
+
+    /// <summary>
+    /// Logs a refused message and answers as the protocol allows: a failure ack when one was asked
+    /// for, the defined error form for GET_CONFIG, and for other requests whose reply the front end
+    /// is waiting on, dropping the connection (no reply body can express failure).
+    /// </summary>
+    private HandleResult Reject(Message message, RequestRule rule, string reason)
+    {
+        _logger.LogWarning("{Device}: {Reason}", _device.Name, reason);
+        if (message.Request == FrontendRequest.GetConfig && rule.HasReplyBody)
+            return new HandleResult(Array.Empty<byte>(), false);
+        if (rule.HasReplyBody)
+        {
+            _logger.LogWarning("{Device}: closing the connection: {Request} expects a reply that cannot express failure", _device.Name, message.Request);
+            return HandleResult.Close;
+        }
+        if (message.Header.NeedsReply)
+            return new HandleResult(BitConverter.GetBytes(1UL), false);
+        return HandleResult.None;
+    }
+
+    private byte[]? Dispatch(Message m)
+    {
+        var p = m.Payload;
+        switch (m.Request)
+        {
+            case FrontendRequest.GetFeatures:
+                return BitConverter.GetBytes(OfferedFeatures);
+            case FrontendRequest.SetFeatures:
+                SetFeatures(m.PayloadU64);
+                return null;
+            case FrontendRequest.SetOwner:
+                if (_owned)
+                    _logger.LogDebug("{Device}: SET_OWNER repeated", _device.Name);
+                _owned = true;
+                return null;
+            case FrontendRequest.ResetOwner:
+            case FrontendRequest.ResetDevice:
+                _logger.LogInformation("{Device}: {Request}: rings stopped, device state reset", _device.Name, m.Request);
+                ResetDevice();
+                return null;
+            case FrontendRequest.GetProtocolFeatures:
+                return BitConverter.GetBytes((ulong)OfferedProtocolFeatures);
+            case FrontendRequest.SetProtocolFeatures:
+                SetProtocolFeatures((ProtocolFeatures)m.PayloadU64);
+                return null;
+            case FrontendRequest.GetQueueNum:
+                return BitConverter.GetBytes((ulong)_queues.Length);
+            case FrontendRequest.SetMemTable:
+                SetMemTable(m);
+                return null;
+            case FrontendRequest.GetMaxMemSlots:
+                return BitConverter.GetBytes((ulong)GuestMemoryTable.MaxSlots);
+            case FrontendRequest.AddMemReg:
+                AddMemRegion(m);
+                return null;
+            case FrontendRequest.RemMemReg:
+                RemoveMemRegion(m);
+                return null;
+            case FrontendRequest.SetVringNum:
+                SetVringNum(VringState.Read(p));
+                return null;
+            case FrontendRequest.SetVringAddr:
+                SetVringAddr(VringAddress.Read(p));
+                return null;
+            case FrontendRequest.SetVringBase:
+                SetVringBase(VringState.Read(p));
+                return null;
+            case FrontendRequest.GetVringBase:
+                return GetVringBase(VringState.Read(p));
+            case FrontendRequest.SetVringKick:
+            case FrontendRequest.SetVringCall:
+            case FrontendRequest.SetVringErr:
+                SetVringFile(m);
+                return null;
+            case FrontendRequest.SetVringEnable:
+                SetVringEnable(VringState.Read(p));
+                return null;
+            case FrontendRequest.GetConfig:
+                return GetConfig(p);
+            case FrontendRequest.SetConfig:
+                SetConfig(p);
+                return null;
+            case FrontendRequest.SetStatus:
+                SetStatus(m.PayloadU64);
+                return null;
+            case FrontendRequest.GetStatus:
+                return BitConverter.GetBytes((ulong)_status);
+            default:
+                throw new VhostUserException($"{m.Request} is not handled by this back end");
+        }
+    }
+
+    private void SetFeatures(ulong features)
+    {
+        ulong unknown = features & ~OfferedFeatures;
+        if (unknown != 0)
+            throw new VhostUserException($"features 0x{features:x} include bits never offered (0x{unknown:x})");
+        _ackedFeatures = features;
+        _featuresSet = true;
+        _device.SetDriverFeatures(features & ~VirtioFeature.Mask(VirtioFeature.VhostUserProtocolFeatures));
+        // Without PROTOCOL_FEATURES there is no SET_VRING_ENABLE: rings are enabled at once.
+        if (!VirtioFeature.Has(features, VirtioFeature.VhostUserProtocolFeatures))
+            foreach (var q in _queues)
+                SetEnabled(q, true);
+        _logger.LogDebug("{Device}: features 0x{Features:x} accepted", _device.Name, features);
+    }
+
+    private void SetProtocolFeatures(ProtocolFeatures features)
+    {
+        var unknown = features & ~OfferedProtocolFeatures;
+        if (unknown != 0)
+            throw new VhostUserException($"protocol features {features} include ones never offered ({unknown})");
+        _ackedProtocol = features;
+    }
+
+    private void SetStatus(ulong value)
+    {
+        if (value > byte.MaxValue)
+            throw new VhostUserException($"status 0x{value:x} does not fit the 8-bit device status");
+        var status = (byte)value;
+        if ((status & (byte)DeviceStatus.FeaturesOk) != 0 && !_featuresSet)
+            status &= unchecked((byte)~DeviceStatus.FeaturesOk); // FEATURES_OK without features: refuse it, as a device would
+        _status = status;
+        _logger.LogDebug("{Device}: status {Status}", _device.Name, (DeviceStatus)status);
+    }
+
+    private byte[] GetConfig(byte[] payload)
+    {
+        var hdr = ConfigHeader.Read(payload);
+        CheckConfigRange(hdr, payload.Length);
+        var reply = new byte[payload.Length];
+        hdr.Write(reply);
+        _device.ReadConfig((int)hdr.Offset, reply.AsSpan(ConfigHeader.Length, (int)hdr.Size));
+        return reply;
+    }
+
+    private void SetConfig(byte[] payload)
+    {
+        var hdr = ConfigHeader.Read(payload);
+        CheckConfigRange(hdr, payload.Length);
+        if (hdr.Flags > 1)
+            throw new VhostUserException($"unknown SET_CONFIG flags 0x{hdr.Flags:x}");
+        if (!_device.WriteConfig((int)hdr.Offset, payload.AsSpan(ConfigHeader.Length, (int)hdr.Size)))
+            throw new VhostUserException($"config bytes {hdr.Offset}..{hdr.Offset + hdr.Size} are read-only");
+    }
+
+    private void CheckConfigRange(ConfigHeader hdr, int payloadLength)
+    {
+        if (hdr.Size != payloadLength - ConfigHeader.Length)
+            throw new VhostUserException($"config size field {hdr.Size} disagrees with the {payloadLength - ConfigHeader.Length} data bytes sent");
+        if ((ulong)hdr.Offset + hdr.Size > (ulong)_device.ConfigSize)
+            throw new VhostUserException($"config range {hdr.Offset}+{hdr.Size} is outside the {_device.ConfigSize}-byte config space");
+    }
+
+    /// <summary>RESET_DEVICE / RESET_OWNER: every ring stopped and forgotten, device back to its initial state.</summary>
+    private void ResetDevice()
+    {
+        foreach (var q in _queues)
+            ResetQueue(q);
+        _ackedFeatures = 0;
+        _featuresSet = false;
+        _status = 0;
+        _device.Reset();
+    }
+
+    /// <summary>The front end went away: reset, forget the negotiation and unmap its memory.</summary>
+    public void Disconnected()
+    {
+        ResetDevice();
+        _ackedProtocol = ProtocolFeatures.None;
+        _owned = false;
+        foreach (var r in _memory.Clear())
+            r.Dispose();
+    }
+
+    public void Dispose() => Disconnected();
+}

@@ -1,0 +1,69 @@
+using System.Runtime.InteropServices;
+
+namespace VhostUserVirtio.Interop;
+
+/// <summary>
+/// Sole owner of one Linux file descriptor: closed exactly once, by Dispose or by the finalizer.
+/// Every descriptor received over a socket is wrapped in one of these the moment it arrives.
+/// </summary>
+public sealed class FileDescriptor : SafeHandle
+{
+    public FileDescriptor(int fd) : base(new IntPtr(-1), ownsHandle: true) => SetHandle(new IntPtr(fd));
+
+    private FileDescriptor() : base(new IntPtr(-1), ownsHandle: true) { }
+
+    public override bool IsInvalid => handle == new IntPtr(-1);
+
+    /// <summary>The raw number, for logging and for passing to native calls while this object is alive.</summary>
+    public int Number => (int)handle;
+
+    protected override bool ReleaseHandle() => Libc.Close((int)handle) == 0;
+
+    /// <summary>Size of the file in bytes (fstat st_size).</summary>
+    public unsafe long GetFileSize()
+    {
+        Libc.StatBuffer st;
+        NativeException.Check(Libc.Fstat(Number, &st), "fstat");
+        return st.Size;
+    }
+
+    /// <summary>Sets or clears O_NONBLOCK.</summary>
+    public void SetNonBlocking(bool nonBlocking)
+    {
+        int flags = NativeException.Check(Libc.Fcntl(Number, Libc.F_GETFL, 0), "fcntl(F_GETFL)");
+        flags = nonBlocking ? flags | Libc.O_NONBLOCK : flags & ~Libc.O_NONBLOCK;
+        NativeException.Check(Libc.Fcntl(Number, Libc.F_SETFL, flags), "fcntl(F_SETFL)");
+    }
+
+    /// <summary>
+    /// Makes sure a shared-memory file can no longer shrink under our mapping (a shrink would turn
+    /// later accesses into SIGBUS). Returns false when the file cannot be sealed (not a memfd, or
+    /// created without MFD_ALLOW_SEALING and not already sealed).
+    /// </summary>
+    public bool TrySealAgainstShrink()
+    {
+        int seals = Libc.Fcntl(Number, Libc.F_GET_SEALS, 0);
+        if (seals >= 0 && (seals & Libc.F_SEAL_SHRINK) != 0)
+            return true;
+        return Libc.Fcntl(Number, Libc.F_ADD_SEALS, Libc.F_SEAL_SHRINK) == 0;
+    }
+
+    /// <summary>Waits until the descriptor is readable (or hung up). Returns false on timeout.</summary>
+    public unsafe bool WaitReadable(int timeoutMs) => PollFor(1, timeoutMs);
+
+    /// <summary>Waits until the descriptor is writable. Returns false on timeout.</summary>
+    public unsafe bool WaitWritable(int timeoutMs) => PollFor(4, timeoutMs);
+
+    private unsafe bool PollFor(short events, int timeoutMs)
+    {
+        var pfd = new Libc.PollFd { Fd = Number, Events = events };
+        while (true)
+        {
+            int r = Libc.Poll(&pfd, 1, timeoutMs);
+            if (r >= 0)
+                return r > 0;
+            if (Libc.Errno != Libc.EINTR)
+                throw NativeException.FromLastError("poll");
+        }
+    }
+}

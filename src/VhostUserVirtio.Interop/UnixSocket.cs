@@ -1,0 +1,210 @@
+using System.Text;
+
+namespace VhostUserVirtio.Interop;
+
+/// <summary>
+/// An AF_UNIX stream socket that can carry file descriptors (SCM_RIGHTS). Listening and connected
+/// sockets are both this type; all received descriptors are CLOEXEC and owned by the caller.
+/// </summary>
+public sealed unsafe class UnixSocket : IDisposable
+{
+    /// <summary>Control buffer room for this many received descriptors; more is reported as truncated.</summary>
+    public const int MaxReceivedFds = 32;
+
+    private const int SunPathLength = 108;
+
+    private UnixSocket(FileDescriptor fd) => Descriptor = fd;
+
+    public FileDescriptor Descriptor { get; }
+
+    /// <summary>Creates a socket listening on <paramref name="path"/>, replacing a stale socket file there.</summary>
+    public static UnixSocket Listen(string path, int backlog = 4)
+    {
+        var sock = Create();
+        try
+        {
+            if (File.Exists(path) && (File.GetAttributes(path) & FileAttributes.Directory) == 0)
+                File.Delete(path);
+            WithAddress(path, (addr, len) => NativeException.Check(Libc.Bind(sock.Descriptor.Number, addr, len), $"bind({path})"));
+            NativeException.Check(Libc.Listen(sock.Descriptor.Number, backlog), "listen");
+            return sock;
+        }
+        catch
+        {
+            sock.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Connects to a listening socket. Throws NativeException (ENOENT, ECONNREFUSED…) when nobody listens.</summary>
+    public static UnixSocket Connect(string path, bool nonBlocking = false)
+    {
+        var sock = Create();
+        try
+        {
+            sock.Descriptor.SetNonBlocking(false);
+            WithAddress(path, (addr, len) => NativeException.Check(Libc.Connect(sock.Descriptor.Number, addr, len), $"connect({path})"));
+            if (nonBlocking)
+                sock.Descriptor.SetNonBlocking(true);
+            return sock;
+        }
+        catch
+        {
+            sock.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Accepts one pending connection (non-blocking socket), or returns null when none is pending.</summary>
+    public UnixSocket? Accept()
+    {
+        while (true)
+        {
+            int fd = Libc.Accept4(Descriptor.Number, null, null, Libc.SOCK_CLOEXEC | Libc.SOCK_NONBLOCK);
+            if (fd >= 0)
+                return new UnixSocket(new FileDescriptor(fd));
+            int errno = Libc.Errno;
+            if (errno == Libc.EINTR)
+                continue;
+            if (errno == Libc.EAGAIN)
+                return null;
+            throw new NativeException("accept4", errno);
+        }
+    }
+
+    private static UnixSocket Create()
+    {
+        int fd = NativeException.Check(
+            Libc.Socket(Libc.AF_UNIX, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC | Libc.SOCK_NONBLOCK, 0), "socket");
+        return new UnixSocket(new FileDescriptor(fd));
+    }
+
+    private delegate void AddressAction(void* addr, uint length);
+
+    private static void WithAddress(string path, AddressAction action)
+    {
+        byte[] bytes = Encoding.UTF8.GetBytes(path);
+        if (bytes.Length >= SunPathLength)
+            throw new ArgumentException($"socket path is {bytes.Length} bytes; Unix sockets allow at most {SunPathLength - 1}: {path}", nameof(path));
+        byte* addr = stackalloc byte[2 + SunPathLength];
+        new Span<byte>(addr, 2 + SunPathLength).Clear();
+        *(ushort*)addr = Libc.AF_UNIX;
+        bytes.CopyTo(new Span<byte>(addr + 2, SunPathLength));
+        action(addr, (uint)(2 + bytes.Length + 1));
+    }
+
+    /// <summary>
+    /// Sends all of <paramref name="data"/>, attaching <paramref name="fds"/> to the first segment.
+    /// On a non-blocking socket it waits up to <paramref name="timeoutMs"/> for room, then throws.
+    /// </summary>
+    public void Send(ReadOnlySpan<byte> data, ReadOnlySpan<int> fds = default, int timeoutMs = 5000)
+    {
+        int controlLength = fds.IsEmpty ? 0 : CmsgSpace(fds.Length * sizeof(int));
+        byte* control = stackalloc byte[Math.Max(controlLength, 1)];
+        if (controlLength > 0)
+        {
+            new Span<byte>(control, controlLength).Clear();
+            var hdr = (Libc.CmsgHdr*)control;
+            hdr->Length = (nuint)(sizeof(Libc.CmsgHdr) + fds.Length * sizeof(int));
+            hdr->Level = Libc.SOL_SOCKET;
+            hdr->Type = Libc.SCM_RIGHTS;
+            fds.CopyTo(new Span<int>(control + sizeof(Libc.CmsgHdr), fds.Length));
+        }
+
+        int sent = 0;
+        fixed (byte* p = data)
+        {
+            while (sent < data.Length || (data.Length == 0 && controlLength > 0 && sent == 0))
+            {
+                var iov = new Libc.IoVec { Base = p + sent, Length = (nuint)(data.Length - sent) };
+                var msg = new Libc.MsgHdr { Iov = &iov, IovLength = 1 };
+                if (controlLength > 0 && sent == 0)
+                {
+                    msg.Control = control;
+                    msg.ControlLength = (nuint)controlLength;
+                }
+                nint r = Libc.SendMsg(Descriptor.Number, &msg, Libc.MSG_NOSIGNAL);
+                if (r >= 0)
+                {
+                    sent += (int)r;
+                    if (data.Length == 0)
+                        break;
+                    continue;
+                }
+                int errno = Libc.Errno;
+                if (errno == Libc.EINTR)
+                    continue;
+                if (errno == Libc.EAGAIN && Descriptor.WaitWritable(timeoutMs))
+                    continue;
+                throw new NativeException("sendmsg", errno);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Receives up to buffer.Length bytes and any descriptors that came with them (appended to
+    /// <paramref name="fds"/>, each owned from now on). Returns the byte count, 0 at end of stream,
+    /// or -1 when a non-blocking socket has nothing to read. <paramref name="truncated"/> reports that
+    /// the peer sent more descriptors than fit (the kernel closed the excess).
+    /// </summary>
+    public int Receive(Span<byte> buffer, List<FileDescriptor> fds, out bool truncated)
+    {
+        int controlLength = CmsgSpace(MaxReceivedFds * sizeof(int));
+        byte* control = stackalloc byte[controlLength];
+        truncated = false;
+        fixed (byte* p = buffer)
+        {
+            while (true)
+            {
+                var iov = new Libc.IoVec { Base = p, Length = (nuint)buffer.Length };
+                var msg = new Libc.MsgHdr { Iov = &iov, IovLength = 1, Control = control, ControlLength = (nuint)controlLength };
+                nint r = Libc.RecvMsg(Descriptor.Number, &msg, Libc.MSG_CMSG_CLOEXEC);
+                if (r < 0)
+                {
+                    int errno = Libc.Errno;
+                    if (errno == Libc.EINTR)
+                        continue;
+                    if (errno == Libc.EAGAIN)
+                        return -1;
+                    throw new NativeException("recvmsg", errno);
+                }
+                truncated = (msg.Flags & Libc.MSG_CTRUNC) != 0;
+                CollectFds(control, (int)msg.ControlLength, fds);
+                return (int)r;
+            }
+        }
+    }
+
+    private static void CollectFds(byte* control, int length, List<FileDescriptor> fds)
+    {
+        int offset = 0;
+        while (offset + sizeof(Libc.CmsgHdr) <= length)
+        {
+            var hdr = (Libc.CmsgHdr*)(control + offset);
+            int cmsgLen = (int)hdr->Length;
+            if (cmsgLen < sizeof(Libc.CmsgHdr) || offset + cmsgLen > length)
+                break;
+            if (hdr->Level == Libc.SOL_SOCKET && hdr->Type == Libc.SCM_RIGHTS)
+            {
+                int count = (cmsgLen - sizeof(Libc.CmsgHdr)) / sizeof(int);
+                int* data = (int*)(control + offset + sizeof(Libc.CmsgHdr));
+                for (int i = 0; i < count; i++)
+                    fds.Add(new FileDescriptor(data[i]));
+            }
+            offset += CmsgAlign(cmsgLen);
+        }
+    }
+
+    private static int CmsgAlign(int length) => (length + 7) & ~7;
+
+    private static int CmsgSpace(int dataLength) => sizeof(Libc.CmsgHdr) + CmsgAlign(dataLength);
+
+    /// <summary>Shuts both directions down so a blocked peer sees end of stream at once.</summary>
+    public void Shutdown()
+    {
+        if (!Descriptor.IsClosed)
+            Libc.Shutdown(Descriptor.Number, Libc.SHUT_RDWR);
+    }
+
+    public void Dispose() => Descriptor.Dispose();
+}

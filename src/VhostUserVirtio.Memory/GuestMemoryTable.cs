@@ -1,0 +1,112 @@
+using VhostUserVirtio.Interop;
+
+namespace VhostUserVirtio.Memory;
+
+/// <summary>
+/// The mutable memory table of one connection (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG). Every
+/// change publishes a new <see cref="GuestMemory"/> snapshot and returns the regions it retired; the
+/// caller disposes those only after every queue has switched to the new snapshot.
+/// </summary>
+public sealed class GuestMemoryTable : IDisposable
+{
+    /// <summary>Memory slots offered with CONFIGURE_MEM_SLOTS (GET_MAX_MEM_SLOTS). Must never decrease.</summary>
+    public const int MaxSlots = 32;
+
+    private readonly List<MemoryRegion> _regions = new();
+
+    public GuestMemory Current { get; private set; } = GuestMemory.Empty;
+
+    /// <summary>
+    /// Replaces the whole table. Validates everything before mapping anything, so a bad table leaves
+    /// the old one in place. Consumes the descriptors in every case.
+    /// </summary>
+    public IReadOnlyList<MemoryRegion> Replace(IReadOnlyList<(ulong Gpa, ulong Size, ulong UserAddress, ulong MmapOffset)> regions, IReadOnlyList<FileDescriptor> fds)
+    {
+        var mapped = new List<MemoryRegion>();
+        try
+        {
+            for (int i = 0; i < regions.Count; i++)
+            {
+                var (gpa, size, uva, off) = regions[i];
+                CheckNoOverlap(gpa, size, uva, mapped, $"region {i}");
+                mapped.Add(MemoryRegion.Map(gpa, size, uva, off, fds[i]));
+            }
+        }
+        catch
+        {
+            foreach (var r in mapped)
+                r.Dispose();
+            for (int i = mapped.Count; i < fds.Count; i++)
+                fds[i].Dispose();
+            throw;
+        }
+
+        var retired = _regions.ToArray();
+        _regions.Clear();
+        _regions.AddRange(mapped);
+        Publish();
+        return retired;
+    }
+
+    /// <summary>Adds one region (ADD_MEM_REG). Consumes the descriptor.</summary>
+    public void Add(ulong gpa, ulong size, ulong userAddress, ulong mmapOffset, FileDescriptor fd)
+    {
+        try
+        {
+            if (_regions.Count >= MaxSlots)
+                throw new GuestMemoryException($"all {MaxSlots} memory slots are in use");
+            CheckNoOverlap(gpa, size, userAddress, _regions, "new region");
+        }
+        catch
+        {
+            fd.Dispose();
+            throw;
+        }
+        _regions.Add(MemoryRegion.Map(gpa, size, userAddress, mmapOffset, fd));
+        Publish();
+    }
+
+    /// <summary>Removes the region matching gpa, size and user address (REM_MEM_REG); returns it for retirement.</summary>
+    public MemoryRegion Remove(ulong gpa, ulong size, ulong userAddress)
+    {
+        int i = _regions.FindIndex(r => r.Matches(gpa, size, userAddress));
+        if (i < 0)
+            throw new GuestMemoryException($"no region at gpa 0x{gpa:x} size 0x{size:x} uva 0x{userAddress:x}");
+        var region = _regions[i];
+        _regions.RemoveAt(i);
+        Publish();
+        return region;
+    }
+
+    /// <summary>Forgets every region; returns them for retirement.</summary>
+    public IReadOnlyList<MemoryRegion> Clear()
+    {
+        var retired = _regions.ToArray();
+        _regions.Clear();
+        Publish();
+        return retired;
+    }
+
+    private static void CheckNoOverlap(ulong gpa, ulong size, ulong uva, IEnumerable<MemoryRegion> existing, string what)
+    {
+        if (size == 0)
+            throw new GuestMemoryException($"{what}: zero-sized region");
+        if (gpa + size < gpa || uva + size < uva)
+            throw new GuestMemoryException($"{what}: region end overflows 64 bits");
+        foreach (var r in existing)
+        {
+            if (r.OverlapsGuest(gpa, size))
+                throw new GuestMemoryException($"{what} (gpa 0x{gpa:x} size 0x{size:x}) overlaps {r} in guest physical space");
+            if (r.OverlapsUser(uva, size))
+                throw new GuestMemoryException($"{what} (uva 0x{uva:x} size 0x{size:x}) overlaps {r} in front-end address space");
+        }
+    }
+
+    private void Publish() => Current = new GuestMemory(_regions.ToArray());
+
+    public void Dispose()
+    {
+        foreach (var r in Clear())
+            r.Dispose();
+    }
+}

@@ -1,0 +1,100 @@
+using VhostUserVirtio.Interop;
+
+namespace VhostUserVirtio.Protocol;
+
+/// <summary>
+/// Reassembles messages from a non-blocking stream socket. It never reads past the end of the current
+/// message, so descriptors (which travel with a message's first bytes) always land on the right
+/// message. A stalled peer costs nothing: the reader just keeps its partial state.
+/// </summary>
+public sealed class MessageReader : IDisposable
+{
+    private readonly UnixSocket _socket;
+    private readonly byte[] _header = new byte[MessageHeader.Length];
+    private int _headerFilled;
+    private byte[]? _payload;
+    private int _payloadFilled;
+    private MessageHeader _current;
+    private List<FileDescriptor> _fds = new();
+    private bool _fdsTruncated;
+
+    public MessageReader(UnixSocket socket) => _socket = socket;
+
+    public enum Status
+    {
+        /// <summary>A whole message is ready.</summary>
+        Message,
+        /// <summary>Nothing more to read now.</summary>
+        WouldBlock,
+        /// <summary>The peer closed the connection.</summary>
+        Closed,
+        /// <summary>The stream is corrupt (bad header or too many descriptors); the connection must be dropped.</summary>
+        Corrupt,
+    }
+
+    /// <summary>
+    /// Reads as far as possible. On <see cref="Status.Message"/> the message is returned and owned by
+    /// the caller; on <see cref="Status.Corrupt"/> <paramref name="error"/> says why.
+    /// </summary>
+    public Status TryRead(out Message? message, out string? error)
+    {
+        message = null;
+        error = null;
+        while (_headerFilled < MessageHeader.Length)
+        {
+            int n = _socket.Receive(_header.AsSpan(_headerFilled), _fds, out bool truncated);
+            _fdsTruncated |= truncated;
+            if (n < 0)
+                return Status.WouldBlock;
+            if (n == 0)
+                return Status.Closed;
+            _headerFilled += n;
+            if (_headerFilled == MessageHeader.Length)
+            {
+                _current = MessageHeader.Read(_header);
+                error = _current.FramingError();
+                if (error != null)
+                    return Status.Corrupt;
+                _payload = _current.Size == 0 ? Array.Empty<byte>() : new byte[_current.Size];
+                _payloadFilled = 0;
+            }
+        }
+
+        while (_payloadFilled < _payload!.Length)
+        {
+            int n = _socket.Receive(_payload.AsSpan(_payloadFilled), _fds, out bool truncated);
+            _fdsTruncated |= truncated;
+            if (n < 0)
+                return Status.WouldBlock;
+            if (n == 0)
+                return Status.Closed;
+            _payloadFilled += n;
+        }
+
+        if (_fdsTruncated || _fds.Count > MessageHeader.MaxFds)
+        {
+            error = $"{(FrontendRequest)_current.Request} carried more than {MessageHeader.MaxFds} descriptors";
+            Reset();
+            return Status.Corrupt;
+        }
+
+        message = new Message(_current, _payload, _fds);
+        _fds = new List<FileDescriptor>();
+        _headerFilled = 0;
+        _payload = null;
+        _fdsTruncated = false;
+        return Status.Message;
+    }
+
+    private void Reset()
+    {
+        foreach (var fd in _fds)
+            fd.Dispose();
+        _fds.Clear();
+        _headerFilled = 0;
+        _payload = null;
+        _fdsTruncated = false;
+    }
+
+    public void Dispose() => Reset();
+}

@@ -1,0 +1,154 @@
+using VhostUserVirtio.Memory;
+
+namespace VhostUserVirtio.Queue;
+
+/// <summary>
+/// Walks the readable bytes of a chain as spans over guest memory, without copying. A segment that
+/// straddles two memory regions comes out as two spans.
+/// </summary>
+public unsafe ref struct ChainReader
+{
+    private readonly GuestMemory _memory;
+    private readonly ReadOnlySpan<Segment> _segments;
+    private int _index;
+    private uint _offset;
+
+    internal ChainReader(GuestMemory memory, ReadOnlySpan<Segment> segments)
+    {
+        _memory = memory;
+        _segments = segments;
+        _index = 0;
+        _offset = 0;
+    }
+
+    /// <summary>Next run of at most <paramref name="max"/> readable bytes; false when the chain is exhausted.</summary>
+    public bool TryNext(int max, out ReadOnlySpan<byte> span)
+    {
+        while (_index < _segments.Length)
+        {
+            var seg = _segments[_index];
+            if (_offset >= seg.Length)
+            {
+                _index++;
+                _offset = 0;
+                continue;
+            }
+            // Validated at pop time, so translation succeeds; guard anyway rather than trust.
+            if (!_memory.TryTranslate(seg.Address + _offset, out byte* p, out ulong available))
+                break;
+            int n = (int)Math.Min(Math.Min(available, seg.Length - _offset), (ulong)max);
+            _offset += (uint)n;
+            span = new ReadOnlySpan<byte>(p, n);
+            return true;
+        }
+        span = default;
+        return false;
+    }
+
+    /// <summary>Skips <paramref name="count"/> bytes; returns how many were skipped.</summary>
+    public int Skip(int count)
+    {
+        int skipped = 0;
+        while (skipped < count && TryNext(count - skipped, out var s))
+            skipped += s.Length;
+        return skipped;
+    }
+
+    /// <summary>Copies readable bytes into <paramref name="destination"/>; returns how many.</summary>
+    public int Read(Span<byte> destination)
+    {
+        int done = 0;
+        while (done < destination.Length && TryNext(destination.Length - done, out var s))
+        {
+            s.CopyTo(destination[done..]);
+            done += s.Length;
+        }
+        return done;
+    }
+}
+
+/// <summary>Fills the writable bytes of a chain, across segments and regions; counts what was written.</summary>
+public unsafe ref struct ChainWriter
+{
+    private readonly GuestMemory _memory;
+    private readonly ReadOnlySpan<Segment> _segments;
+    private int _index;
+    private uint _offset;
+
+    internal ChainWriter(GuestMemory memory, ReadOnlySpan<Segment> segments)
+    {
+        _memory = memory;
+        _segments = segments;
+        _index = 0;
+        _offset = 0;
+        Written = 0;
+    }
+
+    /// <summary>Bytes written so far: what the used element's len must report.</summary>
+    public uint Written { get; private set; }
+
+    /// <summary>Next writable run of at most <paramref name="max"/> bytes, counted as written.</summary>
+    public bool TryNext(int max, out Span<byte> span)
+    {
+        while (_index < _segments.Length)
+        {
+            var seg = _segments[_index];
+            if (_offset >= seg.Length)
+            {
+                _index++;
+                _offset = 0;
+                continue;
+            }
+            if (!_memory.TryTranslate(seg.Address + _offset, out byte* p, out ulong available))
+                break;
+            int n = (int)Math.Min(Math.Min(available, seg.Length - _offset), (ulong)max);
+            _offset += (uint)n;
+            Written += (uint)n;
+            span = new Span<byte>(p, n);
+            return true;
+        }
+        span = default;
+        return false;
+    }
+
+    /// <summary>Copies <paramref name="source"/> in; returns how many bytes fitted.</summary>
+    public int Write(ReadOnlySpan<byte> source)
+    {
+        int done = 0;
+        while (done < source.Length && TryNext(source.Length - done, out var s))
+        {
+            source.Slice(done, s.Length).CopyTo(s);
+            done += s.Length;
+        }
+        return done;
+    }
+
+    /// <summary>Copies everything the reader still has, until either side runs out; returns bytes copied.</summary>
+    public int CopyFrom(ref ChainReader reader)
+    {
+        int total = 0;
+        while (TryNext(int.MaxValue, out var dst))
+        {
+            int filled = 0;
+            while (filled < dst.Length && reader.TryNext(dst.Length - filled, out var src))
+            {
+                src.CopyTo(dst[filled..]);
+                filled += src.Length;
+            }
+            total += filled;
+            if (filled < dst.Length)
+            {
+                // Reader ran dry: give back the part of this run that was not filled.
+                Unwrite((uint)(dst.Length - filled));
+                break;
+            }
+        }
+        return total;
+    }
+
+    private void Unwrite(uint count)
+    {
+        _offset -= count;
+        Written -= count;
+    }
+}

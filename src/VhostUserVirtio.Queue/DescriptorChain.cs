@@ -1,0 +1,77 @@
+using VhostUserVirtio.Memory;
+
+namespace VhostUserVirtio.Queue;
+
+/// <summary>One buffer of a chain: guest physical address, length, direction. Already bounds-checked.</summary>
+public readonly record struct Segment(ulong Address, uint Length, bool Writable);
+
+/// <summary>
+/// A validated descriptor chain, copied out of guest memory once (so a guest rewriting its table
+/// while we work cannot change what we checked). Readable segments come first, then writable ones.
+/// Reused by its queue for every pop: no allocation per chain.
+/// </summary>
+public sealed class DescriptorChain
+{
+    private Segment[] _segments;
+
+    public DescriptorChain(int capacity) => _segments = new Segment[Math.Max(capacity, 1)];
+
+    public ushort Head { get; private set; }
+    public int ReadableCount { get; private set; }
+    public int WritableCount { get; private set; }
+    /// <summary>Total bytes the device may read.</summary>
+    public uint ReadableLength { get; private set; }
+    /// <summary>Total bytes the device may write.</summary>
+    public uint WritableLength { get; private set; }
+    /// <summary>The memory snapshot the chain was validated against.</summary>
+    public GuestMemory Memory { get; private set; } = GuestMemory.Empty;
+
+    public ReadOnlySpan<Segment> Readable => _segments.AsSpan(0, ReadableCount);
+    public ReadOnlySpan<Segment> Writable => _segments.AsSpan(ReadableCount, WritableCount);
+
+    /// <summary>A cursor over the readable bytes.</summary>
+    public ChainReader Reader() => new(Memory, Readable);
+
+    /// <summary>A cursor over the writable bytes.</summary>
+    public ChainWriter Writer() => new(Memory, Writable);
+
+    internal void EnsureCapacity(int capacity)
+    {
+        if (_segments.Length < capacity)
+            _segments = new Segment[capacity];
+    }
+
+    internal void Begin(ushort head, GuestMemory memory)
+    {
+        Head = head;
+        Memory = memory;
+        ReadableCount = WritableCount = 0;
+        ReadableLength = WritableLength = 0;
+    }
+
+    /// <summary>Appends a segment; returns an error text when it breaks ordering or size rules.</summary>
+    internal string? Add(ulong address, uint length, bool writable)
+    {
+        int count = ReadableCount + WritableCount;
+        if (count >= _segments.Length)
+            return "descriptor chain longer than the queue size";
+        if (writable)
+        {
+            if (WritableLength + (ulong)length > uint.MaxValue)
+                return "writable part of the chain exceeds 4 GiB";
+            WritableLength += length;
+            WritableCount++;
+        }
+        else
+        {
+            if (WritableCount > 0)
+                return "readable descriptor after a writable one";
+            if (ReadableLength + (ulong)length > uint.MaxValue)
+                return "readable part of the chain exceeds 4 GiB";
+            ReadableLength += length;
+            ReadableCount++;
+        }
+        _segments[count] = new Segment(address, length, writable);
+        return null;
+    }
+}

@@ -1,0 +1,268 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using VhostUserVirtio.Memory;
+
+namespace VhostUserVirtio.Queue;
+
+/// <summary>
+/// Device side of one split virtqueue in guest memory. Pops validated chains, publishes used
+/// elements and decides about notifications (EVENT_IDX and the NO_NOTIFY/NO_INTERRUPT flags).
+///
+/// Everything read from the guest is distrusted: the avail index may jump, heads and next indices
+/// may point anywhere, chains may loop, indirect tables may nest or be misshapen, buffers may lie
+/// outside memory. Any such violation marks the queue broken (<see cref="Fault"/>): from then on it
+/// pops nothing and writes nothing, and nothing else is affected.
+///
+/// Not thread-safe: one thread (the worker that owns the queue) uses it at a time.
+/// </summary>
+public sealed unsafe class SplitQueue
+{
+    private GuestMemory _memory = GuestMemory.Empty;
+    private byte* _desc;
+    private byte* _avail;
+    private byte* _used;
+    private ushort _size;
+    private ushort _signalledUsed;
+    private bool _signalledUsedValid;
+    private readonly DescriptorChain _chain;
+
+    public SplitQueue(int maxSize) => _chain = new DescriptorChain(maxSize);
+
+    public ushort Size => _size;
+    public ulong DescriptorTable { get; private set; }
+    public ulong AvailableRing { get; private set; }
+    public ulong UsedRing { get; private set; }
+
+    /// <summary>Index of the next available-ring entry to consume (free-running, wraps at 2^16).</summary>
+    public ushort NextAvail { get; set; }
+    /// <summary>Index of the next used-ring entry to fill (free-running).</summary>
+    public ushort NextUsed { get; private set; }
+
+    /// <summary>VIRTIO_F_RING_EVENT_IDX negotiated.</summary>
+    public bool EventIdx { get; set; }
+    /// <summary>VIRTIO_F_INDIRECT_DESC negotiated.</summary>
+    public bool IndirectAllowed { get; set; }
+
+    /// <summary>Why the queue is broken, or null while it is healthy.</summary>
+    public string? Fault { get; private set; }
+    public bool IsReady => _desc != null && Fault == null;
+
+    /// <summary>Chains popped since the queue was set up.</summary>
+    public ulong ChainsPopped { get; private set; }
+
+    /// <summary>
+    /// Places the rings. Checks size, alignment, and that each ring part lies inside one mapped region.
+    /// On failure the queue is left unready and the reason returned.
+    /// </summary>
+    public string? Configure(GuestMemory memory, int size, ulong descTable, ulong availRing, ulong usedRing)
+    {
+        _desc = _avail = _used = null;
+        if (!SplitRing.IsValidSize(size))
+            return $"queue size {size} is not a power of two in 1..{SplitRing.MaxQueueSize}";
+        if (descTable % SplitRing.DescriptorAlignment != 0 || availRing % SplitRing.AvailableAlignment != 0 || usedRing % SplitRing.UsedAlignment != 0)
+            return $"misaligned ring (desc 0x{descTable:x}, avail 0x{availRing:x}, used 0x{usedRing:x})";
+        _size = (ushort)size;
+        DescriptorTable = descTable;
+        AvailableRing = availRing;
+        UsedRing = usedRing;
+        _chain.EnsureCapacity(size);
+        return Remap(memory);
+    }
+
+    /// <summary>Re-resolves the ring pointers against a new memory snapshot (after a memory table change).</summary>
+    public string? Remap(GuestMemory memory)
+    {
+        _memory = memory;
+        int size = _size;
+        _desc = memory.GetPointer(DescriptorTable, SplitRing.DescriptorTableSize(size));
+        _avail = memory.GetPointer(AvailableRing, SplitRing.AvailableRingSize(size));
+        _used = memory.GetPointer(UsedRing, SplitRing.UsedRingSize(size));
+        if (_desc == null || _avail == null || _used == null)
+        {
+            _desc = _avail = _used = null;
+            return $"ring outside mapped memory (desc 0x{DescriptorTable:x}, avail 0x{AvailableRing:x}, used 0x{UsedRing:x}, size {size})";
+        }
+        return null;
+    }
+
+    /// <summary>Reads the used index from guest memory (the split ring keeps it there, not in SET_VRING_BASE).</summary>
+    public void SyncUsedIndex()
+    {
+        if (_used != null)
+            NextUsed = Volatile.Read(ref *(ushort*)(_used + 2));
+        _signalledUsedValid = false;
+    }
+
+    /// <summary>Marks the queue broken; it stays broken until reconfigured.</summary>
+    public void Break(string reason) => Fault ??= reason;
+
+    /// <summary>Clears a fault and the pointers; used when the front end sets the ring up anew.</summary>
+    public void Reset()
+    {
+        _desc = _avail = _used = null;
+        Fault = null;
+        NextAvail = 0;
+        NextUsed = 0;
+        _signalledUsedValid = false;
+        ChainsPopped = 0;
+    }
+
+    /// <summary>The driver's avail index (acquire: ring entries read after this see the driver's writes).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ushort ReadAvailIndex() => Volatile.Read(ref *(ushort*)(_avail + 2));
+
+    /// <summary>True if the driver has made buffers available that we have not popped.</summary>
+    public bool HasAvailable => IsReady && ReadAvailIndex() != NextAvail;
+
+    /// <summary>
+    /// Pops and validates the next chain. Returns null when none is available or the queue is broken
+    /// (check <see cref="Fault"/>). The returned chain is reused by the next pop.
+    /// </summary>
+    public DescriptorChain? Pop()
+    {
+        if (!IsReady)
+            return null;
+        ushort availIdx = ReadAvailIndex();
+        ushort pending = (ushort)(availIdx - NextAvail);
+        if (pending == 0)
+            return null;
+        if (pending > _size)
+        {
+            Break($"avail index moved {pending} entries ahead, more than the queue size {_size}");
+            return null;
+        }
+        ushort head = BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(_avail + 4 + 2 * (NextAvail & (_size - 1)), 2));
+        if (head >= _size)
+        {
+            Break($"available head {head} is not below the queue size {_size}");
+            return null;
+        }
+        string? error = WalkChain(head);
+        if (error != null)
+        {
+            Break($"chain at head {head}: {error}");
+            return null;
+        }
+        NextAvail++;
+        ChainsPopped++;
+        return _chain;
+    }
+
+    private string? WalkChain(ushort head)
+    {
+        var chain = _chain;
+        chain.Begin(head, _memory);
+        int budget = _size;          // descriptors the chain may still use (loops run out of budget)
+        byte* table = _desc;
+        int tableSize = _size;
+        bool inIndirect = false;
+        uint index = head;
+        Span<byte> copy = stackalloc byte[SplitRing.DescriptorSize];
+
+        while (true)
+        {
+            if (--budget < 0)
+                return inIndirect ? "indirect chain longer than its table (loop?)" : "chain longer than the queue size (loop?)";
+            // One read of the descriptor from shared memory; everything below uses the copy.
+            new ReadOnlySpan<byte>(table + SplitRing.DescriptorSize * index, SplitRing.DescriptorSize).CopyTo(copy);
+            ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(copy);
+            uint len = BinaryPrimitives.ReadUInt32LittleEndian(copy[8..]);
+            ushort flags = BinaryPrimitives.ReadUInt16LittleEndian(copy[12..]);
+            ushort next = BinaryPrimitives.ReadUInt16LittleEndian(copy[14..]);
+
+            if ((flags & SplitRing.DescIndirect) != 0)
+            {
+                if (inIndirect)
+                    return "indirect descriptor inside an indirect table";
+                if (!IndirectAllowed)
+                    return "indirect descriptor without VIRTIO_F_INDIRECT_DESC";
+                if ((flags & SplitRing.DescNext) != 0)
+                    return "indirect descriptor with NEXT set";
+                if (len == 0 || len % SplitRing.DescriptorSize != 0)
+                    return $"indirect table length {len} is not a non-zero multiple of {SplitRing.DescriptorSize}";
+                int entries = (int)(len / SplitRing.DescriptorSize);
+                if (entries > _size)
+                    return $"indirect table of {entries} entries exceeds the queue size {_size}";
+                byte* t = _memory.GetPointer(addr, len);
+                if (t == null)
+                    return $"indirect table at 0x{addr:x} (+{len}) is not inside one mapped region";
+                table = t;
+                tableSize = entries;
+                inIndirect = true;
+                budget = Math.Min(budget + 1, entries);
+                index = 0;
+                continue;
+            }
+
+            if (len != 0 && !_memory.IsRangeMapped(addr, len))
+                return $"buffer 0x{addr:x} (+{len}) is outside guest memory";
+            string? error = chain.Add(addr, len, (flags & SplitRing.DescWrite) != 0);
+            if (error != null)
+                return error;
+
+            if ((flags & SplitRing.DescNext) == 0)
+                return null;
+            if (next >= tableSize)
+                return $"next index {next} is not below {(inIndirect ? "the indirect table size" : "the queue size")} {tableSize}";
+            index = next;
+        }
+    }
+
+    /// <summary>Returns a chain to the driver with the number of bytes written into it.</summary>
+    public void PushUsed(ushort head, uint length)
+    {
+        if (!IsReady)
+            return;
+        byte* elem = _used + 4 + SplitRing.UsedElementSize * (NextUsed & (_size - 1));
+        BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(elem, 4), head);
+        BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(elem + 4, 4), length);
+        NextUsed++;
+        // Release: the element is visible before the index that publishes it.
+        Volatile.Write(ref *(ushort*)(_used + 2), NextUsed);
+    }
+
+    /// <summary>
+    /// Whether the driver wants a used-buffer notification now (call after publishing used elements).
+    /// Honours EVENT_IDX's used_event, or the NO_INTERRUPT flag without it.
+    /// </summary>
+    public bool NeedsNotification()
+    {
+        if (!IsReady)
+            return false;
+        // Full fence: our used-index store must be visible before we read the driver's suppression state.
+        Interlocked.MemoryBarrier();
+        if (!EventIdx)
+            return (Volatile.Read(ref *(ushort*)_avail) & SplitRing.AvailNoInterrupt) == 0;
+
+        ushort usedEvent = Volatile.Read(ref *(ushort*)(_avail + 4 + 2 * _size));
+        ushort old = _signalledUsed;
+        bool valid = _signalledUsedValid;
+        _signalledUsed = NextUsed;
+        _signalledUsedValid = true;
+        return !valid || SplitRing.NeedEvent(usedEvent, NextUsed, old);
+    }
+
+    /// <summary>Asks the driver not to kick (we are about to poll the ring anyway).</summary>
+    public void DisableNotification()
+    {
+        if (!IsReady || EventIdx)
+            return; // with EVENT_IDX, not moving avail_event is enough
+        Volatile.Write(ref *(ushort*)_used, SplitRing.UsedNoNotify);
+    }
+
+    /// <summary>
+    /// Asks the driver to kick again when it adds buffers, then re-checks the ring. Returns true when
+    /// buffers arrived meanwhile (the caller must keep processing, or a kick could be lost).
+    /// </summary>
+    public bool EnableNotification()
+    {
+        if (!IsReady)
+            return false;
+        if (EventIdx)
+            Volatile.Write(ref *(ushort*)(_used + 4 + SplitRing.UsedElementSize * _size), NextAvail);
+        else
+            Volatile.Write(ref *(ushort*)_used, 0);
+        Interlocked.MemoryBarrier();
+        return ReadAvailIndex() != NextAvail;
+    }
+}

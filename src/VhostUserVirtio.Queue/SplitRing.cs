@@ -1,0 +1,37 @@
+namespace VhostUserVirtio.Queue;
+
+/// <summary>
+/// Split virtqueue layout (VIRTIO 1.x 2.7): the numbers both the device side and the driver side use.
+/// All ring fields are little-endian.
+/// </summary>
+public static class SplitRing
+{
+    public const int DescriptorSize = 16;
+    /// <summary>virtq_desc.flags</summary>
+    public const ushort DescNext = 1;
+    public const ushort DescWrite = 2;
+    public const ushort DescIndirect = 4;
+    /// <summary>virtq_avail.flags: driver asks for no used-buffer notifications.</summary>
+    public const ushort AvailNoInterrupt = 1;
+    /// <summary>virtq_used.flags: device asks for no available-buffer notifications.</summary>
+    public const ushort UsedNoNotify = 1;
+    /// <summary>Largest queue size of a split ring.</summary>
+    public const int MaxQueueSize = 32768;
+
+    public const int DescriptorAlignment = 16;
+    public const int AvailableAlignment = 2;
+    public const int UsedAlignment = 4;
+    public const int UsedElementSize = 8;
+
+    public static ulong DescriptorTableSize(int size) => (ulong)(DescriptorSize * size);
+    /// <summary>flags, idx, ring[size], used_event.</summary>
+    public static ulong AvailableRingSize(int size) => (ulong)(6 + 2 * size);
+    /// <summary>flags, idx, ring[size] of {id, len}, avail_event.</summary>
+    public static ulong UsedRingSize(int size) => (ulong)(6 + UsedElementSize * size);
+
+    public static bool IsValidSize(int size) => size > 0 && size <= MaxQueueSize && (size & (size - 1)) == 0;
+
+    /// <summary>vring_need_event: has the used index passed the driver's used_event since the last notification?</summary>
+    public static bool NeedEvent(ushort eventIndex, ushort newIndex, ushort oldIndex) =>
+        (ushort)(newIndex - eventIndex - 1) < (ushort)(newIndex - oldIndex);
+}
