@@ -1,0 +1,57 @@
+using Microsoft.Extensions.Logging;
+
+namespace VhostUserVirtio.Backend;
+
+/// <summary>
+/// The running back end of one process: the control loop, the data-path workers and one endpoint
+/// per served device. The daemon and the tests compose devices through this.
+/// </summary>
+public sealed class VhostUserServer : IDisposable
+{
+    private readonly ILoggerFactory _loggers;
+    private readonly List<VhostUserEndpoint> _endpoints = new();
+    private readonly object _gate = new();
+
+    public VhostUserServer(ILoggerFactory loggers, int workerCount = 1)
+    {
+        _loggers = loggers;
+        Control = new EventLoop("control", loggers.CreateLogger<EventLoop>());
+        Workers = new WorkerPool(workerCount, loggers);
+    }
+
+    public EventLoop Control { get; }
+    public WorkerPool Workers { get; }
+
+    public IReadOnlyList<VhostUserEndpoint> Endpoints
+    {
+        get { lock (_gate) return _endpoints.ToArray(); }
+    }
+
+    /// <summary>Serves <paramref name="device"/> on <paramref name="socketPath"/> (listening, or connecting in client mode).</summary>
+    public VhostUserEndpoint Serve(IVirtioDevice device, string socketPath, bool clientMode = false)
+    {
+        var logger = _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name);
+        var backend = new VhostUserBackend(device, Workers, logger);
+        var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger);
+        endpoint.Start();
+        lock (_gate)
+            _endpoints.Add(endpoint);
+        return endpoint;
+    }
+
+    /// <summary>Stops serving one device: its front end is disconnected and its socket removed.</summary>
+    public void Remove(VhostUserEndpoint endpoint)
+    {
+        lock (_gate)
+            _endpoints.Remove(endpoint);
+        endpoint.Dispose();
+    }
+
+    public void Dispose()
+    {
+        foreach (var e in Endpoints)
+            Remove(e);
+        Control.Dispose();
+        Workers.Dispose();
+    }
+}

@@ -1,0 +1,98 @@
+using VhostUserVirtio.Interop;
+using VhostUserVirtio.Protocol;
+
+namespace VhostUserVirtio.FrontEnd;
+
+/// <summary>
+/// A device brought up the way QEMU does it: features and protocol features negotiated, memory
+/// table sent, every ring configured and enabled, status DRIVER_OK. Owns the connection, the guest
+/// RAM and the rings.
+/// </summary>
+public sealed class FrontEndSession : IDisposable
+{
+    private FrontEndSession(VhostUserFrontEnd connection, GuestRam ram, DriverQueue[] queues, ulong features, EventFd[] errs)
+    {
+        Connection = connection;
+        Ram = ram;
+        Queues = queues;
+        Features = features;
+        ErrorFds = errs;
+    }
+
+    public VhostUserFrontEnd Connection { get; }
+    public GuestRam Ram { get; }
+    public DriverQueue[] Queues { get; }
+    /// <summary>Negotiated virtio features.</summary>
+    public ulong Features { get; }
+    /// <summary>Per-queue error descriptors given with SET_VRING_ERR: signalled when the back end marks a ring broken.</summary>
+    public EventFd[] ErrorFds { get; }
+
+    public sealed record Options
+    {
+        public int QueueCount { get; init; } = 2;
+        public int QueueSize { get; init; } = 256;
+        public ulong RamSize { get; init; } = 16 << 20;
+        /// <summary>Virtio features the driver wants; the session takes the intersection with what is offered.</summary>
+        public ulong WantedFeatures { get; init; } = ulong.MaxValue;
+        /// <summary>Protocol features the front end supports.</summary>
+        public ProtocolFeatures WantedProtocolFeatures { get; init; } = (ProtocolFeatures)ulong.MaxValue;
+        public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    }
+
+    /// <summary>Connects to <paramref name="socketPath"/> and brings the device up.</summary>
+    public static FrontEndSession Start(string socketPath, Options? options = null)
+    {
+        options ??= new Options();
+        var fe = VhostUserFrontEnd.Connect(socketPath, options.ConnectTimeout);
+        var ram = new GuestRam(options.RamSize);
+        var queues = new List<DriverQueue>();
+        var errs = new List<EventFd>();
+        try
+        {
+            ulong offered = fe.GetFeatures();
+            ulong features = offered & options.WantedFeatures;
+            if (VirtioFeature.Has(offered, VirtioFeature.VhostUserProtocolFeatures))
+            {
+                var proto = fe.GetProtocolFeatures() & options.WantedProtocolFeatures;
+                fe.SetProtocolFeatures(proto);
+            }
+            if ((fe.Negotiated & ProtocolFeatures.Mq) != 0 && fe.GetQueueNum() < (ulong)options.QueueCount)
+                throw new FrontEndException($"back end has fewer than {options.QueueCount} queues");
+            fe.SetOwner();
+            fe.SetFeatures(features);
+            if ((fe.Negotiated & ProtocolFeatures.Status) != 0)
+                fe.SetStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk);
+            fe.SetMemTable(ram);
+            bool eventIdx = VirtioFeature.Has(features, VirtioFeature.RingEventIdx);
+            for (int i = 0; i < options.QueueCount; i++)
+            {
+                var q = new DriverQueue(ram, i, options.QueueSize) { EventIdx = eventIdx };
+                queues.Add(q);
+                var err = new EventFd();
+                errs.Add(err);
+                q.Configure(fe, err);
+                if (VirtioFeature.Has(features, VirtioFeature.VhostUserProtocolFeatures))
+                    fe.SetVringEnable((uint)i, true);
+            }
+            if ((fe.Negotiated & ProtocolFeatures.Status) != 0)
+                fe.SetStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk | DeviceStatus.DriverOk);
+            return new FrontEndSession(fe, ram, queues.ToArray(), features, errs.ToArray());
+        }
+        catch
+        {
+            foreach (var q in queues) q.Dispose();
+            foreach (var e in errs) e.Dispose();
+            ram.Dispose();
+            fe.Dispose();
+            throw;
+        }
+    }
+
+    public void Dispose()
+    {
+        Connection.Dispose();
+        foreach (var q in Queues) q.Dispose();
+        foreach (var e in ErrorFds) e.Dispose();
+        Ram.Dispose();
+    }
+}
