@@ -110,7 +110,7 @@ public sealed partial class VhostUserBackend : IDisposable
 
     /// <summary>
     /// Logs a refused message and answers as the protocol allows: a failure ack when one was asked
-    /// for, the defined error form for GET_CONFIG, and for other requests whose reply the front end
+    /// for (REPLY_ACK), the defined error form for GET_CONFIG, and for other requests whose reply the front end
     /// is waiting on, dropping the connection (no reply body can express failure).
     /// </summary>
     private HandleResult Reject(Message message, RequestRule rule, string reason)
@@ -123,7 +123,7 @@ public sealed partial class VhostUserBackend : IDisposable
             _logger.LogWarning("{Device}: closing the connection: {Request} expects a reply that cannot express failure", _device.Name, message.Request);
             return HandleResult.Close;
         }
-        if (message.Header.NeedsReply)
+        if (message.Header.NeedsReply && ReplyAckNegotiated)
             return new HandleResult(BitConverter.GetBytes(1UL), false);
         return HandleResult.None;
     }

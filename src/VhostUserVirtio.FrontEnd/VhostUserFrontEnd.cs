@@ -41,6 +41,22 @@ public sealed class VhostUserFrontEnd : IDisposable
         }
     }
 
+    /// <summary>Waits for a back end in client mode to connect to <paramref name="listener"/>.</summary>
+    public static VhostUserFrontEnd Accept(UnixSocket listener, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (DateTime.UtcNow < deadline)
+        {
+            if (listener.Accept() is { } socket)
+            {
+                socket.Descriptor.SetNonBlocking(false);
+                return new VhostUserFrontEnd(socket);
+            }
+            listener.Descriptor.WaitReadable(100);
+        }
+        throw new TimeoutException($"no back end connected within {timeout}");
+    }
+
     // ---- raw framing ----
 
     /// <summary>Sends one message exactly as given (any header values, any descriptors).</summary>

@@ -55,6 +55,9 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "socket", SetLastError = true)]
     internal static partial int Socket(int domain, int type, int protocol);
 
+    [LibraryImport(Lib, EntryPoint = "socketpair", SetLastError = true)]
+    internal static partial int SocketPair(int domain, int type, int protocol, int* sv);
+
     [LibraryImport(Lib, EntryPoint = "bind", SetLastError = true)]
     internal static partial int Bind(int fd, void* addr, uint addrlen);
 

@@ -72,6 +72,14 @@ public sealed unsafe class UnixSocket : IDisposable
         }
     }
 
+    /// <summary>A connected pair of blocking sockets (socketpair), e.g. to pass one end to a peer and watch it close.</summary>
+    public static (UnixSocket, UnixSocket) CreatePair()
+    {
+        int* sv = stackalloc int[2];
+        NativeException.Check(Libc.SocketPair(Libc.AF_UNIX, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC, 0, sv), "socketpair");
+        return (new UnixSocket(new FileDescriptor(sv[0])), new UnixSocket(new FileDescriptor(sv[1])));
+    }
+
     private static UnixSocket Create()
     {
         int fd = NativeException.Check(

@@ -1,0 +1,25 @@
+using VhostUserVirtio.FrontEnd;
+
+namespace VhostUserVirtio.Tests.Support;
+
+/// <summary>Checks shared by the hostile-input tests: the harm stays where it was done.</summary>
+public static class Hostile
+{
+    /// <summary>
+    /// Asserts queue <paramref name="queue"/> of <paramref name="victim"/> was marked broken (error fd
+    /// signalled, warning logged with <paramref name="reason"/>, nothing returned on it), while the
+    /// victim's other queue and the other device keep echoing.
+    /// </summary>
+    public static void AssertOnlyThatQueueBroke(EchoBackend backend, FrontEndSession victim, int queue, string reason, FrontEndSession other)
+    {
+        Assert.True(victim.ErrorFds[queue].Wait(10_000), "the back end did not signal the ring's error descriptor");
+        Assert.True(backend.Logs.WaitForWarning(reason), $"no warning containing '{reason}' was logged:\n{backend.Logs.Dump()}");
+        Assert.Equal(0, victim.Queues[queue].UsedIndex);
+
+        int healthy = queue == 0 ? 1 : 0;
+        var payload = Echo.Text("other queue of the same device");
+        Assert.Equal(payload, Echo.RoundTrip(victim, healthy, payload));
+        payload = Echo.Text("another device entirely");
+        Assert.Equal(payload, Echo.RoundTrip(other, 0, payload));
+    }
+}
