@@ -51,7 +51,7 @@ public sealed class FrontEndSession : IDisposable
         {
             ulong offered = fe.GetFeatures();
             ulong features = offered & options.WantedFeatures;
-            if (VirtioFeature.Has(offered, VirtioFeature.VhostUserProtocolFeatures))
+            if (VirtioFeature.Has(features, VirtioFeature.VhostUserProtocolFeatures))
             {
                 var proto = fe.GetProtocolFeatures() & options.WantedProtocolFeatures;
                 fe.SetProtocolFeatures(proto);
