@@ -195,10 +195,21 @@ public sealed partial class VhostUserBackend : IDisposable
                 return null;
             case FrontendRequest.GetStatus:
                 return BitConverter.GetBytes((ulong)_status);
+            case FrontendRequest.SendRarp:
+                NetControl(m.Request).AnnounceMac(p.AsSpan(0, 6));
+                return null;
+            case FrontendRequest.NetSetMtu:
+                if (!NetControl(m.Request).SetMtu((uint)Math.Min(m.PayloadU64, uint.MaxValue)))
+                    throw new VhostUserException($"MTU {m.PayloadU64} is not acceptable to the device");
+                return null;
             default:
                 throw new VhostUserException($"{m.Request} is not handled by this back end");
         }
     }
+
+    // Gating already ensured the device offered RARP / NET_MTU; a device that offers them implements this.
+    private INetDeviceControl NetControl(FrontendRequest request) =>
+        _device as INetDeviceControl ?? throw new VhostUserException($"{request} is not supported by a {_device.GetType().Name}");
 
     private void SetFeatures(ulong features)
     {

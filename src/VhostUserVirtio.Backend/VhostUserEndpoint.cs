@@ -84,6 +84,10 @@ public sealed class VhostUserEndpoint : IDisposable
     {
         while (_listener?.Accept() is { } socket)
         {
+            // The previous front end may have closed just before this one connected, with its end
+            // of stream still unread: read it now so a quick reconnect is not refused.
+            if (_connection != null)
+                OnConnectionReady(_connection, EpollEvents.In);
             if (_connection != null)
             {
                 _logger.LogWarning("{Device}: refused a second front end on {Path}; one is already connected", _backend.Device.Name, SocketPath);
