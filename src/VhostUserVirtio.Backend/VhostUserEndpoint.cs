@@ -120,9 +120,15 @@ public sealed class VhostUserEndpoint : IDisposable
             _retryTimer?.Change(_retryInterval, Timeout.InfiniteTimeSpan);
     }
 
+    /// <summary>Messages handled per wake-up before other sockets get their turn (epoll is level-triggered).</summary>
+    private const int MessagesPerWakeup = 64;
+
+    /// <summary>How long a reply may wait for room in the socket before the front end is deemed stuck.</summary>
+    private const int ReplyTimeoutMs = 2000;
+
     private void OnConnectionReady(Connection c, EpollEvents events)
     {
-        while (_connection == c)
+        for (int handled = 0; _connection == c && handled < MessagesPerWakeup; handled++)
         {
             MessageReader.Status status;
             Message? message;
@@ -154,7 +160,7 @@ public sealed class VhostUserEndpoint : IDisposable
             {
                 try
                 {
-                    MessageWriter.Reply(c.Socket, request, result.Reply);
+                    MessageWriter.Reply(c.Socket, request, result.Reply, ReplyTimeoutMs);
                 }
                 catch (NativeException e)
                 {

@@ -218,6 +218,22 @@ public sealed class HostileMessageTests : IDisposable
     }
 
     [Fact]
+    public void A_flood_of_messages_from_one_front_end_does_not_starve_another_device()
+    {
+        var flood = new byte[12 * 20_000];
+        for (int i = 0; i < 20_000; i++)
+            new MessageHeader((uint)FrontendRequest.SetOwner, MessageHeader.Version, 0).Write(flood.AsSpan(i * 12));
+        var sender = Task.Run(() => _s.Connection.SendBytes(flood));
+        for (int i = 0; i < 20; i++)
+        {
+            var payload = Echo.Text($"served during the flood {i}");
+            Assert.Equal(payload, Echo.RoundTrip(_other, i % 2, payload));
+        }
+        Assert.True(sender.Wait(30_000));
+        AssertStillServing();
+    }
+
+    [Fact]
     public void Partial_message_then_disconnect_leaves_the_device_ready_for_the_next_front_end()
     {
         Span<byte> header = stackalloc byte[12];
