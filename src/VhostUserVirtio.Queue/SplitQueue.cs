@@ -111,9 +111,6 @@ public sealed unsafe class SplitQueue
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ushort ReadAvailIndex() => Volatile.Read(ref *(ushort*)(_avail + 2));
 
-    /// <summary>True if the driver has made buffers available that we have not popped.</summary>
-    public bool HasAvailable => IsReady && ReadAvailIndex() != NextAvail;
-
     /// <summary>
     /// Pops and validates the next chain. Returns null when none is available or the queue is broken
     /// (check <see cref="Fault"/>). The returned chain is reused by the next pop.
