@@ -19,6 +19,14 @@ public sealed class FileDescriptor : SafeHandle
 
     protected override bool ReleaseHandle() => Libc.Close((int)handle) == 0;
 
+    /// <summary>
+    /// A second descriptor for the same open file (fcntl F_DUPFD_CLOEXEC, so it stays close-on-exec
+    /// like every other descriptor here). Lets one owner keep a file while handing a copy to an API
+    /// that consumes descriptors, e.g. mapping the same memfd on both sides in one process.
+    /// </summary>
+    public FileDescriptor Duplicate() =>
+        new(NativeException.Check(Libc.Fcntl(Number, Libc.F_DUPFD_CLOEXEC, 0), "fcntl(F_DUPFD_CLOEXEC)"));
+
     /// <summary>Size of the file in bytes (fstat st_size).</summary>
     public unsafe long GetFileSize()
     {

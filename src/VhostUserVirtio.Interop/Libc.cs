@@ -87,6 +87,7 @@ internal static unsafe partial class Libc
     internal const uint MFD_ALLOW_SEALING = 0x2;
     internal const int F_GETFL = 3;
     internal const int F_SETFL = 4;
+    internal const int F_DUPFD_CLOEXEC = 1030;
     internal const int F_ADD_SEALS = 1033;
     internal const int F_GET_SEALS = 1034;
     internal const int F_SEAL_SHRINK = 0x2;
