@@ -48,27 +48,16 @@ public sealed class DeviceQueue : IReadyHandler
     public ulong Notifications { get; private set; }
 
     /// <summary>
-    /// Pops every available chain through <paramref name="handler"/>, with notification suppression
-    /// while draining and the re-check that keeps a kick from being lost, then notifies the driver if
-    /// it wants it. The common loop of every device.
+    /// Drains the ring through <paramref name="handler"/> (<see cref="SplitQueue.Drain{THandler}"/>),
+    /// reports a fault if the guest broke the ring, and notifies the driver if it wants it. The
+    /// common loop of every device.
     /// </summary>
     public void Drain<THandler>(ref THandler handler) where THandler : struct, IChainHandler
     {
-        var ring = Ring;
-        ring.DisableNotification();
-        bool any = false;
-        do
-        {
-            DescriptorChain? chain;
-            while ((chain = ring.Pop()) != null)
-            {
-                ring.PushUsed(chain.Head, handler.Handle(chain));
-                any = true;
-            }
-        } while (ring.EnableNotification());
-        if (ring.Fault != null)
+        int handled = Ring.Drain(ref handler);
+        if (Ring.Fault != null)
             ReportFault();
-        if (any)
+        if (handled > 0)
             NotifyIfNeeded();
     }
 
@@ -127,10 +116,4 @@ public sealed class DeviceQueue : IReadyHandler
     }
 
     public override string ToString() => $"{_device.Name}/q{Index}";
-}
-
-/// <summary>Handles one chain and returns the number of bytes written into it (the used length).</summary>
-public interface IChainHandler
-{
-    uint Handle(DescriptorChain chain);
 }

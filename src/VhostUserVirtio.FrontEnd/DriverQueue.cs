@@ -184,6 +184,11 @@ public sealed unsafe class DriverQueue : IDisposable
         {
             if (TryGetUsed(out var id, out var len))
                 return (id, len);
+            // used_event was just written by the last reap; make it visible before the final look,
+            // or the device could miss it and skip the call we are about to wait for.
+            Interlocked.MemoryBarrier();
+            if (TryGetUsed(out id, out len))
+                return (id, len);
             long left = deadline - Environment.TickCount64;
             if (left <= 0)
                 throw new TimeoutException($"queue {Index}: no used buffer within {timeoutMs} ms");

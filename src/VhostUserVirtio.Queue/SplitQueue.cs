@@ -205,6 +205,28 @@ public sealed unsafe class SplitQueue
         }
     }
 
+    /// <summary>
+    /// Pops every available chain through <paramref name="handler"/> and returns each with the length
+    /// the handler wrote. Driver kicks are suppressed while draining and re-enabled with a re-check, so
+    /// a buffer made available meanwhile is never left without a kick. Returns the chains handled;
+    /// the caller decides about notifying (<see cref="NeedsNotification"/>). Allocates nothing.
+    /// </summary>
+    public int Drain<THandler>(ref THandler handler) where THandler : struct, IChainHandler
+    {
+        int handled = 0;
+        DisableNotification();
+        do
+        {
+            DescriptorChain? chain;
+            while ((chain = Pop()) != null)
+            {
+                PushUsed(chain.Head, handler.Handle(chain));
+                handled++;
+            }
+        } while (EnableNotification());
+        return handled;
+    }
+
     /// <summary>Returns a chain to the driver with the number of bytes written into it.</summary>
     public void PushUsed(ushort head, uint length)
     {
@@ -262,4 +284,10 @@ public sealed unsafe class SplitQueue
         Interlocked.MemoryBarrier();
         return ReadAvailIndex() != NextAvail;
     }
+}
+
+/// <summary>Handles one chain and returns the number of bytes written into it (the used length).</summary>
+public interface IChainHandler
+{
+    uint Handle(DescriptorChain chain);
 }

@@ -1,4 +1,5 @@
 using System.Numerics;
+using VhostUserVirtio.Devices.Echo;
 using VhostUserVirtio.FrontEnd;
 using VhostUserVirtio.Memory;
 using VhostUserVirtio.Queue;
@@ -66,30 +67,17 @@ public sealed class InThreadEchoRing : IDisposable
     }
 
     /// <summary>
-    /// Device side: the loop of DeviceQueue.Drain with EchoDevice's handler (pop, copy readable into
-    /// writable, push used), including notification suppression and the lost-kick re-check.
-    /// Returns the number of chains echoed.
+    /// Device side: the same drain loop and echo handler the back end runs (pop, copy readable into
+    /// writable, push used, notification suppression with the lost-kick re-check). Returns the
+    /// number of chains echoed.
     /// </summary>
     public int DeviceDrain()
     {
-        var ring = Device;
-        int echoed = 0;
-        ring.DisableNotification();
-        do
-        {
-            DescriptorChain? chain;
-            while ((chain = ring.Pop()) != null)
-            {
-                var reader = chain.Reader();
-                var writer = chain.Writer();
-                writer.CopyFrom(ref reader);
-                ring.PushUsed(chain.Head, writer.Written);
-                echoed++;
-            }
-        } while (ring.EnableNotification());
-        if (ring.Fault != null)
-            throw new InvalidOperationException("device side broke the ring: " + ring.Fault);
-        if (echoed > 0 && ring.NeedsNotification())
+        var handler = new EchoDevice.EchoHandler(null);
+        int echoed = Device.Drain(ref handler);
+        if (Device.Fault != null)
+            throw new InvalidOperationException("device side broke the ring: " + Device.Fault);
+        if (echoed > 0 && Device.NeedsNotification())
             Notifications++;
         return echoed;
     }
