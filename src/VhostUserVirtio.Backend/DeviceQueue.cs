@@ -38,7 +38,7 @@ public sealed class DeviceQueue : IReadyHandler
     internal EventFd? Call { get; set; }
     internal EventFd? Err { get; set; }
 
-    /// <summary>Started = owned by a worker and processed.</summary>
+    /// <summary>Started = owned by a worker and processed. Changes only on the owning worker.</summary>
     public bool Started { get; internal set; }
     /// <summary>Enabled (SET_VRING_ENABLE, or implicitly without protocol features).</summary>
     public bool Enabled { get; internal set; }

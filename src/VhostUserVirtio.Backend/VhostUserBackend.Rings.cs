@@ -162,10 +162,14 @@ public sealed partial class VhostUserBackend
         }
         ring.NextAvail = q.Base;
         ring.SyncUsedIndex();
-        q.Started = true;
         _device.QueueStarted(q);
-        var worker = _workers.Next();
-        worker.Loop.Invoke(() => q.AttachTo(worker));
+        var worker = _pinnedWorker ?? _workers.Next();
+        // Started flips on the worker: from then on only the worker touches the ring.
+        worker.Loop.Invoke(() =>
+        {
+            q.Started = true;
+            q.AttachTo(worker);
+        });
         _logger.LogDebug("{Device}: queue {Queue} started on {Worker} (size {Size}, avail {Avail}, used {Used})",
             _device.Name, q.Index, worker.Loop.Name, q.Size, ring.NextAvail, ring.NextUsed);
     }
@@ -175,12 +179,13 @@ public sealed partial class VhostUserBackend
     {
         if (!q.Started)
             return q.Base;
+        // Stopped on the worker, so no delivery can touch the ring after its base was read.
         ushort next = q.Owner!.Loop.Invoke(() =>
         {
             q.Detach();
+            q.Started = false;
             return q.Ring.NextAvail;
         });
-        q.Started = false;
         _device.QueueStopped(q);
         return next;
     }

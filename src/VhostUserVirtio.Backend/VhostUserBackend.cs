@@ -39,10 +39,17 @@ public sealed partial class VhostUserBackend : IDisposable
     private byte _status;
     private bool _owned;
 
-    public VhostUserBackend(IVirtioDevice device, WorkerPool workers, ILogger logger)
+    private readonly Worker? _pinnedWorker;
+
+    /// <param name="pinnedWorker">
+    /// The worker every ring of this device runs on, when devices share data-path state (a switch's
+    /// ports); null spreads rings over the pool.
+    /// </param>
+    public VhostUserBackend(IVirtioDevice device, WorkerPool workers, ILogger logger, Worker? pinnedWorker = null)
     {
         _device = device;
         _workers = workers;
+        _pinnedWorker = pinnedWorker;
         _logger = logger;
         _queues = Enumerable.Range(0, device.QueueCount).Select(i => new DeviceQueue(device, i, logger)).ToArray();
     }

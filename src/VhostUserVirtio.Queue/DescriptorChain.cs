@@ -35,6 +35,33 @@ public sealed class DescriptorChain
     /// <summary>A cursor over the writable bytes.</summary>
     public ChainWriter Writer() => new(Memory, Writable);
 
+    /// <summary>
+    /// Writes <paramref name="data"/> at byte <paramref name="offset"/> of the writable part, across
+    /// segments if need be (e.g. to patch a header field after the rest was written). False if the
+    /// writable part is too short.
+    /// </summary>
+    public bool WriteAt(uint offset, ReadOnlySpan<byte> data)
+    {
+        if ((ulong)offset + (ulong)data.Length > WritableLength)
+            return false;
+        foreach (var seg in Writable)
+        {
+            if (data.IsEmpty)
+                break;
+            if (offset >= seg.Length)
+            {
+                offset -= seg.Length;
+                continue;
+            }
+            int n = (int)Math.Min(seg.Length - offset, (uint)data.Length);
+            if (!Memory.Write(seg.Address + offset, data[..n]))
+                return false;
+            data = data[n..];
+            offset = 0;
+        }
+        return data.IsEmpty;
+    }
+
     internal void EnsureCapacity(int capacity)
     {
         if (_segments.Length < capacity)

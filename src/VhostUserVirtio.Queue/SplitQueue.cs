@@ -227,6 +227,17 @@ public sealed unsafe class SplitQueue
         return handled;
     }
 
+    /// <summary>
+    /// Gives back the last <paramref name="count"/> popped chains unconsumed, as if never popped (e.g. a
+    /// received frame needed more buffers than the driver had posted). Only valid before PushUsed
+    /// for them; they are validated again when popped again.
+    /// </summary>
+    public void Rewind(int count)
+    {
+        NextAvail -= (ushort)count;
+        ChainsPopped -= (ulong)count;
+    }
+
     /// <summary>Returns a chain to the driver with the number of bytes written into it.</summary>
     public void PushUsed(ushort head, uint length)
     {
