@@ -1,0 +1,17 @@
+namespace VhostUserVirtio.Devices.Switch;
+
+/// <summary>Something plugged into the <see cref="L2Switch"/>: a virtio-net device or the TAP uplink.</summary>
+public interface ISwitchPort
+{
+    string Name { get; }
+    PortCounters Counters { get; }
+
+    /// <summary>
+    /// Takes a frame addressed to this port (on the switch's data-path thread). Returns false with
+    /// the reason when it cannot. Notifications may be deferred until <see cref="FlushNotifications"/>.
+    /// </summary>
+    bool Deliver(in Frame frame, Mac destination, out DropReason reason);
+
+    /// <summary>Sends the notifications deferred by <see cref="Deliver"/> (one per burst, not per frame).</summary>
+    void FlushNotifications();
+}

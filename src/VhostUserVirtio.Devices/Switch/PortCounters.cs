@@ -1,0 +1,54 @@
+namespace VhostUserVirtio.Devices.Switch;
+
+/// <summary>Why the switch or a port dropped a frame.</summary>
+public enum DropReason
+{
+    /// <summary>The destination had no receive buffer posted (or not enough for the frame).</summary>
+    NoRxBuffer,
+    /// <summary>The destination's receive buffers are too small for the frame (no mergeable buffers).</summary>
+    RxBufferTooSmall,
+    /// <summary>The destination has no started, enabled receive queue (no driver, or link down).</summary>
+    NoRxQueue,
+    /// <summary>The destination's receive filter (MAC, promiscuous, multicast, broadcast modes) refused it.</summary>
+    Filtered,
+    /// <summary>Shorter than an Ethernet header.</summary>
+    Runt,
+    /// <summary>Larger than the port's MTU allows.</summary>
+    Oversize,
+    /// <summary>A transmit header asked for an offload that was not negotiated.</summary>
+    BadHeader,
+    /// <summary>The learned port of the destination is the sender itself.</summary>
+    Hairpin,
+    /// <summary>The port's link is down.</summary>
+    LinkDown,
+    /// <summary>The uplink could not take it (TAP write failed or would block).</summary>
+    UplinkError,
+}
+
+/// <summary>
+/// Per-port counters. "Tx" is what the port's user sent into the switch, "Rx" what the switch
+/// delivered to it. Written on the data-path worker only; read from anywhere (64-bit reads are atomic).
+/// </summary>
+public sealed class PortCounters
+{
+    private readonly long[] _drops = new long[Enum.GetValues<DropReason>().Length];
+
+    public long TxPackets;
+    public long TxBytes;
+    public long RxPackets;
+    public long RxBytes;
+
+    public long Drops(DropReason reason) => Volatile.Read(ref _drops[(int)reason]);
+
+    public long TotalDrops => _drops.Sum();
+
+    public void Drop(DropReason reason) => _drops[(int)reason]++;
+
+    /// <summary>Non-zero drop counters, for status output.</summary>
+    public IEnumerable<(DropReason Reason, long Count)> NonZeroDrops() =>
+        Enum.GetValues<DropReason>().Select(r => (r, Drops(r))).Where(d => d.Item2 != 0);
+
+    public override string ToString() =>
+        $"tx {TxPackets} pkts/{TxBytes} B, rx {RxPackets} pkts/{RxBytes} B, drops {TotalDrops}" +
+        string.Concat(NonZeroDrops().Select(d => $" {d.Reason}={d.Count}"));
+}
