@@ -8,7 +8,8 @@ namespace VhostUserVirtio.Backend;
 /// The socket side of one served device: listens on a path (server mode) or connects to a path
 /// where the front end listens, retrying (client mode). One front end at a time; after a disconnect
 /// the device is reset and the endpoint accepts (or reconnects) again. All of it runs on the control
-/// loop, so a slow or stalled front end only delays its own messages.
+/// loop, so a slow or stalled front end only delays its own messages. A listening socket made by
+/// someone else (libvirt's --fd) can be adopted instead; its path is then not ours to remove.
 /// </summary>
 public sealed class VhostUserEndpoint : IDisposable
 {
@@ -17,6 +18,7 @@ public sealed class VhostUserEndpoint : IDisposable
     private readonly ILogger _logger;
     private readonly bool _clientMode;
     private readonly TimeSpan _retryInterval;
+    private readonly UnixSocket? _adopted;
     private UnixSocket? _listener;
     private ulong _listenerToken;
     private Connection? _connection;
@@ -24,8 +26,11 @@ public sealed class VhostUserEndpoint : IDisposable
     private volatile bool _disposed;
 
     public VhostUserEndpoint(string socketPath, bool clientMode, VhostUserBackend backend, EventLoop control, ILogger logger,
-        TimeSpan? retryInterval = null)
+        TimeSpan? retryInterval = null, UnixSocket? adoptedListener = null)
     {
+        if (clientMode && adoptedListener != null)
+            throw new ArgumentException("an adopted listening socket cannot be used in client mode", nameof(adoptedListener));
+        _adopted = adoptedListener;
         SocketPath = socketPath;
         _clientMode = clientMode;
         _backend = backend;
@@ -34,6 +39,7 @@ public sealed class VhostUserEndpoint : IDisposable
         _retryInterval = retryInterval ?? TimeSpan.FromSeconds(1);
     }
 
+    /// <summary>The socket path, or for an adopted listener a description such as "fd 3".</summary>
     public string SocketPath { get; }
     public VhostUserBackend Backend => _backend;
     public bool IsConnected => _connection != null;
@@ -51,7 +57,7 @@ public sealed class VhostUserEndpoint : IDisposable
         }
         _control.Invoke(() =>
         {
-            _listener = UnixSocket.Listen(SocketPath);
+            _listener = _adopted ?? UnixSocket.Listen(SocketPath);
             _listenerToken = _control.Register(_listener.Descriptor, EpollEvents.In, new ListenHandler(this));
         });
         _logger.LogInformation("{Device}: listening on {Path}", _backend.Device.Name, SocketPath);
@@ -199,7 +205,7 @@ public sealed class VhostUserEndpoint : IDisposable
         {
             _listener?.Dispose();
         }
-        if (!_clientMode)
+        if (!_clientMode && _adopted == null)
         {
             try { File.Delete(SocketPath); } catch (IOException) { }
         }

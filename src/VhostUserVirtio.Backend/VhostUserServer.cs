@@ -28,11 +28,21 @@ public sealed class VhostUserServer : IDisposable
     }
 
     /// <summary>Serves <paramref name="device"/> on <paramref name="socketPath"/> (listening, or connecting in client mode).</summary>
-    public VhostUserEndpoint Serve(IVirtioDevice device, string socketPath, bool clientMode = false)
+    public VhostUserEndpoint Serve(IVirtioDevice device, string socketPath, bool clientMode = false) =>
+        ServeCore(device, socketPath, clientMode, null);
+
+    /// <summary>
+    /// Serves <paramref name="device"/> on a listening socket someone else created (libvirt's --fd);
+    /// the endpoint owns it from now on. <paramref name="description"/> names it in logs.
+    /// </summary>
+    public VhostUserEndpoint Serve(IVirtioDevice device, Interop.UnixSocket listener, string description) =>
+        ServeCore(device, description, false, listener);
+
+    private VhostUserEndpoint ServeCore(IVirtioDevice device, string socketPath, bool clientMode, Interop.UnixSocket? listener)
     {
         var logger = _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name);
         var backend = new VhostUserBackend(device, Workers, logger);
-        var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger);
+        var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger, adoptedListener: listener);
         endpoint.Start();
         lock (_gate)
             _endpoints.Add(endpoint);

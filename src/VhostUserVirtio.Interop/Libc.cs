@@ -70,6 +70,9 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "connect", SetLastError = true)]
     internal static partial int Connect(int fd, void* addr, uint addrlen);
 
+    [LibraryImport(Lib, EntryPoint = "getsockopt", SetLastError = true)]
+    internal static partial int Getsockopt(int fd, int level, int name, void* value, uint* length);
+
     [LibraryImport(Lib, EntryPoint = "shutdown", SetLastError = true)]
     internal static partial int Shutdown(int fd, int how);
 
@@ -88,6 +91,8 @@ internal static unsafe partial class Libc
     internal const int F_GETFL = 3;
     internal const int F_SETFL = 4;
     internal const int F_DUPFD_CLOEXEC = 1030;
+    internal const int F_SETFD = 2;
+    internal const int FD_CLOEXEC = 1;
     internal const int F_ADD_SEALS = 1033;
     internal const int F_GET_SEALS = 1034;
     internal const int F_SEAL_SHRINK = 0x2;
@@ -111,6 +116,11 @@ internal static unsafe partial class Libc
     internal const int SOCK_CLOEXEC = 0x80000;
     internal const int SOL_SOCKET = 1;
     internal const int SCM_RIGHTS = 1;
+    internal const int SO_TYPE = 3;
+    internal const int SO_ACCEPTCONN = 30;
+    internal const int SO_DOMAIN = 39;
+    internal const uint S_IFMT = 0xF000;
+    internal const uint S_IFSOCK = 0xC000;
     internal const int MSG_CTRUNC = 0x8;
     internal const int MSG_DONTWAIT = 0x40;
     internal const int MSG_NOSIGNAL = 0x4000;

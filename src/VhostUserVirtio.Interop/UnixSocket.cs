@@ -36,6 +36,35 @@ public sealed unsafe class UnixSocket : IDisposable
         }
     }
 
+    /// <summary>
+    /// Takes over a listening AF_UNIX stream socket created by someone else (libvirt's --fd=N): checks
+    /// that it is one, then makes it non-blocking and CLOEXEC. Throws ArgumentException when
+    /// <paramref name="fd"/> is not such a socket; in that case the descriptor is left untouched and not owned.
+    /// </summary>
+    public static UnixSocket AdoptListener(int fd)
+    {
+        Libc.StatBuffer st;
+        if (fd < 0 || Libc.Fstat(fd, &st) != 0)
+            throw new ArgumentException($"fd {fd} is not an open descriptor", nameof(fd));
+        if ((st.Mode & Libc.S_IFMT) != Libc.S_IFSOCK)
+            throw new ArgumentException($"fd {fd} is not a socket", nameof(fd));
+        if (GetIntOption(fd, Libc.SO_DOMAIN) != Libc.AF_UNIX || GetIntOption(fd, Libc.SO_TYPE) != Libc.SOCK_STREAM)
+            throw new ArgumentException($"fd {fd} is not a Unix stream socket", nameof(fd));
+        if (GetIntOption(fd, Libc.SO_ACCEPTCONN) != 1)
+            throw new ArgumentException($"fd {fd} is a Unix socket but not listening", nameof(fd));
+        var sock = new UnixSocket(new FileDescriptor(fd));
+        sock.Descriptor.SetNonBlocking(true); // accepts run on the event loop
+        NativeException.Check(Libc.Fcntl(fd, Libc.F_SETFD, Libc.FD_CLOEXEC), "fcntl(F_SETFD)");
+        return sock;
+    }
+
+    private static int GetIntOption(int fd, int name)
+    {
+        int value = 0;
+        uint length = sizeof(int);
+        return Libc.Getsockopt(fd, Libc.SOL_SOCKET, name, &value, &length) == 0 ? value : -1;
+    }
+
     /// <summary>Connects to a listening socket. Throws NativeException (ENOENT, ECONNREFUSED…) when nobody listens.</summary>
     public static UnixSocket Connect(string path, bool nonBlocking = false)
     {

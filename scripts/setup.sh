@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian 12 machine to build and test VhostUserVirtio. Safe to run again.
+# The build needs only the .NET 10 SDK (expected on PATH, not installed here) and the NuGet
+# packages, which `dotnet restore` fetches into the user's NuGet cache.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+if ! command -v dotnet >/dev/null 2>&1; then
+    echo "setup: error: 'dotnet' is not on PATH. Install the .NET 10 SDK (https://dot.net) and run this again." >&2
+    exit 1
+fi
+if ! dotnet --list-sdks | grep -q '^10\.'; then
+    echo "setup: error: no .NET 10 SDK found; 'dotnet --list-sdks' shows:" >&2
+    dotnet --list-sdks >&2 || true
+    exit 1
+fi
+echo "setup: using .NET SDK $(dotnet --version) at $(command -v dotnet)"
+
+# --disable-build-servers: leave no MSBuild node behind holding the caller's output pipe (CI).
+dotnet restore VhostUserVirtio.sln --disable-build-servers </dev/null
+echo "setup: done"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds (Release) and runs every test, then prints one final line "N passed, M failed" with the
+# totals of all TRX result files. Exits non-zero if a test failed, if none ran, or if the build
+# or the test run failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+
+results=artifacts/test-results
+rm -rf "$results"   # only this run's files count
+mkdir -p "$results"
+
+# --disable-build-servers: no compiler/MSBuild server outlives the run holding the output pipe (CI).
+dotnet test VhostUserVirtio.sln -c Release --disable-build-servers \
+    --logger trx --results-directory "$results" </dev/null
+status=$?
+
+passed=0
+failed=0
+while IFS= read -r -d '' trx; do
+    counters="$(grep -o '<Counters [^>]*' "$trx" | head -n 1)"
+    # The leading space keeps passed= from matching passedButRunAborted=.
+    p="$(grep -o ' passed="[0-9]*"' <<<"$counters" | grep -o '[0-9]\+' || true)"
+    f="$(grep -o ' failed="[0-9]*"' <<<"$counters" | grep -o '[0-9]\+' || true)"
+    passed=$((passed + ${p:-0}))
+    failed=$((failed + ${f:-0}))
+done < <(find "$results" -name '*.trx' -print0)
+
+echo "$passed passed, $failed failed"
+if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ $((passed + failed)) -eq 0 ]; then
+    exit 1
+fi

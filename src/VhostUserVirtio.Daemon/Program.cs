@@ -1,0 +1,23 @@
+using System.CommandLine;
+using VhostUserVirtio.Daemon;
+
+// vhost-virtio: `serve` is also what runs with no subcommand, so libvirt-style invocations
+// (`vhost-virtio --print-capabilities`, `vhost-virtio --socket-path=PATH`) work as the spec expects.
+var root = new RootCommand("vhost-virtio: a vhost-user device back end (today: echo test devices).");
+var rootOptions = new ServeOptions(root);
+root.SetAction(result => ServeCommand.Execute(rootOptions.Bind(result)));
+
+var serve = new Command("serve", "Serve devices over vhost-user sockets until SIGINT or SIGTERM (the default command).");
+var serveOptions = new ServeOptions(serve);
+serve.SetAction(result => ServeCommand.Execute(serveOptions.Bind(result)));
+root.Subcommands.Add(serve);
+
+var parsed = root.Parse(args);
+// A bad command line gets its error and a pointer to --help, not the whole help text.
+if (parsed.Action is System.CommandLine.Invocation.ParseErrorAction onError)
+    onError.ShowHelp = false;
+// No ProcessTerminationTimeout: the daemon handles SIGINT/SIGTERM itself and must exit 0 on them.
+int exitCode = parsed.Invoke(new InvocationConfiguration { ProcessTerminationTimeout = null });
+if (parsed.Errors.Count > 0)
+    Console.Error.WriteLine("Try 'vhost-virtio --help' for the options.");
+return exitCode;

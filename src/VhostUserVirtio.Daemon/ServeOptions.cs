@@ -1,0 +1,150 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using Microsoft.Extensions.Logging;
+
+namespace VhostUserVirtio.Daemon;
+
+/// <summary>Everything the serve command was asked to do, validated.</summary>
+internal sealed record DaemonSettings(
+    string SocketDirectory,
+    int Devices,
+    int Queues,
+    int Workers,
+    bool ClientMode,
+    LogLevel LogLevel,
+    string? SocketPath,
+    int? Fd,
+    bool PrintCapabilities);
+
+/// <summary>
+/// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
+/// belongs to the command it was added to. Every rule is a parse-time validator, so a bad command
+/// line fails before any socket exists, with System.CommandLine's message and a non-zero exit.
+/// </summary>
+internal sealed class ServeOptions
+{
+    private const int MaxDevices = 256;
+    private const int MaxQueues = 256;
+    private const int MaxWorkers = 64;
+
+    private static readonly Dictionary<string, LogLevel> LogLevels = new()
+    {
+        ["trace"] = LogLevel.Trace,
+        ["debug"] = LogLevel.Debug,
+        ["information"] = LogLevel.Information,
+        ["warning"] = LogLevel.Warning,
+        ["error"] = LogLevel.Error,
+    };
+
+    private readonly Option<string> _socketDir = new("--socket-dir")
+    {
+        Description = "Folder for the device sockets (echo0.sock, echo1.sock, ...); created if missing.",
+        HelpName = "DIR",
+        DefaultValueFactory = _ => "./sockets",
+    };
+
+    private readonly Option<int> _devices = new("--devices")
+    {
+        Description = "Number of devices to serve.",
+        HelpName = "N",
+        DefaultValueFactory = _ => 2,
+    };
+
+    private readonly Option<int> _queues = new("--queues")
+    {
+        Description = "Virtqueues per device.",
+        HelpName = "N",
+        DefaultValueFactory = _ => 2,
+    };
+
+    private readonly Option<int> _workers = new("--workers")
+    {
+        Description = "Data-path worker threads shared by all devices.",
+        HelpName = "N",
+        DefaultValueFactory = _ => 1,
+    };
+
+    private readonly Option<bool> _client = new("--client")
+    {
+        Description = "Connect to sockets where the front end listens (retrying) instead of listening.",
+    };
+
+    private readonly Option<string> _logLevel = new("--log-level")
+    {
+        Description = "Lowest level logged.",
+        HelpName = "LEVEL",
+        DefaultValueFactory = _ => "information",
+    };
+
+    private readonly Option<string?> _socketPath = new("--socket-path")
+    {
+        Description = "Serve one device on exactly this socket path (libvirt convention).",
+        HelpName = "PATH",
+    };
+
+    private readonly Option<int?> _fd = new("--fd")
+    {
+        Description = "Serve one device on this already-listening Unix socket descriptor (libvirt convention).",
+        HelpName = "FDNUM",
+    };
+
+    private readonly Option<bool> _printCapabilities = new("--print-capabilities")
+    {
+        Description = "Print the vhost-user.json capability document and exit.",
+    };
+
+    public ServeOptions(Command command)
+    {
+        _logLevel.AcceptOnlyFromAmong([.. LogLevels.Keys]);
+        AddRange(_devices, 1, MaxDevices);
+        AddRange(_queues, 1, MaxQueues);
+        AddRange(_workers, 1, MaxWorkers);
+        _fd.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<int?>() is < 0)
+                r.AddError("--fd must be a descriptor number (0 or more).");
+        });
+        _socketPath.Validators.Add(r =>
+        {
+            if (string.IsNullOrWhiteSpace(r.GetValueOrDefault<string?>()))
+                r.AddError("--socket-path must not be empty.");
+        });
+
+        foreach (var option in new Option[] { _socketDir, _devices, _queues, _workers, _client, _logLevel, _socketPath, _fd, _printCapabilities })
+            command.Options.Add(option);
+        command.Validators.Add(ValidateCombination);
+    }
+
+    private static void AddRange(Option<int> option, int min, int max) =>
+        option.Validators.Add(r =>
+        {
+            int value = r.GetValueOrDefault<int>();
+            if (value < min || value > max)
+                r.AddError($"{option.Name} must be between {min} and {max} (got {value}).");
+        });
+
+    /// <summary>Rules between options: one device via --socket-path xor --fd, which excludes the multi-device ones.</summary>
+    private void ValidateCombination(CommandResult r)
+    {
+        bool path = Given(r, _socketPath), fd = Given(r, _fd);
+        if (path && fd)
+            r.AddError("--socket-path and --fd are mutually exclusive: give one of them.");
+        if ((path || fd) && (Given(r, _socketDir) || Given(r, _devices)))
+            r.AddError($"{(path ? "--socket-path" : "--fd")} serves exactly one device; it cannot be combined with --socket-dir or --devices.");
+        if (fd && Given(r, _client))
+            r.AddError("--fd is a listening socket; it cannot be combined with --client.");
+    }
+
+    private static bool Given(CommandResult r, Option option) => r.GetResult(option) is { Implicit: false };
+
+    public DaemonSettings Bind(ParseResult r) => new(
+        SocketDirectory: Path.GetFullPath(r.GetValue(_socketDir)!),
+        Devices: r.GetValue(_socketPath) != null || r.GetValue(_fd) != null ? 1 : r.GetValue(_devices),
+        Queues: r.GetValue(_queues),
+        Workers: r.GetValue(_workers),
+        ClientMode: r.GetValue(_client),
+        LogLevel: LogLevels[r.GetValue(_logLevel)!],
+        SocketPath: r.GetValue(_socketPath) is { } p ? Path.GetFullPath(p) : null,
+        Fd: r.GetValue(_fd),
+        PrintCapabilities: r.GetValue(_printCapabilities));
+}

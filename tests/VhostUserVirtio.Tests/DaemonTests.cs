@@ -1,0 +1,124 @@
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using VhostUserVirtio.FrontEnd;
+using VhostUserVirtio.Interop;
+using VhostUserVirtio.Tests.Support;
+
+namespace VhostUserVirtio.Tests;
+
+/// <summary>
+/// The vhost-virtio executable end to end: real process, real sockets, real signals. Deadlines are
+/// generous because a cold `dotnet` start on a busy 2-core machine is slow; nothing here measures speed.
+/// </summary>
+public sealed partial class DaemonTests : IDisposable
+{
+    private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
+
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "vuv-d-" + Guid.NewGuid().ToString("N")[..12]);
+
+    public DaemonTests() => Directory.CreateDirectory(_dir);
+
+    public void Dispose()
+    {
+        try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
+    }
+
+    [Fact]
+    public void Serve_brings_up_two_echo_devices_and_stops_cleanly_on_SIGTERM()
+    {
+        var sockets = new[] { Path.Combine(_dir, "echo0.sock"), Path.Combine(_dir, "echo1.sock") };
+        using var daemon = DaemonProcess.Start(["serve", "--socket-dir", _dir, "--devices", "2"]);
+        daemon.WaitUntil(() => sockets.All(File.Exists) && daemon.Output.Contains("ready:"), Deadline, "both sockets and the ready line");
+
+        foreach (var socket in sockets)
+            Echo.AssertDeviceWorks(socket);
+
+        // A front end still connected at shutdown must be disconnected, not left hanging.
+        using var connected = FrontEndSession.Start(sockets[0]);
+        Assert.Equal(Echo.Text("last"), Echo.RoundTrip(connected, 1, Echo.Text("last")));
+
+        daemon.Terminate();
+        Assert.True(daemon.WaitForExit(Deadline), "daemon did not exit after SIGTERM:\n" + daemon.Output);
+        Assert.True(daemon.ExitCode == 0, $"exit code {daemon.ExitCode}:\n{daemon.Output}");
+        Assert.True(connected.Connection.WaitForClose((int)Deadline.TotalMilliseconds), "front end was not disconnected");
+        Assert.All(sockets, s => Assert.False(File.Exists(s), $"{s} left behind"));
+        Assert.Contains("SIGTERM", daemon.Output);
+    }
+
+    [Fact]
+    public void Socket_path_serves_one_device_on_exactly_that_path()
+    {
+        var socket = Path.Combine(_dir, "vhost.sock");
+        using var daemon = DaemonProcess.Start([$"--socket-path={socket}"]);
+        daemon.WaitUntil(() => File.Exists(socket) && daemon.Output.Contains("ready:"), Deadline, "the socket");
+
+        Echo.AssertDeviceWorks(socket);
+
+        daemon.Terminate();
+        Assert.True(daemon.WaitForExit(Deadline), "daemon did not exit after SIGTERM:\n" + daemon.Output);
+        Assert.Equal(0, daemon.ExitCode);
+        Assert.False(File.Exists(socket));
+    }
+
+    [Fact]
+    public void Fd_serves_one_device_on_an_inherited_listening_socket()
+    {
+        var socket = Path.Combine(_dir, "inherited.sock");
+        DaemonProcess daemon;
+        using (var listener = UnixSocket.Listen(socket))
+        {
+            // The child inherits the descriptor only if it is not close-on-exec (as libvirt hands it over).
+            Assert.Equal(0, Fcntl(listener.Descriptor.Number, 2 /* F_SETFD */, 0));
+            daemon = DaemonProcess.Start(["--fd", listener.Descriptor.Number.ToString(), "--log-level", "debug"]);
+        }
+        using (daemon)
+        {
+            daemon.WaitUntil(() => daemon.Output.Contains("ready:"), Deadline, "the ready line");
+            Echo.AssertDeviceWorks(socket);
+
+            daemon.Terminate();
+            Assert.True(daemon.WaitForExit(Deadline), "daemon did not exit after SIGTERM:\n" + daemon.Output);
+            Assert.Equal(0, daemon.ExitCode);
+            Assert.True(File.Exists(socket), "an adopted socket's file belongs to whoever created it");
+        }
+    }
+
+    [Fact]
+    public void Print_capabilities_prints_a_json_document_and_exits_0()
+    {
+        using var daemon = DaemonProcess.Run("--print-capabilities");
+        Assert.True(daemon.ExitCode == 0, daemon.Output);
+        using var doc = JsonDocument.Parse(daemon.StandardOutput);
+        Assert.Equal(JsonValueKind.String, doc.RootElement.GetProperty("type").ValueKind);
+        Assert.False(string.IsNullOrEmpty(doc.RootElement.GetProperty("type").GetString()));
+        Assert.Equal(JsonValueKind.Array, doc.RootElement.GetProperty("features").ValueKind);
+    }
+
+    [Theory]
+    [InlineData("--devices", "-1")]
+    [InlineData("--queues", "0")]
+    [InlineData("--log-level", "loud")]
+    [InlineData("--socket-path", "/tmp/a.sock", "--fd", "3")]
+    [InlineData("--no-such-option")]
+    public void Bad_arguments_exit_non_zero_with_a_message(params string[] args)
+    {
+        using var daemon = DaemonProcess.Run(["serve", .. args]);
+        Assert.NotEqual(0, daemon.ExitCode);
+        Assert.True(args.Any(a => daemon.Output.Contains(a)), "the message should name the offending argument:\n" + daemon.Output);
+        Assert.DoesNotContain("ready:", daemon.Output);
+    }
+
+    [Fact]
+    public void A_socket_that_cannot_be_created_fails_early()
+    {
+        var notADirectory = Path.Combine(_dir, "file");
+        File.WriteAllText(notADirectory, "");
+        using var daemon = DaemonProcess.Run("serve", "--socket-dir", notADirectory);
+        Assert.NotEqual(0, daemon.ExitCode);
+        Assert.Contains("cannot create socket", daemon.Output);
+        Assert.DoesNotContain("ready:", daemon.Output);
+    }
+
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    private static partial int Fcntl(int fd, int cmd, int arg);
+}

@@ -1,0 +1,134 @@
+using System.Diagnostics;
+using System.Reflection;
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace VhostUserVirtio.Tests.Support;
+
+/// <summary>
+/// The real vhost-virtio executable of this build, run as a child process with its output captured.
+/// Disposing kills it if it is still running, so a failed test never leaves a daemon behind.
+/// </summary>
+public sealed partial class DaemonProcess : IDisposable
+{
+    private const int SIGTERM = 15;
+
+    private readonly Process _process;
+    private readonly StringBuilder _output = new();
+    private readonly StringBuilder _stdout = new();
+
+    private DaemonProcess(Process process) => _process = process;
+
+    public int Id => _process.Id;
+    public bool HasExited => _process.HasExited;
+    public int ExitCode => _process.ExitCode;
+
+    /// <summary>stdout and stderr as captured so far, interleaved by arrival.</summary>
+    public string Output { get { lock (_output) return _output.ToString(); } }
+    /// <summary>stdout alone (the daemon logs to stderr, so this is its real output).</summary>
+    public string StandardOutput { get { lock (_output) return _stdout.ToString(); } }
+
+    /// <summary>Path of vhost-virtio.dll, recorded at build time by the test project (see its csproj).</summary>
+    public static string DaemonPath
+    {
+        get
+        {
+            var path = typeof(DaemonProcess).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>()
+                .FirstOrDefault(a => a.Key == "VhostVirtioDaemonPath")?.Value;
+            Assert.False(string.IsNullOrEmpty(path), "the test assembly does not record the daemon's path");
+            Assert.True(File.Exists(path), $"daemon not built at {path}");
+            return path;
+        }
+    }
+
+    /// <summary>Starts <c>dotnet vhost-virtio.dll args</c>.</summary>
+    public static DaemonProcess Start(IEnumerable<string> args, string? workingDirectory = null)
+    {
+        // `dotnet test` tells child processes which host it runs under; fall back to PATH.
+        var host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h : "dotnet";
+        var info = new ProcessStartInfo(host)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true, // an empty stdin: the daemon never reads it, but fd 0 must exist
+            UseShellExecute = false,
+            WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
+        };
+        info.ArgumentList.Add(DaemonPath);
+        foreach (var a in args)
+            info.ArgumentList.Add(a);
+        var process = new Process { StartInfo = info };
+        var daemon = new DaemonProcess(process);
+        process.OutputDataReceived += (_, e) => daemon.Append(e.Data, stdout: true);
+        process.ErrorDataReceived += (_, e) => daemon.Append(e.Data, stdout: false);
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        process.StandardInput.Close();
+        return daemon;
+    }
+
+    private void Append(string? line, bool stdout)
+    {
+        if (line == null)
+            return;
+        lock (_output)
+        {
+            _output.AppendLine(line);
+            if (stdout)
+                _stdout.AppendLine(line);
+        }
+    }
+
+    /// <summary>Runs the daemon to completion (for commands that exit by themselves).</summary>
+    public static DaemonProcess Run(params string[] args)
+    {
+        var daemon = Start(args);
+        Assert.True(daemon.WaitForExit(TimeSpan.FromSeconds(60)), "daemon did not exit:\n" + daemon.Output);
+        return daemon;
+    }
+
+    /// <summary>Waits until <paramref name="condition"/> holds, failing early if the daemon exits.</summary>
+    public void WaitUntil(Func<bool> condition, TimeSpan timeout, string what)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!condition())
+        {
+            if (WaitForExit(TimeSpan.Zero))
+                Assert.Fail($"daemon exited ({_process.ExitCode}) before {what}:\n{Output}");
+            if (DateTime.UtcNow > deadline)
+                Assert.Fail($"timed out waiting for {what}:\n{Output}");
+            Thread.Sleep(20);
+        }
+    }
+
+    /// <summary>Waits for exit and for the captured output to be complete.</summary>
+    public bool WaitForExit(TimeSpan timeout)
+    {
+        if (!_process.WaitForExit(timeout))
+            return false;
+        _process.WaitForExit(); // drains the asynchronous output readers
+        return true;
+    }
+
+    /// <summary>Sends SIGTERM, as a service manager would (Process.Kill sends SIGKILL).</summary>
+    public void Terminate() =>
+        Assert.True(Kill(_process.Id, SIGTERM) == 0, $"kill(SIGTERM) failed: errno {Marshal.GetLastPInvokeError()}");
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Kill(int pid, int signal);
+
+    public void Dispose()
+    {
+        try
+        {
+            if (!_process.HasExited)
+            {
+                _process.Kill(entireProcessTree: true);
+                _process.WaitForExit(10_000);
+            }
+        }
+        catch (InvalidOperationException) { } // never started or already reaped
+        _process.Dispose();
+    }
+}
