@@ -37,13 +37,21 @@ public sealed class FrontEndSession : IDisposable
         /// <summary>Protocol features the front end supports.</summary>
         public ProtocolFeatures WantedProtocolFeatures { get; init; } = (ProtocolFeatures)ulong.MaxValue;
         public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+        /// <summary>Send SET_VRING_ENABLE(1) for every ring (when protocol features are negotiated).</summary>
+        public bool EnableRings { get; init; } = true;
     }
 
     /// <summary>Connects to <paramref name="socketPath"/> and brings the device up.</summary>
     public static FrontEndSession Start(string socketPath, Options? options = null)
     {
         options ??= new Options();
-        var fe = VhostUserFrontEnd.Connect(socketPath, options.ConnectTimeout);
+        return Start(VhostUserFrontEnd.Connect(socketPath, options.ConnectTimeout), options);
+    }
+
+    /// <summary>Brings the device up over an established connection (e.g. one a client-mode back end made); takes ownership of it.</summary>
+    public static FrontEndSession Start(VhostUserFrontEnd fe, Options? options = null)
+    {
+        options ??= new Options();
         var ram = new GuestRam(options.RamSize);
         var queues = new List<DriverQueue>();
         var errs = new List<EventFd>();
@@ -71,7 +79,7 @@ public sealed class FrontEndSession : IDisposable
                 var err = new EventFd();
                 errs.Add(err);
                 q.Configure(fe, err);
-                if (VirtioFeature.Has(features, VirtioFeature.VhostUserProtocolFeatures))
+                if (options.EnableRings && VirtioFeature.Has(features, VirtioFeature.VhostUserProtocolFeatures))
                     fe.SetVringEnable((uint)i, true);
             }
             if ((fe.Negotiated & ProtocolFeatures.Status) != 0)

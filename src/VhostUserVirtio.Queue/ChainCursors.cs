@@ -8,41 +8,16 @@ namespace VhostUserVirtio.Queue;
 /// </summary>
 public unsafe ref struct ChainReader
 {
-    private readonly GuestMemory _memory;
-    private readonly ReadOnlySpan<Segment> _segments;
-    private int _index;
-    private uint _offset;
+    private SegmentWalk _walk;
 
-    internal ChainReader(GuestMemory memory, ReadOnlySpan<Segment> segments)
-    {
-        _memory = memory;
-        _segments = segments;
-        _index = 0;
-        _offset = 0;
-    }
+    internal ChainReader(GuestMemory memory, ReadOnlySpan<Segment> segments) => _walk = new SegmentWalk(memory, segments);
 
     /// <summary>Next run of at most <paramref name="max"/> readable bytes; false when the chain is exhausted.</summary>
     public bool TryNext(int max, out ReadOnlySpan<byte> span)
     {
-        while (_index < _segments.Length)
-        {
-            var seg = _segments[_index];
-            if (_offset >= seg.Length)
-            {
-                _index++;
-                _offset = 0;
-                continue;
-            }
-            // Validated at pop time, so translation succeeds; guard anyway rather than trust.
-            if (!_memory.TryTranslate(seg.Address + _offset, out byte* p, out ulong available))
-                break;
-            int n = (int)Math.Min(Math.Min(available, seg.Length - _offset), (ulong)max);
-            _offset += (uint)n;
-            span = new ReadOnlySpan<byte>(p, n);
-            return true;
-        }
-        span = default;
-        return false;
+        bool ok = _walk.Next(max, out byte* p, out int n);
+        span = ok ? new ReadOnlySpan<byte>(p, n) : default;
+        return ok;
     }
 
     /// <summary>Skips <paramref name="count"/> bytes; returns how many were skipped.</summary>
@@ -70,17 +45,11 @@ public unsafe ref struct ChainReader
 /// <summary>Fills the writable bytes of a chain, across segments and regions; counts what was written.</summary>
 public unsafe ref struct ChainWriter
 {
-    private readonly GuestMemory _memory;
-    private readonly ReadOnlySpan<Segment> _segments;
-    private int _index;
-    private uint _offset;
+    private SegmentWalk _walk;
 
     internal ChainWriter(GuestMemory memory, ReadOnlySpan<Segment> segments)
     {
-        _memory = memory;
-        _segments = segments;
-        _index = 0;
-        _offset = 0;
+        _walk = new SegmentWalk(memory, segments);
         Written = 0;
     }
 
@@ -90,25 +59,10 @@ public unsafe ref struct ChainWriter
     /// <summary>Next writable run of at most <paramref name="max"/> bytes, counted as written.</summary>
     public bool TryNext(int max, out Span<byte> span)
     {
-        while (_index < _segments.Length)
-        {
-            var seg = _segments[_index];
-            if (_offset >= seg.Length)
-            {
-                _index++;
-                _offset = 0;
-                continue;
-            }
-            if (!_memory.TryTranslate(seg.Address + _offset, out byte* p, out ulong available))
-                break;
-            int n = (int)Math.Min(Math.Min(available, seg.Length - _offset), (ulong)max);
-            _offset += (uint)n;
-            Written += (uint)n;
-            span = new Span<byte>(p, n);
-            return true;
-        }
-        span = default;
-        return false;
+        bool ok = _walk.Next(max, out byte* p, out int n);
+        span = ok ? new Span<byte>(p, n) : default;
+        Written += (uint)span.Length;
+        return ok;
     }
 
     /// <summary>Copies <paramref name="source"/> in; returns how many bytes fitted.</summary>
@@ -148,7 +102,52 @@ public unsafe ref struct ChainWriter
 
     private void Unwrite(uint count)
     {
-        _offset -= count;
+        _walk.Back(count);
         Written -= count;
     }
+}
+
+/// <summary>
+/// The walk both cursors share: segment by segment, region by region, as host pointers. Segments
+/// were validated at pop time, so translation succeeds; it is checked anyway rather than trusted.
+/// </summary>
+internal unsafe ref struct SegmentWalk
+{
+    private readonly GuestMemory _memory;
+    private readonly ReadOnlySpan<Segment> _segments;
+    private int _index;
+    private uint _offset;
+
+    public SegmentWalk(GuestMemory memory, ReadOnlySpan<Segment> segments)
+    {
+        _memory = memory;
+        _segments = segments;
+        _index = 0;
+        _offset = 0;
+    }
+
+    public bool Next(int max, out byte* pointer, out int length)
+    {
+        while (_index < _segments.Length)
+        {
+            var seg = _segments[_index];
+            if (_offset >= seg.Length)
+            {
+                _index++;
+                _offset = 0;
+                continue;
+            }
+            if (!_memory.TryTranslate(seg.Address + _offset, out pointer, out ulong available))
+                break;
+            length = (int)Math.Min(Math.Min(available, seg.Length - _offset), (ulong)max);
+            _offset += (uint)length;
+            return true;
+        }
+        pointer = null;
+        length = 0;
+        return false;
+    }
+
+    /// <summary>Steps back within the current segment (only over bytes just handed out by <see cref="Next"/>).</summary>
+    public void Back(uint count) => _offset -= count;
 }

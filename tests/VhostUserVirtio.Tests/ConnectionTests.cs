@@ -38,22 +38,10 @@ public sealed class ConnectionTests
 
         for (int round = 0; round < 2; round++)
         {
-            using var fe = VhostUserFrontEnd.Accept(listener, TimeSpan.FromSeconds(15));
-            using var ram = new GuestRam(1 << 20);
-            using var q = new DriverQueue(ram, 0, 16);
-            fe.SetProtocolFeatures(fe.GetProtocolFeatures());
-            fe.SetOwner();
-            fe.SetFeatures(fe.GetFeatures());
-            fe.SetMemTable(ram);
-            q.Configure(fe);
-            fe.SetVringEnable(0, true);
+            using var s = FrontEndSession.Start(VhostUserFrontEnd.Accept(listener, TimeSpan.FromSeconds(15)),
+                new FrontEndSession.Options { QueueCount = 1, QueueSize = 16, RamSize = 1 << 20 });
             var payload = Echo.Text($"client mode round {round}");
-            ulong src = ram.Allocate((ulong)payload.Length), dst = ram.Allocate((ulong)payload.Length);
-            payload.CopyTo(ram.Span(src, payload.Length));
-            q.AddChain(new BufferSpec[] { new(src, (uint)payload.Length, false), new(dst, (uint)payload.Length, true) });
-            q.Notify();
-            q.WaitUsed();
-            Assert.Equal(payload, ram.Span(dst, payload.Length).ToArray());
+            Assert.Equal(payload, Echo.RoundTrip(s, 0, payload));
         }
     }
 

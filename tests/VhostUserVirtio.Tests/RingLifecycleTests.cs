@@ -75,21 +75,13 @@ public sealed class RingLifecycleTests : IDisposable
     [Fact]
     public void With_protocol_features_rings_start_disabled()
     {
-        using var fe = VhostUserFrontEnd.Connect(_backend.SocketPath(0));
-        using var ram = new GuestRam(1 << 20);
-        using var q = new DriverQueue(ram, 0, 16);
-        fe.SetProtocolFeatures(fe.GetProtocolFeatures());
-        fe.SetOwner();
-        fe.SetFeatures(fe.GetFeatures());
-        fe.SetMemTable(ram);
-        q.Configure(fe);
-        ulong src = ram.Allocate(4), dst = ram.Allocate(4);
-        q.AddChain(new BufferSpec[] { new(src, 4, false), new(dst, 4, true) });
-        q.Notify();
+        using var s = FrontEndSession.Start(_backend.SocketPath(0), new FrontEndSession.Options { EnableRings = false });
+        ushort head = Post(s, 0, Echo.Text("not yet"), out _);
+        s.Queues[0].Notify();
         Thread.Sleep(300);
-        Assert.Equal(0, q.UsedIndex);
-        fe.SetVringEnable(0, true);
-        q.WaitUsed();
+        Assert.Equal(0, s.Queues[0].UsedIndex);
+        s.Connection.SetVringEnable(0, true);
+        Assert.Equal(head, s.Queues[0].WaitUsed().Id);
     }
 
     [Fact]
