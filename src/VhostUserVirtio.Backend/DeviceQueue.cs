@@ -72,7 +72,7 @@ public sealed class DeviceQueue : IReadyHandler
     }
 
     /// <summary>Logs a broken ring once and signals the error descriptor, if the front end gave one.</summary>
-    internal void ReportFault()
+    public void ReportFault()
     {
         if (_faultReported || Ring.Fault == null)
             return;

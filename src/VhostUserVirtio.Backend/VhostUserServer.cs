@@ -28,20 +28,21 @@ public sealed class VhostUserServer : IDisposable
     }
 
     /// <summary>Serves <paramref name="device"/> on <paramref name="socketPath"/> (listening, or connecting in client mode).</summary>
-    public VhostUserEndpoint Serve(IVirtioDevice device, string socketPath, bool clientMode = false) =>
-        ServeCore(device, socketPath, clientMode, null);
+    /// <param name="pinnedWorker">Run every ring of the device on this worker (devices sharing a switch); null spreads them.</param>
+    public VhostUserEndpoint Serve(IVirtioDevice device, string socketPath, bool clientMode = false, Worker? pinnedWorker = null) =>
+        ServeCore(device, socketPath, clientMode, null, pinnedWorker);
 
     /// <summary>
     /// Serves <paramref name="device"/> on a listening socket someone else created (libvirt's --fd);
     /// the endpoint owns it from now on. <paramref name="description"/> names it in logs.
     /// </summary>
-    public VhostUserEndpoint Serve(IVirtioDevice device, Interop.UnixSocket listener, string description) =>
-        ServeCore(device, description, false, listener);
+    public VhostUserEndpoint Serve(IVirtioDevice device, Interop.UnixSocket listener, string description, Worker? pinnedWorker = null) =>
+        ServeCore(device, description, false, listener, pinnedWorker);
 
-    private VhostUserEndpoint ServeCore(IVirtioDevice device, string socketPath, bool clientMode, Interop.UnixSocket? listener)
+    private VhostUserEndpoint ServeCore(IVirtioDevice device, string socketPath, bool clientMode, Interop.UnixSocket? listener, Worker? pinnedWorker)
     {
         var logger = _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name);
-        var backend = new VhostUserBackend(device, Workers, logger);
+        var backend = new VhostUserBackend(device, Workers, logger, pinnedWorker);
         var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger, adoptedListener: listener);
         endpoint.Start();
         lock (_gate)

@@ -55,6 +55,12 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "socket", SetLastError = true)]
     internal static partial int Socket(int domain, int type, int protocol);
 
+    [LibraryImport(Lib, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int Open(string path, int flags);
+
+    [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
+    internal static partial int Ioctl(int fd, ulong request, void* arg);
+
     [LibraryImport(Lib, EntryPoint = "socketpair", SetLastError = true)]
     internal static partial int SocketPair(int domain, int type, int protocol, int* sv);
 
@@ -84,6 +90,16 @@ internal static unsafe partial class Libc
 
     // Constants (Linux, x86_64 / generic).
     internal const int EINTR = 4;
+    internal const int O_RDWR = 2;
+    internal const int O_CLOEXEC = 0x80000;
+    internal const ulong TUNSETIFF = 0x400454ca;
+    internal const ulong SIOCGIFFLAGS = 0x8913;
+    internal const ulong SIOCSIFFLAGS = 0x8914;
+    internal const short IFF_UP = 0x1;
+    internal const short IFF_TAP = 0x2;
+    internal const short IFF_NO_PI = 0x1000;
+    internal const int AF_INET = 2;
+    internal const int SOCK_DGRAM = 2;
     internal const int EAGAIN = 11;
 
     internal const uint MFD_CLOEXEC = 0x1;

@@ -30,7 +30,7 @@ public unsafe ref struct ChainReader
     }
 
     /// <summary>Copies readable bytes into <paramref name="destination"/>; returns how many.</summary>
-    public int Read(Span<byte> destination)
+    public int Read(scoped Span<byte> destination)
     {
         int done = 0;
         while (done < destination.Length && TryNext(destination.Length - done, out var s))
@@ -66,7 +66,7 @@ public unsafe ref struct ChainWriter
     }
 
     /// <summary>Copies <paramref name="source"/> in; returns how many bytes fitted.</summary>
-    public int Write(ReadOnlySpan<byte> source)
+    public int Write(scoped ReadOnlySpan<byte> source)
     {
         int done = 0;
         while (done < source.Length && TryNext(source.Length - done, out var s))

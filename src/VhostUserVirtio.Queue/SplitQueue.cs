@@ -29,6 +29,8 @@ public sealed unsafe class SplitQueue
     public SplitQueue(int maxSize) => _chain = new DescriptorChain(maxSize);
 
     public ushort Size => _size;
+    /// <summary>The memory snapshot the ring currently works against.</summary>
+    public GuestMemory Memory => _memory;
     public ulong DescriptorTable { get; private set; }
     public ulong AvailableRing { get; private set; }
     public ulong UsedRing { get; private set; }

@@ -32,7 +32,7 @@ public readonly ref struct Frame
     public int Length { get; }
 
     /// <summary>Copies the first bytes (e.g. the Ethernet header) into <paramref name="destination"/>; returns how many.</summary>
-    public int CopyPrefix(Span<byte> destination)
+    public int CopyPrefix(scoped Span<byte> destination)
     {
         if (_chain == null)
         {
@@ -56,7 +56,7 @@ public readonly ref struct Frame
     }
 
     /// <summary>Copies the whole frame into <paramref name="destination"/> (which must be large enough).</summary>
-    public int CopyTo(Span<byte> destination)
+    public int CopyTo(scoped Span<byte> destination)
     {
         var r = OpenReader();
         return r.Read(destination);
@@ -95,7 +95,7 @@ public ref struct FrameReader
     }
 
     /// <summary>Copies into a plain buffer; returns bytes copied.</summary>
-    public int Read(Span<byte> destination)
+    public int Read(scoped Span<byte> destination)
     {
         if (_fromChain)
             return _chain.Read(destination);

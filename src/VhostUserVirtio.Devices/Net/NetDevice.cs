@@ -1,0 +1,402 @@
+using System.Buffers.Binary;
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend;
+using VhostUserVirtio.Devices.Switch;
+using VhostUserVirtio.Protocol;
+using VhostUserVirtio.Queue;
+
+namespace VhostUserVirtio.Devices.Net;
+
+/// <summary>Static shape of a virtio-net device.</summary>
+public sealed record NetDeviceOptions
+{
+    /// <summary>MAC reported in config space (VIRTIO_NET_F_MAC). Null: none offered.</summary>
+    public Mac? Mac { get; init; }
+    public int QueuePairs { get; init; } = 1;
+    public bool ControlQueue { get; init; } = true;
+    public int Mtu { get; init; } = 1500;
+    public int MaxQueueSize { get; init; } = 1024;
+}
+
+/// <summary>
+/// A virtio-net device (VIRTIO 5.1) plugged into an <see cref="L2Switch"/>. Transmit queues feed
+/// frames to the switch straight out of the guest's buffers; frames for this port are copied straight
+/// into the guest's receive buffers (mergeable or not). The control queue, when the front end leaves
+/// it to us, sets receive filters, MAC, announce and queue pairs.
+///
+/// Offloads (checksum, GSO) are not offered: the switch does not resolve them for the receiver, so
+/// offering them would hand a peer frames it cannot use. All data-path work runs on the group's worker.
+/// </summary>
+public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
+{
+    private readonly L2Switch _switch;
+    private readonly ILogger _logger;
+    private readonly Action<Action> _onDataPath;
+    private readonly DeviceQueue?[] _queues;
+    private readonly bool[] _notifyPending;
+    private readonly (ushort Head, uint Length)[] _rxUsed;
+    private readonly byte[] _controlBuffer = new byte[4096];
+    private ulong _driverFeatures;
+    private int _headerSize = VirtioNet.HeaderSize;
+    private bool _mergeable;
+    private int _activePairs;
+    private ushort _status = VirtioNet.StatusLinkUp;
+    private Mac? _mac;
+
+    /// <param name="onDataPath">Runs an action on the switch's data-path thread (for RARP injection).</param>
+    public NetDevice(string name, NetDeviceOptions options, L2Switch @switch, Action<Action> onDataPath, ILogger logger)
+    {
+        if (options.QueuePairs < 1 || options.QueuePairs > 0x8000)
+            throw new ArgumentOutOfRangeException(nameof(options), "queue pairs must be 1..32768");
+        Name = name;
+        Options = options;
+        _switch = @switch;
+        _onDataPath = onDataPath;
+        _logger = logger;
+        _mac = options.Mac;
+        Mtu = options.Mtu;
+        _activePairs = options.QueuePairs;
+        QueueCount = 2 * options.QueuePairs + (options.ControlQueue ? 1 : 0);
+        _queues = new DeviceQueue?[QueueCount];
+        _notifyPending = new bool[QueueCount];
+        _rxUsed = new (ushort, uint)[options.MaxQueueSize];
+        Filter.Address = _mac;
+    }
+
+    public string Name { get; }
+    public NetDeviceOptions Options { get; }
+    public PortCounters Counters { get; } = new();
+    public NetReceiveFilter Filter { get; } = new();
+    public int QueueCount { get; }
+    public int MaxQueueSize => Options.MaxQueueSize;
+    public int ConfigSize => VirtioNet.ConfigSize;
+    public int Mtu { get; private set; }
+    public Mac? Mac => _mac;
+    public bool LinkUp => (_status & VirtioNet.StatusLinkUp) != 0;
+    private int ControlQueueIndex => Options.ControlQueue ? 2 * Options.QueuePairs : -1;
+
+    public ulong Features
+    {
+        get
+        {
+            ulong f = VirtioFeature.Mask(VirtioFeature.Version1) | VirtioFeature.Mask(VirtioFeature.RingEventIdx) |
+                      VirtioFeature.Mask(VirtioFeature.RingIndirectDesc) |
+                      VirtioFeature.Mask(VirtioNet.FMrgRxbuf) | VirtioFeature.Mask(VirtioNet.FStatus) |
+                      VirtioFeature.Mask(VirtioNet.FMtu);
+            if (_mac != null)
+                f |= VirtioFeature.Mask(VirtioNet.FMac);
+            if (Options.ControlQueue)
+                f |= VirtioFeature.Mask(VirtioNet.FCtrlVq) | VirtioFeature.Mask(VirtioNet.FCtrlRx) | VirtioFeature.Mask(VirtioNet.FCtrlMacAddr);
+            if (Options.QueuePairs > 1)
+                f |= VirtioFeature.Mask(VirtioNet.FMq);
+            return f;
+        }
+    }
+
+    public ProtocolFeatures ExtraProtocolFeatures => ProtocolFeatures.Rarp | ProtocolFeatures.NetMtu;
+
+    public void ReadConfig(int offset, Span<byte> data)
+    {
+        Span<byte> config = stackalloc byte[VirtioNet.ConfigSize];
+        config.Clear();
+        _mac?.Write(config);
+        BinaryPrimitives.WriteUInt16LittleEndian(config[VirtioNet.ConfigStatus..], _status);
+        BinaryPrimitives.WriteUInt16LittleEndian(config[VirtioNet.ConfigMaxPairs..], (ushort)Options.QueuePairs);
+        BinaryPrimitives.WriteUInt16LittleEndian(config[VirtioNet.ConfigMtu..], (ushort)Mtu);
+        config.Slice(offset, data.Length).CopyTo(data);
+    }
+
+    /// <summary>Modern virtio-net config space is read-only to the driver.</summary>
+    public bool WriteConfig(int offset, ReadOnlySpan<byte> data) => false;
+
+    public void SetDriverFeatures(ulong features)
+    {
+        _driverFeatures = features;
+        _mergeable = VirtioFeature.Has(features, VirtioNet.FMrgRxbuf);
+        _headerSize = _mergeable || VirtioFeature.Has(features, VirtioFeature.Version1) ? VirtioNet.HeaderSize : VirtioNet.LegacyHeaderSize;
+    }
+
+    public void QueueStarted(DeviceQueue queue) => _queues[queue.Index] = queue;
+
+    public void QueueStopped(DeviceQueue queue) => _queues[queue.Index] = null;
+
+    public void ProcessQueue(DeviceQueue queue)
+    {
+        if (queue.Index == ControlQueueIndex)
+        {
+            var control = new ControlHandler(this);
+            queue.Drain(ref control);
+        }
+        else if ((queue.Index & 1) == 1)
+        {
+            // A disabled transmit ring is still drained, its frames discarded (vhost-user "Ring states").
+            var tx = new TransmitHandler(this, queue.Enabled && LinkUp);
+            queue.Drain(ref tx);
+            _switch.FlushNotifications();
+        }
+        // Receive kicks only say buffers were added; frames are copied in as they arrive.
+    }
+
+    public void Reset()
+    {
+        _driverFeatures = 0;
+        _mergeable = false;
+        _headerSize = VirtioNet.HeaderSize;
+        _activePairs = Options.QueuePairs;
+        _status = (ushort)(_status & VirtioNet.StatusLinkUp);
+        Filter.Reset();
+    }
+
+    // ---- INetDeviceControl ----
+
+    public void AnnounceMac(ReadOnlySpan<byte> mac)
+    {
+        var address = Switch.Mac.Read(mac);
+        _logger.LogInformation("{Device}: announcing {Mac} (RARP broadcast)", Name, address);
+        _onDataPath(() =>
+        {
+            Span<byte> rarp = stackalloc byte[60];
+            Rarp.Build(address, rarp);
+            _switch.Forward(this, new Frame(rarp));
+            _switch.FlushNotifications();
+        });
+    }
+
+    public bool SetMtu(uint mtu)
+    {
+        if (mtu < VirtioNet.MinMtu || mtu > VirtioNet.MaxMtu)
+            return false;
+        Mtu = (int)mtu;
+        _logger.LogInformation("{Device}: MTU {Mtu}", Name, mtu);
+        return true;
+    }
+
+    // ---- state changed by control commands (control queue now, owner admin commands later) ----
+
+    internal void SetMac(Mac mac)
+    {
+        _mac = mac;
+        Filter.Address = mac;
+    }
+
+    internal void AcknowledgeAnnounce() => _status = (ushort)(_status & ~VirtioNet.StatusAnnounce);
+
+    internal bool SetActivePairs(int pairs)
+    {
+        if (pairs < 1 || pairs > Options.QueuePairs)
+            return false;
+        _activePairs = pairs;
+        return true;
+    }
+
+    // ---- receive: ISwitchPort ----
+
+    public bool Deliver(in Frame frame, Mac destination, out DropReason reason)
+    {
+        if (!LinkUp)
+        {
+            reason = DropReason.LinkDown;
+            return false;
+        }
+        if (!Filter.Accepts(destination))
+        {
+            reason = DropReason.Filtered;
+            return false;
+        }
+        var queue = PickReceiveQueue(destination);
+        if (queue == null)
+        {
+            reason = DropReason.NoRxQueue;
+            return false;
+        }
+        return Receive(queue, frame, out reason);
+    }
+
+    private DeviceQueue? PickReceiveQueue(Mac destination)
+    {
+        int pairs = _activePairs;
+        int start = pairs == 1 ? 0 : (int)((destination.Value ^ (destination.Value >> 24)) % (ulong)pairs);
+        for (int i = 0; i < pairs; i++)
+        {
+            var q = _queues[VirtioNet.ReceiveQueue((start + i) % pairs)];
+            if (q is { Started: true, Enabled: true } && q.Ring.IsReady)
+                return q;
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// Copies a frame into one receive chain, or several with mergeable buffers (num_buffers patched
+    /// into the first header afterwards). If the driver has not posted enough, nothing is consumed.
+    /// </summary>
+    private bool Receive(DeviceQueue queue, in Frame frame, out DropReason reason)
+    {
+        var ring = queue.Ring;
+        var reader = frame.OpenReader();
+        int remaining = frame.Length;
+        int popped = 0;
+        ulong numBuffersAt0 = 0, numBuffersAt1 = 0;
+        Span<byte> header = stackalloc byte[VirtioNet.HeaderSize];
+        header.Clear();
+        header[VirtioNet.HeaderNumBuffersOffset] = 1;
+
+        while (true)
+        {
+            var chain = ring.Pop();
+            if (chain == null)
+            {
+                ring.Rewind(popped);
+                reason = DropReason.NoRxBuffer;
+                if (ring.Fault != null)
+                    queue.ReportFault();
+                return false;
+            }
+            var writer = chain.Writer();
+            if (popped == 0)
+            {
+                if (chain.WritableLength < _headerSize)
+                {
+                    ring.Rewind(1);
+                    reason = DropReason.RxBufferTooSmall;
+                    return false;
+                }
+                writer.Write(header[.._headerSize]);
+                if (_mergeable)
+                    LocateNumBuffers(chain, out numBuffersAt0, out numBuffersAt1);
+            }
+            remaining -= reader.CopyTo(ref writer);
+            _rxUsed[popped++] = (chain.Head, writer.Written);
+            if (remaining == 0)
+                break;
+            if (!_mergeable || popped == _rxUsed.Length)
+            {
+                ring.Rewind(popped);
+                reason = DropReason.RxBufferTooSmall;
+                return false;
+            }
+        }
+
+        if (popped > 1)
+            PatchNumBuffers(queue, numBuffersAt0, numBuffersAt1, (ushort)popped);
+        for (int i = 0; i < popped; i++)
+            ring.PushUsed(_rxUsed[i].Head, _rxUsed[i].Length);
+        _notifyPending[queue.Index] = true;
+        reason = default;
+        return true;
+    }
+
+    /// <summary>Guest addresses of the two num_buffers bytes of the first chain's header (they may sit in different segments).</summary>
+    private static void LocateNumBuffers(DescriptorChain chain, out ulong low, out ulong high)
+    {
+        low = high = 0;
+        uint offset = VirtioNet.HeaderNumBuffersOffset;
+        foreach (var seg in chain.Writable)
+        {
+            if (offset < seg.Length)
+            {
+                if (low == 0) low = seg.Address + offset; else { high = seg.Address + offset; return; }
+                offset++;
+                if (offset < seg.Length) { high = seg.Address + offset; return; }
+            }
+            offset -= seg.Length;
+        }
+    }
+
+    private static void PatchNumBuffers(DeviceQueue queue, ulong low, ulong high, ushort count)
+    {
+        var memory = queue.Ring.Memory;
+        Span<byte> b = stackalloc byte[1];
+        b[0] = (byte)count;
+        memory.Write(low, b);
+        b[0] = (byte)(count >> 8);
+        memory.Write(high, b);
+    }
+
+    public void FlushNotifications()
+    {
+        for (int i = 0; i < _notifyPending.Length; i++)
+        {
+            if (!_notifyPending[i])
+                continue;
+            _notifyPending[i] = false;
+            _queues[i]?.NotifyIfNeeded();
+        }
+    }
+
+    // ---- transmit and control handlers ----
+
+    private readonly struct TransmitHandler(NetDevice device, bool forward) : IChainHandler
+    {
+        public uint Handle(DescriptorChain chain)
+        {
+            var counters = device.Counters;
+            int hdr = device._headerSize;
+            if (chain.ReadableLength < hdr + VirtioNet.EthernetHeader)
+            {
+                counters.Drop(DropReason.Runt);
+                return 0;
+            }
+            Span<byte> header = stackalloc byte[VirtioNet.HeaderSize];
+            var reader = chain.Reader();
+            reader.Read(header[..hdr]);
+            // flags (NEEDS_CSUM) and gso_type need CSUM/GSO, which are not offered.
+            if (header[0] != 0 || header[1] != VirtioNet.GsoNone)
+            {
+                counters.Drop(DropReason.BadHeader);
+                return 0;
+            }
+            if (!forward)
+            {
+                counters.Drop(DropReason.LinkDown);
+                return 0;
+            }
+            var frame = new Frame(chain, (uint)hdr);
+            if (frame.Length > device.Mtu + VirtioNet.EthernetHeader + 4)
+            {
+                counters.Drop(DropReason.Oversize);
+                return 0;
+            }
+            device._switch.Forward(device, frame);
+            return 0;
+        }
+    }
+
+    private readonly struct ControlHandler(NetDevice device) : IChainHandler
+    {
+        public uint Handle(DescriptorChain chain)
+        {
+            // {u8 class; u8 command; data[]} readable, then one writable ack byte.
+            var buffer = device._controlBuffer;
+            if (chain.ReadableLength < 2 || chain.ReadableLength > buffer.Length || chain.WritableLength < 1)
+                return Ack(chain, VirtioNet.Err);
+            var reader = chain.Reader();
+            int n = reader.Read(buffer);
+            byte cls = buffer[0];
+            if (!device.Negotiated(cls))
+                return Ack(chain, VirtioNet.Err);
+            byte result = NetControl.Apply(device, cls, buffer[1], buffer.AsSpan(2, n - 2));
+            if (result != VirtioNet.Ok)
+                device._logger.LogDebug("{Device}: control command {Class}.{Command} refused", device.Name, cls, buffer[1]);
+            return Ack(chain, result);
+        }
+
+        private static uint Ack(DescriptorChain chain, byte ack)
+        {
+            Span<byte> b = stackalloc byte[1];
+            b[0] = ack;
+            return chain.WriteAt(0, b) ? 1u : 0u;
+        }
+    }
+
+    /// <summary>Whether the feature that a control class needs was negotiated by this device's driver.</summary>
+    private bool Negotiated(byte cls) => cls switch
+    {
+        VirtioNet.CtrlRx => VirtioFeature.Has(_driverFeatures, VirtioNet.FCtrlRx),
+        VirtioNet.CtrlMac => VirtioFeature.Has(_driverFeatures, VirtioNet.FCtrlRx) || VirtioFeature.Has(_driverFeatures, VirtioNet.FCtrlMacAddr),
+        VirtioNet.CtrlAnnounce => VirtioFeature.Has(_driverFeatures, VirtioNet.FGuestAnnounce),
+        VirtioNet.CtrlMq => VirtioFeature.Has(_driverFeatures, VirtioNet.FMq),
+        _ => false,
+    };
+
+    public override string ToString() => Name;
+}

@@ -1,0 +1,86 @@
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend;
+using VhostUserVirtio.Interop;
+
+namespace VhostUserVirtio.Devices.Switch;
+
+/// <summary>
+/// A switch port on a host TAP interface, so guests reach the host (and whatever the host routes or
+/// bridges). Frames read from the TAP are forwarded like any guest's; frames for it are written out.
+/// Runs on the switch's data-path loop.
+/// </summary>
+public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
+{
+    /// <summary>Frames read per wake-up before other work gets a turn.</summary>
+    private const int ReadBudget = 64;
+
+    private readonly TapDevice _tap;
+    private readonly L2Switch _switch;
+    private readonly EventLoop _loop;
+    private readonly ILogger _logger;
+    private readonly byte[] _rxBuffer = new byte[65536 + 14];
+    private readonly byte[] _txBuffer = new byte[65536 + 14];
+    private ulong _token;
+
+    private TapUplink(TapDevice tap, L2Switch @switch, EventLoop loop, ILogger logger)
+    {
+        _tap = tap;
+        _switch = @switch;
+        _loop = loop;
+        _logger = logger;
+    }
+
+    public string Name => "uplink:" + _tap.Name;
+    public PortCounters Counters { get; } = new();
+
+    /// <summary>Opens (or creates) the TAP interface, plugs it into the switch and starts reading it on <paramref name="loop"/>.</summary>
+    public static TapUplink Attach(string interfaceName, L2Switch @switch, EventLoop loop, ILogger logger)
+    {
+        var tap = TapDevice.Open(interfaceName);
+        var uplink = new TapUplink(tap, @switch, loop, logger);
+        @switch.Attach(uplink);
+        loop.Invoke(() => uplink._token = loop.Register(tap.Descriptor, EpollEvents.In, uplink));
+        logger.LogInformation("uplink {Tap} attached to the switch", interfaceName);
+        return uplink;
+    }
+
+    public void OnReady(EpollEvents events)
+    {
+        for (int i = 0; i < ReadBudget; i++)
+        {
+            int n = _tap.Read(_rxBuffer);
+            if (n < 0)
+                break;
+            _switch.Forward(this, new Frame(_rxBuffer.AsSpan(0, n)));
+        }
+        _switch.FlushNotifications();
+    }
+
+    public bool Deliver(in Frame frame, Mac destination, out DropReason reason)
+    {
+        if (frame.Length > _txBuffer.Length)
+        {
+            reason = DropReason.Oversize;
+            return false;
+        }
+        int n = frame.CopyTo(_txBuffer);
+        reason = DropReason.UplinkError;
+        return _tap.Write(_txBuffer.AsSpan(0, n));
+    }
+
+    public void FlushNotifications() { }
+
+    public void Dispose()
+    {
+        _switch.Detach(this);
+        try
+        {
+            _loop.Invoke(() => _loop.Unregister(_tap.Descriptor, _token));
+        }
+        catch (ObjectDisposedException)
+        {
+            // The loop is already gone, and with it the registration.
+        }
+        _tap.Dispose();
+    }
+}

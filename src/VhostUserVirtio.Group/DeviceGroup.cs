@@ -1,0 +1,111 @@
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend;
+using VhostUserVirtio.Devices.Net;
+using VhostUserVirtio.Devices.Switch;
+
+namespace VhostUserVirtio.Group;
+
+/// <summary>
+/// A virtio-net device group in one process: the owner (PF) and its SR-IOV members (VFs), each on
+/// its own socket, joined by a learning switch (plus an optional TAP uplink). Every port of the
+/// group runs on one data-path worker, so forwarding between them needs no locks.
+/// </summary>
+public sealed class DeviceGroup : IDisposable
+{
+    private readonly VhostUserServer _server;
+    private readonly ILoggerFactory _loggers;
+    private readonly ILogger _logger;
+    private readonly List<GroupMember> _members = new();
+
+    public DeviceGroup(VhostUserServer server, DeviceGroupOptions options, ILoggerFactory loggers)
+    {
+        if (options.Vfs < 0 || options.Vfs > DeviceGroupOptions.MaxVfs)
+            throw new ArgumentOutOfRangeException(nameof(options), $"VFs must be 0..{DeviceGroupOptions.MaxVfs}");
+        _server = server;
+        _loggers = loggers;
+        _logger = loggers.CreateLogger("VhostUserVirtio.Group");
+        Options = options;
+        DataPath = server.Workers.Next();
+        Switch = new L2Switch(loggers.CreateLogger("VhostUserVirtio.Switch"), options.MacAgeing);
+    }
+
+    public DeviceGroupOptions Options { get; }
+    public Worker DataPath { get; }
+    public L2Switch Switch { get; }
+    public GroupMember? Owner { get; private set; }
+    /// <summary>SR-IOV members in VF order (member id = index + 1).</summary>
+    public IReadOnlyList<GroupMember> Members => _members;
+    public TapUplink? Uplink { get; private set; }
+
+    /// <summary>Creates the sockets (owner first, then VF1..N) and the uplink. On failure, undoes what it made and throws.</summary>
+    public void Start()
+    {
+        try
+        {
+            if (!Options.ClientMode)
+                Directory.CreateDirectory(Options.SocketDirectory);
+            Owner = CreateMember(0);
+            for (int vf = 1; vf <= Options.Vfs; vf++)
+                _members.Add(CreateMember(vf));
+            if (Options.Uplink != null)
+                Uplink = TapUplink.Attach(Options.Uplink, Switch, DataPath.Loop, _loggers.CreateLogger("VhostUserVirtio.Uplink"));
+            _logger.LogInformation("device group ready: owner {Owner}, {Vfs} VF(s), {Pairs} queue pair(s) each{Uplink}",
+                Owner.SocketPath, Options.Vfs, Options.QueuePairs, Uplink != null ? ", uplink " + Options.Uplink : "");
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    private GroupMember CreateMember(int id)
+    {
+        string name = GroupMember.DeviceName(id);
+        var device = new NetDevice(name, new NetDeviceOptions
+        {
+            Mac = new Mac(Options.MacBase.Value + (ulong)id),
+            QueuePairs = Options.QueuePairs,
+            Mtu = Options.Mtu,
+        }, Switch, action => DataPath.Loop.Post(action), _loggers.CreateLogger("VhostUserVirtio.Net." + name));
+        Switch.Attach(device);
+        string path = Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id));
+        var endpoint = _server.Serve(device, path, Options.ClientMode, DataPath);
+        return new GroupMember(id, device, endpoint);
+    }
+
+    /// <summary>Every device of the group, owner first.</summary>
+    public IEnumerable<GroupMember> AllDevices => Owner == null ? _members : _members.Prepend(Owner);
+
+    /// <summary>A consistent view of ports, counters and the MAC table, taken on the data path.</summary>
+    public GroupStatus Status() => DataPath.Loop.Invoke(() => new GroupStatus(
+        AllDevices.Select(m => new PortStatus(m.Name, m.SocketPath, m.Endpoint.IsConnected, m.Device.LinkUp, m.Device.Mac?.ToString(), Snapshot(m.Device.Counters)))
+            .Concat(Uplink == null ? [] : [new PortStatus(Uplink.Name, "", true, true, null, Snapshot(Uplink.Counters))])
+            .ToList(),
+        Switch.Snapshot().Select(e => new MacEntry(e.Mac.ToString(), e.Port, e.AgeMs)).ToList(),
+        Switch.Floods));
+
+    private static CounterSnapshot Snapshot(PortCounters c) => new(c.TxPackets, c.TxBytes, c.RxPackets, c.RxBytes,
+        c.NonZeroDrops().ToDictionary(d => d.Reason.ToString(), d => d.Count));
+
+    public void Dispose()
+    {
+        Uplink?.Dispose();
+        Uplink = null;
+        foreach (var m in AllDevices.ToList())
+        {
+            _server.Remove(m.Endpoint);
+            Switch.Detach(m.Device);
+        }
+        _members.Clear();
+        Owner = null;
+    }
+}
+
+public sealed record CounterSnapshot(long TxPackets, long TxBytes, long RxPackets, long RxBytes, IReadOnlyDictionary<string, long> Drops);
+
+public sealed record PortStatus(string Name, string Socket, bool Connected, bool LinkUp, string? Mac, CounterSnapshot Counters);
+
+public sealed record MacEntry(string Mac, string Port, long AgeMs);
+
+public sealed record GroupStatus(IReadOnlyList<PortStatus> Ports, IReadOnlyList<MacEntry> MacTable, long Floods);

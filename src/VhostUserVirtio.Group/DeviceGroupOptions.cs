@@ -1,0 +1,22 @@
+using VhostUserVirtio.Devices.Switch;
+
+namespace VhostUserVirtio.Group;
+
+/// <summary>How a virtio-net device group is laid out (docs/owner-binding.md: pf.sock, vf1.sock … vfN.sock).</summary>
+public sealed record DeviceGroupOptions
+{
+    public required string SocketDirectory { get; init; }
+    /// <summary>SR-IOV members served from the start (NumVFs).</summary>
+    public int Vfs { get; init; } = 2;
+    /// <summary>Connect to sockets where the front ends listen, instead of listening.</summary>
+    public bool ClientMode { get; init; }
+    /// <summary>TAP interface joined to the switch as an uplink (created if missing), or null.</summary>
+    public string? Uplink { get; init; }
+    public int QueuePairs { get; init; } = 1;
+    public int Mtu { get; init; } = 1500;
+    /// <summary>MAC of the owner; member n gets this plus n (locally administered by default).</summary>
+    public Mac MacBase { get; init; } = new(0x02_56_56_00_00_00);
+    public TimeSpan MacAgeing { get; init; } = TimeSpan.FromSeconds(300);
+
+    public const int MaxVfs = 256;
+}

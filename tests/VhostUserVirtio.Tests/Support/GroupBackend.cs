@@ -1,0 +1,46 @@
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend;
+using VhostUserVirtio.Group;
+
+namespace VhostUserVirtio.Tests.Support;
+
+/// <summary>A virtio-net device group served in-process from a private temp folder, with captured logs.</summary>
+public sealed class GroupBackend : IDisposable
+{
+    public GroupBackend(int vfs = 2, Func<DeviceGroupOptions, DeviceGroupOptions>? configure = null)
+    {
+        Directory = Path.Combine(Path.GetTempPath(), "vuvg-" + Guid.NewGuid().ToString("N")[..12]);
+        Logs = new CapturingLoggerProvider();
+        Loggers = LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Debug));
+        Server = new VhostUserServer(Loggers);
+        var options = new DeviceGroupOptions { SocketDirectory = Directory, Vfs = vfs };
+        Group = new DeviceGroup(Server, configure?.Invoke(options) ?? options, Loggers);
+        try
+        {
+            Group.Start();
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public string Directory { get; }
+    public CapturingLoggerProvider Logs { get; }
+    public ILoggerFactory Loggers { get; }
+    public VhostUserServer Server { get; }
+    public DeviceGroup Group { get; }
+
+    public string Socket(int member) => Path.Combine(Directory, GroupMember.SocketFileName(member));
+
+    public GroupMember Member(int id) => id == 0 ? Group.Owner! : Group.Members[id - 1];
+
+    public void Dispose()
+    {
+        Group.Dispose();
+        Server.Dispose();
+        Loggers.Dispose();
+        try { System.IO.Directory.Delete(Directory, recursive: true); } catch (IOException) { }
+    }
+}
