@@ -1,26 +1,34 @@
-using VhostUserVirtio.Backend;
-using VhostUserVirtio.Devices.Echo;
+using VhostUserVirtio.Group;
 
 namespace VhostUserVirtio.Daemon;
 
-/// <summary>
-/// The one place that knows which devices the daemon serves. Today: echo test devices; the
-/// virtio-net PF/VF group replaces them here (creation, capability type, status text).
-/// </summary>
+/// <summary>What the daemon serves: one virtio-net device group (owner, VFs, switch, optional uplink).</summary>
 internal static class DeviceCatalog
 {
     /// <summary>The "type" of the vhost-user.json capability document.</summary>
-    public const string CapabilityType = "echo";
+    public const string CapabilityType = "net";
 
-    /// <summary>The "features" of the capability document (optional per-type features; none for echo).</summary>
+    /// <summary>The "features" of the capability document (vhost-user.json defines none for net).</summary>
     public static IReadOnlyList<string> CapabilityFeatures { get; } = [];
 
-    public static IVirtioDevice Create(int index, int queues) => new EchoDevice($"echo{index}", queues);
+    public static DeviceGroupOptions GroupOptions(DaemonSettings s) => new()
+    {
+        SocketDirectory = s.SocketDirectory,
+        Vfs = s.Vfs,
+        QueuePairs = s.QueuePairs,
+        Mtu = s.Mtu,
+        Uplink = s.Uplink,
+        ClientMode = s.ClientMode,
+        OwnerSocketPath = s.SocketPath,
+        OwnerListener = s.Fd is { } fd ? Interop.UnixSocket.AdoptListener(fd) : null,
+    };
 
-    /// <summary>Socket file name of a device in --socket-dir.</summary>
-    public static string SocketFileName(IVirtioDevice device) => device.Name + ".sock";
-
-    /// <summary>Device-specific part of the status line.</summary>
-    public static string Describe(IVirtioDevice device) =>
-        device is EchoDevice echo ? $"chains={echo.ChainsEchoed}" : "";
+    /// <summary>One status line: per port connected or not and its counters, then the MAC table size.</summary>
+    public static string Describe(DeviceGroup group)
+    {
+        var status = group.Status();
+        return string.Join("; ", status.Ports.Select(p =>
+                   $"{p.Name} {(p.Connected ? "up" : "idle")} tx={p.Counters.TxPackets} rx={p.Counters.RxPackets} drops={p.Counters.Drops.Values.Sum()}"))
+               + $"; macs={status.MacTable.Count} floods={status.Floods}";
+    }
 }

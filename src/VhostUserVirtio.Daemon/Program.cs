@@ -3,7 +3,7 @@ using VhostUserVirtio.Daemon;
 
 // vhost-virtio: `serve` is also what runs with no subcommand, so libvirt-style invocations
 // (`vhost-virtio --print-capabilities`, `vhost-virtio --socket-path=PATH`) work as the spec expects.
-var root = new RootCommand("vhost-virtio: a vhost-user device back end (today: echo test devices).");
+var root = new RootCommand("vhost-virtio: a vhost-user back end serving a virtio-net device group (PF, VFs, learning switch).");
 var rootOptions = new ServeOptions(root);
 root.SetAction(result => ServeCommand.Execute(rootOptions.Bind(result)));
 

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using VhostUserVirtio.Backend;
-using VhostUserVirtio.Interop;
+using VhostUserVirtio.Group;
 
 namespace VhostUserVirtio.Daemon;
 
@@ -41,21 +41,24 @@ internal static class ServeCommand
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
 
         var server = new VhostUserServer(loggers, settings.Workers);
+        DeviceGroup? group = null;
         try
         {
-            if (!StartEndpoints(server, settings, log))
+            group = StartGroup(server, settings, loggers, log);
+            if (group == null)
                 return 1;
-            log.LogInformation("ready: {Count} {Type} device(s), {Queues} queue(s) each, {Workers} worker(s){Mode}; pid {Pid}",
-                server.Endpoints.Count, DeviceCatalog.CapabilityType, settings.Queues, settings.Workers,
+            log.LogInformation("ready: {Type} group with owner and {Vfs} VF(s), {Pairs} queue pair(s) each, {Workers} worker(s){Mode}; pid {Pid}",
+                DeviceCatalog.CapabilityType, settings.Vfs, settings.QueuePairs, settings.Workers,
                 settings.ClientMode ? ", client mode" : "", Environment.ProcessId);
 
-            using (new StatusReporter(server, log, StatusInterval))
+            using (new StatusReporter(() => DeviceCatalog.Describe(group), log, StatusInterval))
                 stop.Wait();
             log.LogInformation("{Signal} received: disconnecting front ends{AndSockets}",
                 signalName, settings.ClientMode ? "" : " and removing sockets");
         }
         finally
         {
+            group?.Dispose();
             server.Dispose();
         }
         log.LogInformation("stopped");
@@ -73,56 +76,20 @@ internal static class ServeCommand
                 o.ColorBehavior = LoggerColorBehavior.Disabled;
             }));
 
-    /// <summary>Creates every endpoint; on the first failure logs why and returns false (the caller disposes the rest).</summary>
-    private static bool StartEndpoints(VhostUserServer server, DaemonSettings settings, ILogger log)
+    /// <summary>Creates the group's sockets; on failure logs why and returns null (the group undid what it made).</summary>
+    private static DeviceGroup? StartGroup(VhostUserServer server, DaemonSettings settings, ILoggerFactory loggers, ILogger log)
     {
-        string where = settings.Fd is { } n ? $"fd {n}" : settings.SocketPath ?? settings.SocketDirectory;
         try
         {
-            if (settings.Fd is { } fd)
-            {
-                var listener = UnixSocket.AdoptListener(fd);
-                server.Serve(DeviceCatalog.Create(0, settings.Queues), listener, where);
-                return true;
-            }
-            if (settings.SocketPath == null && !settings.ClientMode)
-                Directory.CreateDirectory(settings.SocketDirectory);
-            for (int i = 0; i < settings.Devices; i++)
-            {
-                var device = DeviceCatalog.Create(i, settings.Queues);
-                where = settings.SocketPath ?? Path.Combine(settings.SocketDirectory, DeviceCatalog.SocketFileName(device));
-                if (!settings.ClientMode && IsInUse(where))
-                {
-                    log.LogCritical("cannot create socket {Path}: another back end is listening on it", where);
-                    return false;
-                }
-                server.Serve(device, where, settings.ClientMode); // the endpoint logs its socket path
-            }
-            return true;
+            var group = new DeviceGroup(server, DeviceCatalog.GroupOptions(settings), loggers);
+            group.Start();
+            return group;
         }
         catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException)
         {
-            log.LogCritical("cannot create socket {Path}: {Error}", where, e.Message);
-            return false;
-        }
-    }
-
-    /// <summary>
-    /// True when something accepts connections on <paramref name="path"/>. Listening would silently
-    /// replace that socket file (and our shutdown would later delete it), so refuse instead.
-    /// </summary>
-    private static bool IsInUse(string path)
-    {
-        if (!File.Exists(path))
-            return false;
-        try
-        {
-            using var probe = UnixSocket.Connect(path);
-            return true;
-        }
-        catch (NativeException)
-        {
-            return false; // a stale file from a back end that died; Listen replaces it
+            string where = settings.Fd is { } n ? $"fd {n}" : settings.SocketPath ?? settings.SocketDirectory;
+            log.LogCritical("cannot serve on {Where}: {Error}", where, e.Message);
+            return null;
         }
     }
 }

@@ -7,8 +7,10 @@ namespace VhostUserVirtio.Daemon;
 /// <summary>Everything the serve command was asked to do, validated.</summary>
 internal sealed record DaemonSettings(
     string SocketDirectory,
-    int Devices,
-    int Queues,
+    int Vfs,
+    int QueuePairs,
+    int Mtu,
+    string? Uplink,
     int Workers,
     bool ClientMode,
     LogLevel LogLevel,
@@ -23,8 +25,7 @@ internal sealed record DaemonSettings(
 /// </summary>
 internal sealed class ServeOptions
 {
-    private const int MaxDevices = 256;
-    private const int MaxQueues = 256;
+    private const int MaxQueuePairs = 16;
     private const int MaxWorkers = 64;
 
     private static readonly Dictionary<string, LogLevel> LogLevels = new()
@@ -38,23 +39,36 @@ internal sealed class ServeOptions
 
     private readonly Option<string> _socketDir = new("--socket-dir")
     {
-        Description = "Folder for the device sockets (echo0.sock, echo1.sock, ...); created if missing.",
+        Description = "Folder for the group's sockets (pf.sock, vf1.sock ... vfN.sock); created if missing.",
         HelpName = "DIR",
         DefaultValueFactory = _ => "./sockets",
     };
 
-    private readonly Option<int> _devices = new("--devices")
+    private readonly Option<int> _vfs = new("--vfs")
     {
-        Description = "Number of devices to serve.",
+        Description = "SR-IOV member devices (VFs) served beside the owner (PF).",
         HelpName = "N",
         DefaultValueFactory = _ => 2,
     };
 
-    private readonly Option<int> _queues = new("--queues")
+    private readonly Option<int> _queuePairs = new("--queue-pairs")
     {
-        Description = "Virtqueues per device.",
+        Description = "Receive/transmit queue pairs per device (virtio-net multiqueue).",
         HelpName = "N",
-        DefaultValueFactory = _ => 2,
+        DefaultValueFactory = _ => 1,
+    };
+
+    private readonly Option<int> _mtu = new("--mtu")
+    {
+        Description = "MTU each device reports (VIRTIO_NET_F_MTU).",
+        HelpName = "BYTES",
+        DefaultValueFactory = _ => 1500,
+    };
+
+    private readonly Option<string?> _uplink = new("--uplink")
+    {
+        Description = "TAP interface to join to the switch as an uplink (created if missing), so guests reach the host.",
+        HelpName = "TAP",
     };
 
     private readonly Option<int> _workers = new("--workers")
@@ -96,8 +110,9 @@ internal sealed class ServeOptions
     public ServeOptions(Command command)
     {
         _logLevel.AcceptOnlyFromAmong([.. LogLevels.Keys]);
-        AddRange(_devices, 1, MaxDevices);
-        AddRange(_queues, 1, MaxQueues);
+        AddRange(_vfs, 0, Group.DeviceGroupOptions.MaxVfs);
+        AddRange(_queuePairs, 1, MaxQueuePairs);
+        AddRange(_mtu, 68, 65535);
         AddRange(_workers, 1, MaxWorkers);
         _fd.Validators.Add(r =>
         {
@@ -110,7 +125,7 @@ internal sealed class ServeOptions
                 r.AddError("--socket-path must not be empty.");
         });
 
-        foreach (var option in new Option[] { _socketDir, _devices, _queues, _workers, _client, _logLevel, _socketPath, _fd, _printCapabilities })
+        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _workers, _client, _logLevel, _socketPath, _fd, _printCapabilities })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
     }
@@ -129,8 +144,8 @@ internal sealed class ServeOptions
         bool path = Given(r, _socketPath), fd = Given(r, _fd);
         if (path && fd)
             r.AddError("--socket-path and --fd are mutually exclusive: give one of them.");
-        if ((path || fd) && (Given(r, _socketDir) || Given(r, _devices)))
-            r.AddError($"{(path ? "--socket-path" : "--fd")} serves exactly one device; it cannot be combined with --socket-dir or --devices.");
+        if ((path || fd) && (Given(r, _socketDir) || Given(r, _vfs)))
+            r.AddError($"{(path ? "--socket-path" : "--fd")} serves exactly one device; it cannot be combined with --socket-dir or --vfs.");
         if (fd && Given(r, _client))
             r.AddError("--fd is a listening socket; it cannot be combined with --client.");
     }
@@ -139,8 +154,10 @@ internal sealed class ServeOptions
 
     public DaemonSettings Bind(ParseResult r) => new(
         SocketDirectory: Path.GetFullPath(r.GetValue(_socketDir)!),
-        Devices: r.GetValue(_socketPath) != null || r.GetValue(_fd) != null ? 1 : r.GetValue(_devices),
-        Queues: r.GetValue(_queues),
+        Vfs: r.GetValue(_socketPath) != null || r.GetValue(_fd) != null ? 0 : r.GetValue(_vfs),
+        QueuePairs: r.GetValue(_queuePairs),
+        Mtu: r.GetValue(_mtu),
+        Uplink: r.GetValue(_uplink),
         Workers: r.GetValue(_workers),
         ClientMode: r.GetValue(_client),
         LogLevel: LogLevels[r.GetValue(_logLevel)!],

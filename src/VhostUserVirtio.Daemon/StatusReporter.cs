@@ -1,31 +1,39 @@
 using Microsoft.Extensions.Logging;
-using VhostUserVirtio.Backend;
 
 namespace VhostUserVirtio.Daemon;
 
 /// <summary>
 /// Logs one status line per interval when it differs from the last one logged: per device
-/// connected or not, front ends seen, and the device's own counters. Quiet while nothing happens.
+/// connected or not and its counters. Quiet while nothing happens.
 /// </summary>
 internal sealed class StatusReporter : IDisposable
 {
-    private readonly VhostUserServer _server;
+    private readonly Func<string> _describe;
     private readonly ILogger _log;
     private readonly Timer _timer;
     private readonly Lock _gate = new();
     private string _last;
     private bool _disposed;
 
-    public StatusReporter(VhostUserServer server, ILogger log, TimeSpan interval)
+    public StatusReporter(Func<string> describe, ILogger log, TimeSpan interval)
     {
-        _server = server;
+        _describe = describe;
         _log = log;
         _last = Describe(); // the state at "ready" was just logged; report changes from there
         _timer = new Timer(_ => Report(), null, interval, interval);
     }
 
-    private string Describe() => string.Join("; ", _server.Endpoints.Select(e =>
-        $"{e.Backend.Device.Name} {(e.IsConnected ? "connected" : "not connected")} connections={e.ConnectionCount} {DeviceCatalog.Describe(e.Backend.Device)}".TrimEnd()));
+    private string Describe()
+    {
+        try
+        {
+            return _describe();
+        }
+        catch (ObjectDisposedException)
+        {
+            return _last; // shutting down
+        }
+    }
 
     private void Report()
     {

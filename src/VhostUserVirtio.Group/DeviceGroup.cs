@@ -42,7 +42,7 @@ public sealed class DeviceGroup : IDisposable
     {
         try
         {
-            if (!Options.ClientMode)
+            if (!Options.ClientMode && Options.OwnerSocketPath == null && Options.OwnerListener == null)
                 Directory.CreateDirectory(Options.SocketDirectory);
             Owner = CreateMember(0);
             for (int vf = 1; vf <= Options.Vfs; vf++)
@@ -69,8 +69,13 @@ public sealed class DeviceGroup : IDisposable
             Mtu = Options.Mtu,
         }, Switch, action => DataPath.Loop.Post(action), _loggers.CreateLogger("VhostUserVirtio.Net." + name));
         Switch.Attach(device);
-        string path = Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id));
-        var endpoint = _server.Serve(device, path, Options.ClientMode, DataPath);
+        VhostUserEndpoint endpoint;
+        if (id == 0 && Options.OwnerListener is { } listener)
+            endpoint = _server.Serve(device, listener, "inherited socket", DataPath);
+        else
+            endpoint = _server.Serve(device, id == 0 && Options.OwnerSocketPath is { } ownerPath
+                ? ownerPath
+                : Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id)), Options.ClientMode, DataPath);
         return new GroupMember(id, device, endpoint);
     }
 

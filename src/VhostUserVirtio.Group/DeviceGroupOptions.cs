@@ -17,6 +17,10 @@ public sealed record DeviceGroupOptions
     /// <summary>MAC of the owner; member n gets this plus n (locally administered by default).</summary>
     public Mac MacBase { get; init; } = new(0x02_56_56_00_00_00);
     public TimeSpan MacAgeing { get; init; } = TimeSpan.FromSeconds(300);
+    /// <summary>Serve the owner on exactly this path instead of SocketDirectory/pf.sock (libvirt's --socket-path).</summary>
+    public string? OwnerSocketPath { get; init; }
+    /// <summary>Serve the owner on this already-listening socket (libvirt's --fd); the group owns it from then on.</summary>
+    public Interop.UnixSocket? OwnerListener { get; init; }
 
     public const int MaxVfs = 256;
 }

@@ -35,6 +35,10 @@ public sealed class FileDescriptor : SafeHandle
         return st.Size;
     }
 
+    /// <summary>Clears or sets close-on-exec, e.g. to hand a listening socket to a child process (libvirt's --fd).</summary>
+    public void SetInheritable(bool inheritable) =>
+        NativeException.Check(Libc.Fcntl(Number, Libc.F_SETFD, inheritable ? 0 : Libc.FD_CLOEXEC), "fcntl(F_SETFD)");
+
     /// <summary>Sets or clears O_NONBLOCK.</summary>
     public void SetNonBlocking(bool nonBlocking)
     {

@@ -17,9 +17,14 @@ public sealed unsafe class UnixSocket : IDisposable
 
     public FileDescriptor Descriptor { get; }
 
-    /// <summary>Creates a socket listening on <paramref name="path"/>, replacing a stale socket file there.</summary>
+    /// <summary>
+    /// Creates a socket listening on <paramref name="path"/>, replacing a stale socket file there. A
+    /// socket someone still listens on is not replaced (that would silently steal its path): IOException.
+    /// </summary>
     public static UnixSocket Listen(string path, int backlog = 4)
     {
+        if (File.Exists(path) && IsListenedOn(path))
+            throw new IOException($"another process is listening on {path}");
         var sock = Create();
         try
         {
@@ -63,6 +68,19 @@ public sealed unsafe class UnixSocket : IDisposable
         int value = 0;
         uint length = sizeof(int);
         return Libc.Getsockopt(fd, Libc.SOL_SOCKET, name, &value, &length) == 0 ? value : -1;
+    }
+
+    private static bool IsListenedOn(string path)
+    {
+        try
+        {
+            using var probe = Connect(path);
+            return true;
+        }
+        catch (NativeException)
+        {
+            return false; // a stale file left by a process that died
+        }
     }
 
     /// <summary>Connects to a listening socket. Throws NativeException (ENOENT, ECONNREFUSED…) when nobody listens.</summary>

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using System.Text.Json;
 using VhostUserVirtio.FrontEnd;
 using VhostUserVirtio.Interop;
@@ -10,7 +9,7 @@ namespace VhostUserVirtio.Tests;
 /// The vhost-virtio executable end to end: real process, real sockets, real signals. Deadlines are
 /// generous because a cold `dotnet` start on a busy 2-core machine is slow; nothing here measures speed.
 /// </summary>
-public sealed partial class DaemonTests : IDisposable
+public sealed class DaemonTests : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
 
@@ -24,25 +23,37 @@ public sealed partial class DaemonTests : IDisposable
     }
 
     [Fact]
-    public void Serve_brings_up_two_echo_devices_and_stops_cleanly_on_SIGTERM()
+    public void Serve_brings_up_the_group_switches_between_vfs_and_stops_cleanly_on_SIGTERM()
     {
-        var sockets = new[] { Path.Combine(_dir, "echo0.sock"), Path.Combine(_dir, "echo1.sock") };
-        using var daemon = DaemonProcess.Start(["serve", "--socket-dir", _dir, "--devices", "2"]);
-        daemon.WaitUntil(() => sockets.All(File.Exists) && daemon.Output.Contains("ready:"), Deadline, "both sockets and the ready line");
-
-        foreach (var socket in sockets)
-            Echo.AssertDeviceWorks(socket);
+        var sockets = new[] { "pf.sock", "vf1.sock", "vf2.sock" }.Select(f => Path.Combine(_dir, f)).ToArray();
+        using var daemon = DaemonProcess.Start(["serve", "--socket-dir", _dir, "--vfs", "2"]);
+        daemon.WaitUntil(() => sockets.All(File.Exists) && daemon.Output.Contains("ready:"), Deadline, "the group's sockets and the ready line");
 
         // A front end still connected at shutdown must be disconnected, not left hanging.
-        using var connected = FrontEndSession.Start(sockets[0]);
-        Assert.Equal(Echo.Text("last"), Echo.RoundTrip(connected, 1, Echo.Text("last")));
+        using var vf1 = new NetFrontEnd(sockets[1]);
+        using var vf2 = new NetFrontEnd(sockets[2]);
+        NetCheck.AssertSwitches(vf1, vf2);
 
         daemon.Terminate();
         Assert.True(daemon.WaitForExit(Deadline), "daemon did not exit after SIGTERM:\n" + daemon.Output);
         Assert.True(daemon.ExitCode == 0, $"exit code {daemon.ExitCode}:\n{daemon.Output}");
-        Assert.True(connected.Connection.WaitForClose((int)Deadline.TotalMilliseconds), "front end was not disconnected");
+        Assert.True(vf1.Session.Connection.WaitForClose((int)Deadline.TotalMilliseconds), "front end was not disconnected");
         Assert.All(sockets, s => Assert.False(File.Exists(s), $"{s} left behind"));
         Assert.Contains("SIGTERM", daemon.Output);
+    }
+
+    [Fact]
+    public void Default_configuration_needs_no_arguments()
+    {
+        using var daemon = DaemonProcess.Start([], workingDirectory: _dir);
+        var sockets = new[] { "pf.sock", "vf1.sock", "vf2.sock" }.Select(f => Path.Combine(_dir, "sockets", f)).ToArray();
+        daemon.WaitUntil(() => sockets.All(File.Exists) && daemon.Output.Contains("ready:"), Deadline, "./sockets/{pf,vf1,vf2}.sock");
+        using var vf1 = new NetFrontEnd(sockets[1]);
+        using var vf2 = new NetFrontEnd(sockets[2]);
+        NetCheck.AssertSwitches(vf2, vf1);
+        daemon.Terminate();
+        Assert.True(daemon.WaitForExit(Deadline));
+        Assert.Equal(0, daemon.ExitCode);
     }
 
     [Fact]
@@ -52,7 +63,7 @@ public sealed partial class DaemonTests : IDisposable
         using var daemon = DaemonProcess.Start([$"--socket-path={socket}"]);
         daemon.WaitUntil(() => File.Exists(socket) && daemon.Output.Contains("ready:"), Deadline, "the socket");
 
-        Echo.AssertDeviceWorks(socket);
+        NetCheck.AssertDeviceUp(socket);
 
         daemon.Terminate();
         Assert.True(daemon.WaitForExit(Deadline), "daemon did not exit after SIGTERM:\n" + daemon.Output);
@@ -68,13 +79,13 @@ public sealed partial class DaemonTests : IDisposable
         using (var listener = UnixSocket.Listen(socket))
         {
             // The child inherits the descriptor only if it is not close-on-exec (as libvirt hands it over).
-            Assert.Equal(0, Fcntl(listener.Descriptor.Number, 2 /* F_SETFD */, 0));
+            listener.Descriptor.SetInheritable(true);
             daemon = DaemonProcess.Start(["--fd", listener.Descriptor.Number.ToString(), "--log-level", "debug"]);
         }
         using (daemon)
         {
             daemon.WaitUntil(() => daemon.Output.Contains("ready:"), Deadline, "the ready line");
-            Echo.AssertDeviceWorks(socket);
+            NetCheck.AssertDeviceUp(socket);
 
             daemon.Terminate();
             Assert.True(daemon.WaitForExit(Deadline), "daemon did not exit after SIGTERM:\n" + daemon.Output);
@@ -95,8 +106,9 @@ public sealed partial class DaemonTests : IDisposable
     }
 
     [Theory]
-    [InlineData("--devices", "-1")]
-    [InlineData("--queues", "0")]
+    [InlineData("--vfs", "-1")]
+    [InlineData("--queue-pairs", "0")]
+    [InlineData("--mtu", "20")]
     [InlineData("--log-level", "loud")]
     [InlineData("--socket-path", "/tmp/a.sock", "--fd", "3")]
     [InlineData("--no-such-option")]
@@ -115,10 +127,7 @@ public sealed partial class DaemonTests : IDisposable
         File.WriteAllText(notADirectory, "");
         using var daemon = DaemonProcess.Run("serve", "--socket-dir", notADirectory);
         Assert.NotEqual(0, daemon.ExitCode);
-        Assert.Contains("cannot create socket", daemon.Output);
+        Assert.Contains("cannot serve on", daemon.Output);
         Assert.DoesNotContain("ready:", daemon.Output);
     }
-
-    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
-    private static partial int Fcntl(int fd, int cmd, int arg);
 }
