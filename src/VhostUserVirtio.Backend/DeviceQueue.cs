@@ -15,6 +15,7 @@ public sealed class DeviceQueue : IReadyHandler
     private readonly ILogger _logger;
     private ulong _kickToken;
     private bool _faultReported;
+    private bool _wantsKicks = true;
 
     internal DeviceQueue(IVirtioDevice device, int index, ILogger logger)
     {
@@ -54,7 +55,8 @@ public sealed class DeviceQueue : IReadyHandler
     /// </summary>
     public void Drain<THandler>(ref THandler handler) where THandler : struct, IChainHandler
     {
-        int handled = Ring.Drain(ref handler);
+        // A polling worker will look again soon: keep kicks suppressed until it goes to sleep (Rearm).
+        int handled = Ring.Drain(ref handler, rearm: Owner is not { Polling: true });
         if (Ring.Fault != null)
             ReportFault();
         if (handled > 0)
@@ -87,18 +89,44 @@ public sealed class DeviceQueue : IReadyHandler
     internal void AttachTo(Worker worker)
     {
         Owner = worker;
+        _wantsKicks = _device.WantsKicks(Index);
+        if (!_wantsKicks)
+        {
+            Ring.DisableNotification();
+            return;
+        }
         if (Kick != null)
             _kickToken = worker.Loop.Register(Kick.Descriptor, EpollEvents.In, this);
+        worker.Add(this);
         Process();
     }
 
     /// <summary>Worker side: stop listening for kicks.</summary>
     internal void Detach()
     {
-        if (Owner != null && Kick != null)
-            Owner.Loop.Unregister(Kick.Descriptor, _kickToken);
+        if (Owner != null)
+        {
+            if (Kick != null && _wantsKicks)
+                Owner.Loop.Unregister(Kick.Descriptor, _kickToken);
+            Owner.Remove(this);
+            // Leave the ring with kicks enabled, as a driver expects from a device that is not polling.
+            Ring.EnableNotification();
+        }
         Owner = null;
     }
+
+    /// <summary>Polling worker: processes the ring if the driver made buffers available. True if it did.</summary>
+    internal bool PollOnce()
+    {
+        if (!Started || !Ring.IsReady || !Ring.HasPending)
+            return false;
+        ulong before = Ring.ChainsPopped;
+        Process();
+        return Ring.ChainsPopped != before;
+    }
+
+    /// <summary>Polling worker going to sleep: re-enable kicks; true if buffers arrived meanwhile.</summary>
+    internal bool Rearm() => Started && Ring.IsReady && Ring.EnableNotification();
 
     void IReadyHandler.OnReady(EpollEvents events)
     {

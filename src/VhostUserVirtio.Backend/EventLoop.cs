@@ -11,6 +11,19 @@ public interface IReadyHandler
 }
 
 /// <summary>
+/// Work an <see cref="EventLoop"/> polls for between events (adaptive busy polling): the loop keeps
+/// polling while work keeps coming, and sleeps in epoll once nothing came for a while.
+/// </summary>
+public interface IPollSource
+{
+    /// <summary>Looks for work and does it; true if there was any.</summary>
+    bool Poll();
+
+    /// <summary>About to sleep: re-arm notifications; true if work arrived meanwhile (then the loop stays awake).</summary>
+    bool PrepareToSleep();
+}
+
+/// <summary>
 /// One thread waiting on epoll. Registrations and their handlers belong to the loop thread; other
 /// threads reach it with <see cref="Post"/> (fire and forget) or <see cref="Invoke{T}"/> (wait for the
 /// result). A handler that throws is logged and the loop goes on.
@@ -29,9 +42,15 @@ public sealed class EventLoop : IDisposable
     private ulong _nextToken = 1;
     private volatile bool _stopping;
 
-    public EventLoop(string name, ILogger logger)
+    private readonly IPollSource? _pollSource;
+    private readonly long _pollWindowTicks;
+
+    /// <param name="pollSource">Polled between events, if given, for up to <paramref name="pollWindow"/> after the last work.</param>
+    public EventLoop(string name, ILogger logger, IPollSource? pollSource = null, TimeSpan pollWindow = default)
     {
         Name = name;
+        _pollSource = pollSource;
+        _pollWindowTicks = (long)(pollWindow.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
         _logger = logger;
         _epoll.Add(_wake.Descriptor, EpollEvents.In, WakeToken);
         _thread = new Thread(Run) { Name = name, IsBackground = true };
@@ -94,12 +113,19 @@ public sealed class EventLoop : IDisposable
     private void Run()
     {
         Span<EpollReady> ready = stackalloc EpollReady[64];
+        long lastWork = 0;
         while (!_stopping)
         {
             int n;
+            bool polling = _pollSource != null && System.Diagnostics.Stopwatch.GetTimestamp() - lastWork < _pollWindowTicks;
+            if (_pollSource != null && !polling && _pollSource.PrepareToSleep())
+            {
+                lastWork = System.Diagnostics.Stopwatch.GetTimestamp();
+                polling = true;
+            }
             try
             {
-                n = _epoll.Wait(ready, -1);
+                n = _epoll.Wait(ready, polling ? 0 : -1);
             }
             catch (Exception e)
             {
@@ -126,8 +152,25 @@ public sealed class EventLoop : IDisposable
                 }
             }
             RunPosted();
+            if (n > 0 && _pollSource != null)
+                lastWork = System.Diagnostics.Stopwatch.GetTimestamp();
+            if (_pollSource != null && SafePoll())
+                lastWork = System.Diagnostics.Stopwatch.GetTimestamp();
         }
         RunPosted();
+    }
+
+    private bool SafePoll()
+    {
+        try
+        {
+            return _pollSource!.Poll();
+        }
+        catch (Exception e)
+        {
+            _logger.LogError(e, "{Loop}: polling failed", Name);
+            return false;
+        }
     }
 
     private void RunPosted()

@@ -48,6 +48,13 @@ public interface IVirtioDevice
     /// </summary>
     void ProcessQueue(DeviceQueue queue);
 
+    /// <summary>
+    /// Whether a driver notification on this queue means work for the device. A queue the device only
+    /// fills when it has something (a net receive queue) answers false: its kicks are suppressed and
+    /// it is never polled.
+    /// </summary>
+    bool WantsKicks(int queueIndex) => true;
+
     /// <summary>Device reset (RESET_DEVICE, RESET_OWNER, disconnect): back to the initial state.</summary>
     void Reset();
 }

@@ -12,11 +12,12 @@ public sealed class VhostUserServer : IDisposable
     private readonly List<VhostUserEndpoint> _endpoints = new();
     private readonly object _gate = new();
 
-    public VhostUserServer(ILoggerFactory loggers, int workerCount = 1)
+    /// <param name="pollWindow">How long workers keep busy-polling after the last work (adaptive polling); zero: never poll.</param>
+    public VhostUserServer(ILoggerFactory loggers, int workerCount = 1, TimeSpan pollWindow = default)
     {
         _loggers = loggers;
         Control = new EventLoop("control", loggers.CreateLogger<EventLoop>());
-        Workers = new WorkerPool(workerCount, loggers);
+        Workers = new WorkerPool(workerCount, loggers, pollWindow);
     }
 
     public EventLoop Control { get; }

@@ -7,11 +7,44 @@ namespace VhostUserVirtio.Backend;
 /// and runs the device's queue processing. The control loop hands queues over and takes them back
 /// through <see cref="EventLoop.Invoke{T}"/>, so the data path itself takes no locks.
 /// </summary>
-public sealed class Worker : IDisposable
+public sealed class Worker : IPollSource, IDisposable
 {
-    public Worker(string name, ILogger logger) => Loop = new EventLoop(name, logger);
+    private readonly List<DeviceQueue> _queues = new();
+
+    /// <param name="pollWindow">
+    /// How long to keep busy-polling the owned rings after the last work before sleeping on their
+    /// kick descriptors; zero sleeps at once (no polling).
+    /// </param>
+    public Worker(string name, ILogger logger, TimeSpan pollWindow = default)
+    {
+        Polling = pollWindow > TimeSpan.Zero;
+        Loop = new EventLoop(name, logger, Polling ? this : null, pollWindow);
+    }
 
     public EventLoop Loop { get; }
+
+    /// <summary>Whether this worker busy-polls its rings (then rings keep driver kicks suppressed while polled).</summary>
+    public bool Polling { get; }
+
+    internal void Add(DeviceQueue queue) => _queues.Add(queue);
+
+    internal void Remove(DeviceQueue queue) => _queues.Remove(queue);
+
+    bool IPollSource.Poll()
+    {
+        bool any = false;
+        for (int i = 0; i < _queues.Count; i++)
+            any |= _queues[i].PollOnce();
+        return any;
+    }
+
+    bool IPollSource.PrepareToSleep()
+    {
+        bool any = false;
+        for (int i = 0; i < _queues.Count; i++)
+            any |= _queues[i].Rearm();
+        return any;
+    }
 
     public void Dispose() => Loop.Dispose();
 }
@@ -22,12 +55,12 @@ public sealed class WorkerPool : IDisposable
     private readonly Worker[] _workers;
     private int _next;
 
-    public WorkerPool(int count, ILoggerFactory loggers)
+    public WorkerPool(int count, ILoggerFactory loggers, TimeSpan pollWindow = default)
     {
         if (count < 1)
             throw new ArgumentOutOfRangeException(nameof(count), "at least one worker");
         var logger = loggers.CreateLogger<Worker>();
-        _workers = Enumerable.Range(0, count).Select(i => new Worker($"worker{i}", logger)).ToArray();
+        _workers = Enumerable.Range(0, count).Select(i => new Worker($"worker{i}", logger, pollWindow)).ToArray();
     }
 
     public IReadOnlyList<Worker> Workers => _workers;

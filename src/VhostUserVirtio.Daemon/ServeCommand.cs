@@ -40,7 +40,7 @@ internal static class ServeCommand
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
 
-        var server = new VhostUserServer(loggers, settings.Workers);
+        var server = new VhostUserServer(loggers, settings.Workers, TimeSpan.FromMicroseconds(settings.PollMicroseconds));
         DeviceGroup? group = null;
         try
         {

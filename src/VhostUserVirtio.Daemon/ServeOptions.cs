@@ -12,6 +12,7 @@ internal sealed record DaemonSettings(
     int Mtu,
     string? Uplink,
     int Workers,
+    int PollMicroseconds,
     bool ClientMode,
     LogLevel LogLevel,
     string? SocketPath,
@@ -78,6 +79,13 @@ internal sealed class ServeOptions
         DefaultValueFactory = _ => 1,
     };
 
+    private readonly Option<int> _pollUs = new("--poll-us")
+    {
+        Description = "Adaptive busy polling: workers keep polling their rings this long after the last packet before sleeping on kicks (0 = never poll).",
+        HelpName = "MICROSECONDS",
+        DefaultValueFactory = _ => 50,
+    };
+
     private readonly Option<bool> _client = new("--client")
     {
         Description = "Connect to sockets where the front end listens (retrying) instead of listening.",
@@ -114,6 +122,7 @@ internal sealed class ServeOptions
         AddRange(_queuePairs, 1, MaxQueuePairs);
         AddRange(_mtu, 68, 65535);
         AddRange(_workers, 1, MaxWorkers);
+        AddRange(_pollUs, 0, 1_000_000);
         _fd.Validators.Add(r =>
         {
             if (r.GetValueOrDefault<int?>() is < 0)
@@ -125,7 +134,7 @@ internal sealed class ServeOptions
                 r.AddError("--socket-path must not be empty.");
         });
 
-        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _workers, _client, _logLevel, _socketPath, _fd, _printCapabilities })
+        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _workers, _pollUs, _client, _logLevel, _socketPath, _fd, _printCapabilities })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
     }
@@ -159,6 +168,7 @@ internal sealed class ServeOptions
         Mtu: r.GetValue(_mtu),
         Uplink: r.GetValue(_uplink),
         Workers: r.GetValue(_workers),
+        PollMicroseconds: r.GetValue(_pollUs),
         ClientMode: r.GetValue(_client),
         LogLevel: LogLevels[r.GetValue(_logLevel)!],
         SocketPath: r.GetValue(_socketPath) is { } p ? Path.GetFullPath(p) : null,

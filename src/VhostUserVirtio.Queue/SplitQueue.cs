@@ -213,7 +213,11 @@ public sealed unsafe class SplitQueue
     /// a buffer made available meanwhile is never left without a kick. Returns the chains handled;
     /// the caller decides about notifying (<see cref="NeedsNotification"/>). Allocates nothing.
     /// </summary>
-    public int Drain<THandler>(ref THandler handler) where THandler : struct, IChainHandler
+    /// <param name="rearm">
+    /// Re-enable kicks when done (the normal case). A busy-polling caller passes false and calls
+    /// <see cref="EnableNotification"/> itself before it sleeps.
+    /// </param>
+    public int Drain<THandler>(ref THandler handler, bool rearm = true) where THandler : struct, IChainHandler
     {
         int handled = 0;
         DisableNotification();
@@ -225,9 +229,12 @@ public sealed unsafe class SplitQueue
                 PushUsed(chain.Head, handler.Handle(chain));
                 handled++;
             }
-        } while (EnableNotification());
+        } while (rearm && EnableNotification());
         return handled;
     }
+
+    /// <summary>True when the driver has published buffers not yet popped (a cheap look for pollers).</summary>
+    public bool HasPending => IsReady && ReadAvailIndex() != NextAvail;
 
     /// <summary>
     /// Gives back the last <paramref name="count"/> popped chains unconsumed, as if never popped (e.g. a

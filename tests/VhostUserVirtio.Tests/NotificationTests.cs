@@ -64,4 +64,25 @@ public sealed class NotificationTests : IDisposable
         Assert.True(q.Call.Wait(10_000));
         Assert.False(q.DeviceSuppressesKicks, "device left NO_NOTIFY set while idle: kicks would be lost");
     }
+
+    [Fact]
+    public void A_polling_worker_suppresses_kicks_while_busy_and_rearms_them_before_sleeping()
+    {
+        using var backend = new EchoBackend(devices: 1, pollWindow: TimeSpan.FromMilliseconds(200));
+        ulong noEventIdx = ~VirtioFeature.Mask(VirtioFeature.RingEventIdx);
+        using var s = FrontEndSession.Start(backend.SocketPath(0), new FrontEndSession.Options { WantedFeatures = noEventIdx });
+        var q = s.Queues[0];
+        Echo.RoundTrip(s, 0, Echo.Text("wake the poller"));
+        Assert.True(q.DeviceSuppressesKicks, "while polling, the device should tell the driver not to kick");
+
+        // Without a kick the poller still finds new buffers.
+        ulong src = s.Ram.Allocate(8), dst = s.Ram.Allocate(8);
+        q.AddChain(new BufferSpec[] { new(src, 8, false), new(dst, 8, true) });
+        Assert.True(EchoBackend.WaitUntil(() => q.UsedIndex == 2), "the polling worker did not pick up an unkicked chain");
+        q.WaitUsed();
+
+        // Idle past the window: kicks are re-enabled, and a kicked chain is still served.
+        Assert.True(EchoBackend.WaitUntil(() => !q.DeviceSuppressesKicks), "kicks were never re-enabled");
+        Echo.RoundTrip(s, 0, Echo.Text("after sleeping"));
+    }
 }

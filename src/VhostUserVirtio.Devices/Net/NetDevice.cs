@@ -137,6 +137,9 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         // Receive kicks only say buffers were added; frames are copied in as they arrive.
     }
 
+    /// <summary>Receive kicks only announce new buffers, which are taken when frames arrive: no work, no kicks.</summary>
+    public bool WantsKicks(int queueIndex) => queueIndex == ControlQueueIndex || (queueIndex & 1) == 1;
+
     public void Reset()
     {
         _driverFeatures = 0;

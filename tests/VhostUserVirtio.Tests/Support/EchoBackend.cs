@@ -10,13 +10,13 @@ namespace VhostUserVirtio.Tests.Support;
 /// </summary>
 public sealed class EchoBackend : IDisposable
 {
-    public EchoBackend(int devices = 2, int queues = 2, int workers = 1)
+    public EchoBackend(int devices = 2, int queues = 2, int workers = 1, TimeSpan pollWindow = default)
     {
         Directory = Path.Combine(Path.GetTempPath(), "vuv-" + Guid.NewGuid().ToString("N")[..12]);
         System.IO.Directory.CreateDirectory(Directory);
         Logs = new CapturingLoggerProvider();
         Loggers = LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Debug));
-        Server = new VhostUserServer(Loggers, workers);
+        Server = new VhostUserServer(Loggers, workers, pollWindow);
         for (int i = 0; i < devices; i++)
         {
             var device = new EchoDevice($"echo{i}", queues);
