@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian 12 machine to build and test VhostUserVirtio. Safe to run again.
 # The build needs only the .NET 10 SDK (expected on PATH, not installed here) and the NuGet
-# packages, which `dotnet restore` fetches into the user's NuGet cache.
+# packages, which `dotnet restore` fetches into the user's NuGet cache. The guest tests need QEMU
+# and a guest kernel and initramfs: scripts/guest/prepare.sh installs and builds them (as root
+# when packages are missing; cached in .cache/guest/ afterwards).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,4 +22,5 @@ echo "setup: using .NET SDK $(dotnet --version) at $(command -v dotnet)"
 
 # --disable-build-servers: leave no MSBuild node behind holding the caller's output pipe (CI).
 dotnet restore VhostUserVirtio.sln --disable-build-servers </dev/null
+bash scripts/guest/prepare.sh </dev/null
 echo "setup: done"
