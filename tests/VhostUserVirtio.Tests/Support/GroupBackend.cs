@@ -7,9 +7,11 @@ namespace VhostUserVirtio.Tests.Support;
 /// <summary>A virtio-net device group served in-process from a private temp folder, with captured logs.</summary>
 public sealed class GroupBackend : IDisposable
 {
-    public GroupBackend(int vfs = 2, Func<DeviceGroupOptions, DeviceGroupOptions>? configure = null)
+    /// <param name="directory">Socket folder; a fresh temp folder when null. A given folder is not deleted on dispose.</param>
+    public GroupBackend(int vfs = 2, Func<DeviceGroupOptions, DeviceGroupOptions>? configure = null, string? directory = null)
     {
-        Directory = Path.Combine(Path.GetTempPath(), "vuvg-" + Guid.NewGuid().ToString("N")[..12]);
+        _ownsDirectory = directory == null;
+        Directory = directory ?? Path.Combine(Path.GetTempPath(), "vuvg-" + Guid.NewGuid().ToString("N")[..12]);
         Logs = new CapturingLoggerProvider();
         Loggers = LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Debug));
         Server = new VhostUserServer(Loggers);
@@ -26,6 +28,8 @@ public sealed class GroupBackend : IDisposable
         }
     }
 
+    private readonly bool _ownsDirectory;
+
     public string Directory { get; }
     public CapturingLoggerProvider Logs { get; }
     public ILoggerFactory Loggers { get; }
@@ -41,6 +45,7 @@ public sealed class GroupBackend : IDisposable
         Group.Dispose();
         Server.Dispose();
         Loggers.Dispose();
-        try { System.IO.Directory.Delete(Directory, recursive: true); } catch (IOException) { }
+        if (_ownsDirectory)
+            try { System.IO.Directory.Delete(Directory, recursive: true); } catch (IOException) { }
     }
 }

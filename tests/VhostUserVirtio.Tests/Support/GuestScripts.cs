@@ -30,7 +30,7 @@ public static partial class GuestScripts
     /// own address, as two separate hosts would. IPv6 is off so the counters show only this traffic.
     /// </remarks>
     public static string PingPair(string macA, string macB, string ipA = "10.0.0.1", string ipB = "10.0.0.2",
-        int count = 5, double intervalSeconds = 1, int linkTimeoutSeconds = 30, bool bothWays = true)
+        int count = 5, double intervalSeconds = 1, int linkTimeoutSeconds = 30, bool bothWays = true, string? then = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
         var interval = intervalSeconds.ToString("0.###", CultureInfo.InvariantCulture);
@@ -82,6 +82,8 @@ public static partial class GuestScripts
             """);
         if (bothWays)
             script.Append("do_ping $ip_b $ip_a\n");
+        if (then != null)
+            script.Append(then).Append('\n');
         script.Append("""
             report_stats $mac_a $a; report_stats $mac_b $b
             exit $status
@@ -111,6 +113,12 @@ public static partial class GuestScripts
         wait_carrier() { # until $1's link is up, at most $2 seconds
             n=0
             while ! link_up $1 && [ $n -lt $(($2 * 10)) ]; do
+                n=$((n + 1)); usleep 100000
+            done
+        }
+        wait_carrier_down() { # until $1's carrier is gone, at most $2 seconds
+            n=0
+            while [ "$(cat /sys/class/net/$1/carrier 2>/dev/null)" = 1 ] && [ $n -lt $(($2 * 10)) ]; do
                 n=$((n + 1)); usleep 100000
             done
         }
