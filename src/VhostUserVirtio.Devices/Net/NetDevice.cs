@@ -339,9 +339,10 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
                 counters.Drop(DropReason.Runt);
                 return 0;
             }
-            Span<byte> header = stackalloc byte[VirtioNet.HeaderSize];
+            // One read for the virtio-net header and the Ethernet addresses behind it.
+            Span<byte> header = stackalloc byte[VirtioNet.HeaderSize + 12];
             var reader = chain.Reader();
-            reader.Read(header[..hdr]);
+            reader.Read(header[..(hdr + 12)]);
             // flags (NEEDS_CSUM) and gso_type need CSUM/GSO, which are not offered.
             if (header[0] != 0 || header[1] != VirtioNet.GsoNone)
             {
@@ -359,7 +360,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
                 counters.Drop(DropReason.Oversize);
                 return 0;
             }
-            device._switch.Forward(device, frame);
+            device._switch.Forward(device, frame, Switch.Mac.Read(header[hdr..]), Switch.Mac.Read(header[(hdr + 6)..]));
             return 0;
         }
     }

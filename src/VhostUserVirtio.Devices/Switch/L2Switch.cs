@@ -22,6 +22,7 @@ public sealed class L2Switch
     private readonly int _maxEntries;
     private volatile ISwitchPort[] _ports = Array.Empty<ISwitchPort>();
     private readonly List<ISwitchPort> _pendingFlush = new();
+    private volatile bool _purgeNeeded;
 
     public L2Switch(ILogger logger, TimeSpan? ageing = null, int maxEntries = 8192)
     {
@@ -43,34 +44,43 @@ public sealed class L2Switch
             _ports = _ports.Append(port).ToArray();
     }
 
-    /// <summary>Unplugs a port. Its learned MACs stop matching at once and are purged on the data path.</summary>
+    /// <summary>Unplugs a port. Its learned MACs are purged by the data path before its next lookup.</summary>
     public void Detach(ISwitchPort port)
     {
         lock (_table)
             _ports = _ports.Where(p => p != port).ToArray();
+        _purgeNeeded = true;
     }
 
     /// <summary>Forwards one frame sent by <paramref name="from"/>. Data-path thread only; allocates nothing.</summary>
     public void Forward(ISwitchPort from, in Frame frame)
     {
-        var counters = from.Counters;
         if (frame.Length < 14)
         {
-            counters.Drop(DropReason.Runt);
+            from.Counters.Drop(DropReason.Runt);
             return;
         }
-        counters.TxPackets++;
-        counters.TxBytes += frame.Length;
-
         Span<byte> eth = stackalloc byte[12];
         frame.CopyPrefix(eth);
-        var dst = Mac.Read(eth);
-        var src = Mac.Read(eth[6..]);
+        Forward(from, frame, Mac.Read(eth), Mac.Read(eth[6..]));
+    }
+
+    /// <summary>Forwards a frame whose addresses the caller already read (saves a second walk of the chain).</summary>
+    public void Forward(ISwitchPort from, in Frame frame, Mac dst, Mac src)
+    {
+        var counters = from.Counters;
+        counters.TxPackets++;
+        counters.TxBytes += frame.Length;
         long now = Environment.TickCount64;
+        if (_purgeNeeded)
+        {
+            _purgeNeeded = false;
+            Sweep(now);
+        }
         if (!src.IsMulticast && !src.IsZero)
             Learn(src, from, now);
 
-        if (!dst.IsMulticast && _table.TryGetValue(dst.Value, out var entry) && now - entry.LastSeen <= AgeingMs && IsAttached(entry.Port))
+        if (!dst.IsMulticast && _table.TryGetValue(dst.Value, out var entry) && now - entry.LastSeen <= AgeingMs)
         {
             if (entry.Port == from)
                 counters.Drop(DropReason.Hairpin);
