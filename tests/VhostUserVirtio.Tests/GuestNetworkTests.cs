@@ -20,13 +20,20 @@ public sealed class GuestNetworkTests(ITestOutputHelper output) : IDisposable
         try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
     }
 
-    [Fact]
-    public void Guest_pings_between_two_vfs_through_the_switch_and_counters_agree()
+    /// <summary>
+    /// QEMU 7.2 under TCG crashes when the guest enables MSI-X on a vhost-user virtio-net device;
+    /// both workarounds (no vectors on the device, or no MSI in the guest kernel) keep it alive.
+    /// </summary>
+    [Theory]
+    [InlineData(MsixWorkaround.DeviceVectorsZero)]
+    [InlineData(MsixWorkaround.KernelNoMsi)]
+    public void Guest_pings_between_two_vfs_through_the_switch_and_counters_agree(MsixWorkaround msix)
     {
         using var backend = new GroupBackend(vfs: 2);
         using var guest = QemuGuest.Start(new GuestOptions
         {
-            Name = "vf-pair",
+            Name = "vf-pair-" + msix,
+            Msix = msix,
             Nics = [new GuestNic(backend.Socket(1), MacA), new GuestNic(backend.Socket(2), MacB)],
             TestScript = GuestScripts.PingPair(MacA, MacB, count: 10, intervalSeconds: 0.2),
             ConsoleLogPath = Path.Combine(_dir, "console.log"),
