@@ -3,7 +3,8 @@
 # The build needs only the .NET 10 SDK (expected on PATH, not installed here) and the NuGet
 # packages, which `dotnet restore` fetches into the user's NuGet cache. The guest tests need QEMU
 # and a guest kernel and initramfs: scripts/guest/prepare.sh installs and builds them (as root
-# when packages are missing; cached in .cache/guest/ afterwards).
+# when packages are missing; cached in .cache/guest/ afterwards). The DPDK tests need dpdk-testpmd,
+# which scripts/dpdk/install.sh installs from Debian packages.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,6 +20,17 @@ if ! dotnet --list-sdks | grep -q '^10\.'; then
     exit 1
 fi
 echo "setup: using .NET SDK $(dotnet --version) at $(command -v dotnet)"
+
+# DPDK (testpmd, vhost and virtio-user PMDs) for the tests that drive real DPDK front and back ends.
+# install.sh does nothing when testpmd is already there. In CI a failure is fatal; elsewhere the
+# DPDK tests will try again themselves (TestPmd.EnsureInstalled) and fail with the reason.
+if ! bash scripts/dpdk/install.sh </dev/null; then
+    if [[ -n "${CI:-}" ]]; then
+        echo "setup: error: DPDK install failed" >&2
+        exit 1
+    fi
+    echo "setup: warning: DPDK install failed; the DPDK tests will fail" >&2
+fi
 
 # --disable-build-servers: leave no MSBuild node behind holding the caller's output pipe (CI).
 dotnet restore VhostUserVirtio.sln --disable-build-servers </dev/null

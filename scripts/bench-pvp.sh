@@ -1,0 +1,350 @@
+#!/usr/bin/env bash
+# PVP ("physical-virtual-physical") loop benchmark of vhost-user switches, with no VM:
+# one DPDK testpmd (the front end, two virtio-user ports) in `mac` forwarding mode, each port's
+# eth-peer set to the other port's MAC, started with `start tx_first`, so packets circle
+#     port 0 -> back end (vf1 -> vf2) -> port 1 -> back end (vf2 -> vf1) -> port 0 -> ...
+# Back ends, in turn:
+#   dpdk  DPDK's vhost PMD: a second testpmd, two net_vhost ports in io forwarding (a plain wire)
+#   ovs   Open vSwitch with DPDK (openvswitch-switch-dpdk), private instance, NORMAL (learning)
+#         bridge with two dpdkvhostuser ports, one PMD thread
+#   ours  vhost-virtio serve --socket-dir DIR --vfs 2 (learning switch, one worker core)
+# For each back end and packet size it prints the median of several samples of the packets per
+# second the front end receives (port 0 + port 1, testpmd's own Rx-pps), then ours/dpdk, ours/ovs.
+#
+# CPU pinning (the machine has 2 cores; the front end and the back end each get one):
+#   front end: EAL main lcore and its one forwarding lcore both on CPU 0 (--lcores 0@0,1@0; the
+#              main lcore only blocks reading commands)
+#   dpdk:      main and forwarding lcore on CPU 1 (--lcores 0@1,1@1)
+#   ovs:       ovs-vswitchd under `taskset -c 1`, pmd-cpu-mask=0x2 (the PMD thread on CPU 1)
+#   ours:      the daemon under `taskset -c 1`
+# So each side has one busy core; anything else running on the machine skews the numbers.
+#
+# Usage: scripts/bench-pvp.sh [--backends dpdk,ovs,ours] [--sizes 64,1518] [--samples 5]
+#                             [--interval 2] [--warmup 5] [--bursts 16] [--rounds 1] [--logs DIR]
+# Needs root (DPDK, OVS). Installs DPDK and OVS with scripts/dpdk/install.sh --ovs if missing.
+# Everything (processes, sockets, OVS database and logs, DPDK runtime folders) is removed on exit,
+# including Ctrl-C.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+backends="dpdk,ovs,ours"
+sizes="64,1518"
+samples=5
+interval=2
+warmup=5       # seconds of looping before the first sample (OVS settles after its ports come up)
+bursts=16      # `start tx_first N`: N bursts of 32 packets per port seed the loop (more in flight, bigger batches)
+rounds=1       # --rounds N: repeat the whole sequence N times, alternating back ends
+logs=          # --logs DIR: keep every process's log there (they are deleted otherwise)
+timeout=60     # seconds to wait for any one thing (startup, link up, a command's output)
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --backends) backends="$2"; shift 2 ;;
+        --sizes) sizes="$2"; shift 2 ;;
+        --samples) samples="$2"; shift 2 ;;
+        --interval) interval="$2"; shift 2 ;;
+        --warmup) warmup="$2"; shift 2 ;;
+        --bursts) bursts="$2"; shift 2 ;;
+        --logs) logs="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        *) echo "bench-pvp: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+IFS=, read -r -a backend_list <<<"$backends"
+IFS=, read -r -a size_list <<<"$sizes"
+
+daemon_dll="$root/src/VhostUserVirtio.Daemon/bin/Release/net10.0/vhost-virtio.dll"
+ovs_vswitchd=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
+mac0=02:00:00:00:00:01
+mac1=02:00:00:00:00:02
+
+work="$(mktemp -d /tmp/vuv-pvp.XXXXXX)"
+tag="vuvpvp$$"            # unique DPDK --file-prefix stem for this run
+dpdk_run=/var/run/dpdk
+[[ $(id -u) -eq 0 ]] || dpdk_run="${XDG_RUNTIME_DIR:-/tmp}/dpdk"
+
+say() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*"; }
+
+# ---- process bookkeeping and cleanup --------------------------------------------------------
+declare -A pmd_fd=() pmd_pid=() pmd_log=()
+other_pids=()
+
+stop_pid() {   # TERM, wait up to 5 s, then KILL; only for processes this script started
+    local pid="$1" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local name pid
+    trap - EXIT INT TERM
+    for name in "${!pmd_pid[@]}"; do pmd_quit "$name" || true; done
+    for pid in "${other_pids[@]}"; do stop_pid "$pid"; done
+    wait 2>/dev/null || true
+    if [[ -n "$logs" ]]; then
+        mkdir -p "$logs" && find "$work" -name '*.log' -exec cp {} "$logs"/ \; && echo "logs kept in $logs"
+    fi
+    rm -rf "$work" "$dpdk_run/$tag"-*
+}
+trap cleanup EXIT
+trap 'echo; say "interrupted"; exit 130' INT TERM
+
+# ---- interactive testpmd through a FIFO -----------------------------------------------------
+# pmd_start NAME EAL-ARGS... -- APP-ARGS...   (adds --file-prefix, -i; waits for the prompt)
+pmd_start() {
+    local name="$1"; shift
+    local fifo="$work/$name.in" log="$work/$name.log" fd
+    rm -f "$fifo"; mkfifo "$fifo"; : >"$log"
+    exec {fd}<>"$fifo"   # read-write: never blocks, and testpmd never sees end of input
+    # stdbuf: testpmd's stdio output would otherwise sit in a block buffer (stdout is a file).
+    stdbuf -oL -eL dpdk-testpmd --file-prefix "$tag-$name" "$@" -i <"$fifo" >"$log" 2>&1 &
+    pmd_pid[$name]=$!; pmd_fd[$name]=$fd; pmd_log[$name]=$log
+    wait_log "$name" 0 'testpmd> ' || { say "$name: testpmd did not start:"; tail -n 15 "$log" | sed 's/^/    /'; return 1; }
+    # testpmd carries on without a vdev that failed to probe (virtio-user: nobody listening).
+    if grep -qE 'failed to initialize .* device|No probed ethernet devices' "$log"; then
+        say "$name: a port failed to probe:"; grep -E 'virtio_user|vhost|probe' "$log" | head -n 5 | sed 's/^/    /'; return 1
+    fi
+}
+
+# wait_log NAME OFFSET REGEX: until REGEX appears in the log after byte OFFSET (or timeout/exit)
+wait_log() {
+    local name="$1" off="$2" re="$3" end=$((SECONDS + timeout))
+    while ((SECONDS < end)); do
+        tail -c "+$((off + 1))" "${pmd_log[$name]}" | grep -qE "$re" && return 0
+        kill -0 "${pmd_pid[$name]}" 2>/dev/null || { tail -c "+$((off + 1))" "${pmd_log[$name]}" | grep -qE "$re"; return; }
+        sleep 0.1
+    done
+    return 1
+}
+
+# pmd_cmd NAME COMMAND: runs it, prints its output (up to the next prompt)
+pmd_cmd() {
+    local name="$1" cmd="$2" off
+    off=$(stat -c %s "${pmd_log[$name]}")
+    echo "$cmd" >&"${pmd_fd[$name]}"
+    wait_log "$name" "$off" 'testpmd> ' || { say "$name: no answer to '$cmd'"; return 1; }
+    tail -c "+$((off + 1))" "${pmd_log[$name]}"
+}
+
+pmd_link_up() {  # pmd_link_up NAME PORT: waits until `show port info` says the link is up
+    local end=$((SECONDS + timeout))
+    while ((SECONDS < end)); do
+        pmd_cmd "$1" "show port info $2" | grep -q 'Link status: up' && return 0
+        kill -0 "${pmd_pid[$1]}" 2>/dev/null || return 1
+        sleep 0.5
+    done
+    return 1
+}
+
+pmd_quit() {
+    local name="$1" pid="${pmd_pid[$1]:-}" i fd
+    [[ -n "$pid" ]] || return 0
+    echo quit >&"${pmd_fd[$name]}" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    stop_pid "$pid"
+    wait "$pid" 2>/dev/null || true
+    fd="${pmd_fd[$name]}"; exec {fd}>&-
+    rm -rf "${dpdk_run:?}/$tag-$name"
+    unset "pmd_pid[$name]" "pmd_fd[$name]"
+}
+
+wait_sockets() {  # wait_sockets PID SOCKET...: until every socket exists (false if PID dies)
+    local pid="$1" end=$((SECONDS + timeout)) s ok; shift
+    while ((SECONDS < end)); do
+        ok=1; for s in "$@"; do [[ -S "$s" ]] || ok=0; done
+        ((ok)) && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.2
+    done
+    return 1
+}
+
+median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+# ---- one measurement: front end on SOCK0/SOCK1, packet size SIZE; sets $measured (samples) ------
+# (Not run in $(...): a subshell would hide the front end's pid from the cleanup trap.)
+measured=
+measure() {
+    local sock0="$1" sock1="$2" size="$3" out pps i rx_a rx_b values=()
+    measured=
+    # --mbuf-size=2176 (the default, written out): 2048 bytes of data room after the 128-byte
+    # headroom. --mbuf-size=2048 fits 1518-byte frames too, but made the 1518 B loop 3-5x slower here.
+    pmd_start fe --lcores 0@0,1@0 --main-lcore 0 --no-huge -m 1024 --no-pci \
+        --vdev "net_virtio_user0,path=$sock0,queues=1,mac=$mac0" \
+        --vdev "net_virtio_user1,path=$sock1,queues=1,mac=$mac1" -- \
+        --nb-cores=1 --total-num-mbufs=32768 --mbuf-size=2176 --forward-mode=mac \
+        --txpkts="$size" --eth-peer=0,$mac1 --eth-peer=1,$mac0 || { pmd_quit fe; return 1; }
+    if ! pmd_link_up fe 0 || ! pmd_link_up fe 1; then
+        say "front end ports did not come up"; pmd_quit fe; return 1
+    fi
+    # The loop holds only the packets tx_first seeds: if the back end drops them (a port it has
+    # not finished setting up), nothing flows. Check, and seed again (a few times) if so.
+    for ((i = 1; ; i++)); do
+        sleep 1   # the back end may still be enabling its queues after our link came up
+        pmd_cmd fe "start tx_first $bursts" >/dev/null || { pmd_quit fe; return 1; }
+        sleep "$warmup"
+        rx_a="$(rx_total)"; sleep 1; rx_b="$(rx_total)"
+        ((rx_b > rx_a)) && break
+        if ((i == 3)); then say "no packets flow (RX-packets $rx_b)"; pmd_quit fe; return 1; fi
+        say "    nothing flowing after tx_first; seeding again"
+        pmd_cmd fe stop >/dev/null || true
+    done
+    pmd_cmd fe "show port stats all" >/dev/null   # baseline for testpmd's "since last show" rates
+    for ((i = 1; i <= samples; i++)); do
+        sleep "$interval"
+        out="$(pmd_cmd fe "show port stats all")" || { pmd_quit fe; return 1; }
+        pps="$(awk '/NIC statistics for port/ {p = $6} /Rx-pps:/ {rx[p] = $2} END {print rx[0] + rx[1]}' <<<"$out")"
+        values+=("$pps")
+        say "    sample $i: $(fmt "$pps")pps"
+    done
+    pmd_cmd fe stop >/dev/null || true
+    pmd_quit fe
+    measured="${values[*]}"
+}
+
+rx_total() {   # RX-packets of the front end's ports 0 + 1
+    pmd_cmd fe "show port stats all" | awk '/RX-packets:/ {n += $2} END {print n + 0}'
+}
+
+fmt() { awk -v v="$1" 'BEGIN {printf "%.2f M", v / 1e6}'; }
+
+declare -A result=() all_samples=()
+run_sizes() {   # run_sizes BACKEND SOCK0 SOCK1
+    local be="$1" size
+    for size in "${size_list[@]}"; do
+        say "$be: ${size}-byte packets (warm-up ${warmup} s, ${samples} x ${interval} s)"
+        if measure "$2" "$3" "$size"; then
+            all_samples[$be/$size]+=" $measured"
+            # shellcheck disable=SC2086 # one sample per word
+            say "$be: ${size} B median $(fmt "$(printf '%s\n' $measured | median)")pps"
+        else
+            say "$be: ${size} B failed"; return 1
+        fi
+    done
+}
+
+# ---- back ends ------------------------------------------------------------------------------
+bench_dpdk() {
+    local d="$work/dpdk"; mkdir -p "$d"
+    pmd_start be --lcores 0@1,1@1 --main-lcore 0 --no-huge -m 1024 --no-pci \
+        --vdev "net_vhost0,iface=$d/vf1.sock,queues=1" --vdev "net_vhost1,iface=$d/vf2.sock,queues=1" -- \
+        --nb-cores=1 --total-num-mbufs=32768 --forward-mode=io || { pmd_quit be; return 1; }
+    pmd_cmd be start >/dev/null || { pmd_quit be; return 1; }
+    local rc=0
+    run_sizes dpdk "$d/vf1.sock" "$d/vf2.sock" || rc=1
+    pmd_quit be
+    return $rc
+}
+
+bench_ovs() {
+    [[ -x "$ovs_vswitchd" ]] || { say "ovs: $ovs_vswitchd missing"; return 1; }
+    local d="$work/ovs" rc=0
+    ovs_pids=()
+    ovs_up "$d" && run_sizes ovs "$d/run/vf1" "$d/run/vf2" || rc=1
+    # Stop this instance now (each round starts a fresh one); keep its logs for --logs.
+    for pid in "${ovs_pids[@]}"; do stop_pid "$pid"; done
+    mv "$d"/log/*.log "$work"/ 2>/dev/null || true
+    rm -rf "$d" "${dpdk_run:?}/$tag-ovs"
+    return $rc
+}
+
+ovs_up() {   # ovs_up DIR: private ovsdb-server + ovs-vswitchd-dpdk, bridge br0 with vf1, vf2
+    local d="$1" pid
+    mkdir -p "$d/run" "$d/db" "$d/log"
+    # Private instance: ovs-vsctl and the vhost sockets follow these instead of /var/run/openvswitch.
+    export OVS_RUNDIR="$d/run" OVS_DBDIR="$d/db" OVS_LOGDIR="$d/log" OVS_SYSCONFDIR="$d/db"
+    local db="$d/db/conf.db" remote="unix:$d/run/db.sock"
+    local vsctl=(ovs-vsctl --db="$remote" --timeout="$timeout")
+    ovsdb-tool create "$db" /usr/share/openvswitch/vswitch.ovsschema || return 1
+    ovsdb-server "$db" --remote="punix:$d/run/db.sock" --pidfile="$d/run/ovsdb-server.pid" \
+        --unixctl="$d/run/ovsdb-server.ctl" --log-file="$d/log/ovsdb-server.log" >/dev/null 2>&1 &
+    pid=$!; other_pids+=("$pid"); ovs_pids+=("$pid")
+    wait_sockets "$pid" "$d/run/db.sock" || { say "ovs: ovsdb-server did not start"; return 1; }
+    "${vsctl[@]}" --no-wait init || return 1
+    # One PMD thread on CPU 1; memory as for testpmd (memfd-backed, no hugepages).
+    "${vsctl[@]}" --no-wait set Open_vSwitch . other_config:dpdk-init=true other_config:pmd-cpu-mask=0x2 \
+        "other_config:dpdk-extra=--no-huge --legacy-mem -m 2048 --no-pci --file-prefix $tag-ovs" || return 1
+    taskset -c 1 "$ovs_vswitchd" "$remote" --pidfile="$d/run/ovs-vswitchd.pid" \
+        --unixctl="$d/run/ovs-vswitchd.ctl" --log-file="$d/log/ovs-vswitchd.log" >/dev/null 2>&1 &
+    pid=$!; other_pids+=("$pid"); ovs_pids+=("$pid")
+    # A new netdev bridge has the single flow actions=NORMAL: a MAC-learning switch.
+    "${vsctl[@]}" add-br br0 -- set bridge br0 datapath_type=netdev \
+        -- add-port br0 vf1 -- set Interface vf1 type=dpdkvhostuser \
+        -- add-port br0 vf2 -- set Interface vf2 type=dpdkvhostuser \
+        || { say "ovs: bridge setup failed"; tail -n 20 "$d/log/ovs-vswitchd.log"; return 1; }
+    wait_sockets "$pid" "$d/run/vf1" "$d/run/vf2" \
+        || { say "ovs: vhost sockets missing"; tail -n 20 "$d/log/ovs-vswitchd.log"; return 1; }
+    say "ovs: $("$ovs_vswitchd" --version | head -n 1), flows: $(ovs-ofctl dump-flows br0 2>/dev/null | grep -c actions=NORMAL) NORMAL"
+}
+
+daemon_built=0
+bench_ours() {
+    local d="$work/ours" rc=0 pid
+    mkdir -p "$d"
+    if ((!daemon_built)); then
+        say "ours: building the daemon (Release)"
+        dotnet build "$root/src/VhostUserVirtio.Daemon/VhostUserVirtio.Daemon.csproj" -c Release \
+            --nologo -v quiet --disable-build-servers </dev/null >"$work/build.log" 2>&1 \
+            || { tail -n 20 "$work/build.log"; return 1; }
+        daemon_built=1
+    fi
+    # The whole daemon on CPU 1: the front end has CPU 0.
+    taskset -c 1 dotnet "$daemon_dll" serve --socket-dir "$d" --vfs 2 </dev/null >>"$work/ours.log" 2>&1 &
+    pid=$!; other_pids+=("$pid")
+    if ! wait_sockets "$pid" "$d/vf1.sock" "$d/vf2.sock"; then
+        # Today's daemon has no net devices: it rejects --vfs (or never creates the sockets).
+        say "ours: no vf1.sock/vf2.sock (daemon: $(tail -n 3 "$work/ours.log" | tr '\n' ' '))"
+        stop_pid "$pid"; return 1
+    fi
+    run_sizes ours "$d/vf1.sock" "$d/vf2.sock" || rc=1
+    stop_pid "$pid"
+    return $rc
+}
+
+# ---- main -----------------------------------------------------------------------------------
+bash "$root/scripts/dpdk/install.sh" --ovs >/dev/null
+say "PVP benchmark: back ends ${backends}, sizes ${sizes} B, ${rounds} round(s) of ${samples} x ${interval} s samples after ${warmup} s warm-up"
+say "pinning: front end on CPU 0 (main + 1 forwarding lcore), back end on CPU 1 ($(nproc) CPUs online)"
+say "pps = packets/s received by the front end on port 0 + port 1 (testpmd Rx-pps) = the back end's forwarding rate"
+
+declare -A status=()
+for ((round = 1; round <= rounds; round++)); do
+    # Rounds alternate the back ends, so slow drifts in the machine's load hit all of them alike.
+    ((rounds == 1)) || say "##### round $round of $rounds"
+    for be in "${backend_list[@]}"; do
+        case "$be" in
+            dpdk|ovs|ours) ;;
+            *) say "unknown back end $be"; continue ;;
+        esac
+        [[ "${status[$be]:-}" == unavailable ]] && continue
+        say "=== $be ==="
+        if "bench_$be"; then status[$be]=ok; else status[$be]=unavailable; say "$be: unavailable"; fi
+        pmd_quit fe 2>/dev/null || true   # whatever a failed run left
+        pmd_quit be 2>/dev/null || true
+    done
+done
+
+for key in "${!all_samples[@]}"; do
+    # shellcheck disable=SC2086 # one sample per word
+    result[$key]="$(printf '%s\n' ${all_samples[$key]} | median)"
+done
+ratio() { [[ -n "${result[$1]:-}" && -n "${result[$2]:-}" ]] && awk -v a="${result[$1]}" -v b="${result[$2]}" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}' || echo n/a; }
+
+echo
+echo "PVP loop: median packets/s over $rounds round(s) x $samples samples; front end pinned to CPU 0, back end to CPU 1"
+printf '%-6s' "size"; for be in "${backend_list[@]}"; do printf '%14s' "$be"; done; printf '%12s%12s\n' "ours/dpdk" "ours/ovs"
+for size in "${size_list[@]}"; do
+    printf '%-6s' "${size}B"
+    for be in "${backend_list[@]}"; do
+        if [[ -n "${result[$be/$size]:-}" ]]; then printf '%14s' "$(fmt "${result[$be/$size]}")pps"; else printf '%14s' "unavailable"; fi
+    done
+    printf '%12s%12s\n' "$(ratio "ours/$size" "dpdk/$size")" "$(ratio "ours/$size" "ovs/$size")"
+done
+for key in $(printf '%s\n' "${!all_samples[@]}" | sort); do
+    # shellcheck disable=SC2086
+    echo "  $key samples (Mpps): $(printf '%s\n' ${all_samples[$key]} | awk '{printf "%.2f ", $1 / 1e6}')"
+done
+for be in "${backend_list[@]}"; do [[ "${status[$be]:-}" == ok ]] || echo "$be: unavailable"; done

@@ -1,0 +1,89 @@
+namespace VhostUserVirtio.Tests.Support;
+
+/// <summary>
+/// A vhost-user back end with two network ports that joins them (a wire or a learning switch), for
+/// tests that put DPDK virtio-user front ends on both ports. Port 0 and port 1 are the sockets the
+/// two front ends connect to.
+/// </summary>
+public interface IVhostSwitch : IDisposable
+{
+    string Name { get; }
+    string Socket(int port);
+    /// <summary>Called once the front ends are attached: wait for links and begin forwarding.</summary>
+    void StartForwarding();
+    /// <summary>Called before the counters are read.</summary>
+    void StopForwarding();
+}
+
+public static class VhostSwitches
+{
+    /// <summary>Names for [MemberData]. Our daemon joins with one line once it serves net devices: "ours".</summary>
+    public static TheoryData<string> Names => new() { "dpdk-vhost" };
+
+    public static IVhostSwitch Create(string name, string directory) => name switch
+    {
+        "dpdk-vhost" => new DpdkVhostSwitch(directory),
+        "ours" => new DaemonSwitch(directory),
+        _ => throw new ArgumentException("unknown back end " + name, nameof(name)),
+    };
+}
+
+/// <summary>
+/// DPDK's own vhost PMD: testpmd with two net_vhost ports in io forwarding (port 0 ↔ port 1).
+/// Its forwarding lcore is CPU 1 (main lcore 0 only reads commands).
+/// </summary>
+public sealed class DpdkVhostSwitch : IVhostSwitch
+{
+    private readonly string[] _sockets;
+
+    public DpdkVhostSwitch(string directory, string lcores = "0,1", int mainLcore = 0)
+    {
+        _sockets = [Path.Combine(directory, "vhost0.sock"), Path.Combine(directory, "vhost1.sock")];
+        Pmd = TestPmd.Start(new TestPmdOptions
+        {
+            Lcores = lcores,
+            MainLcore = mainLcore,
+            Vdevs = [TestPmd.Vhost(0, _sockets[0]), TestPmd.Vhost(1, _sockets[1])],
+            ForwardMode = "io",
+        });
+    }
+
+    public TestPmd Pmd { get; }
+    public string Name => "dpdk-vhost";
+    public string Socket(int port) => _sockets[port];
+
+    public void StartForwarding()
+    {
+        Pmd.WaitForLinkUp(0);
+        Pmd.WaitForLinkUp(1);
+        Pmd.Start();
+    }
+
+    public void StopForwarding() => Pmd.Stop();
+
+    public void Dispose() => Pmd.Dispose();
+}
+
+/// <summary>
+/// Our daemon as a switch: <c>serve --socket-dir DIR --vfs 2</c> creates pf.sock, vf1.sock and
+/// vf2.sock joined by a learning L2 switch; the test's ports are vf1 and vf2. It forwards by
+/// itself, so start and stop are no-ops.
+/// </summary>
+public sealed class DaemonSwitch : IVhostSwitch
+{
+    private readonly DaemonProcess _daemon;
+    private readonly string[] _sockets;
+
+    public DaemonSwitch(string directory)
+    {
+        _sockets = [Path.Combine(directory, "vf1.sock"), Path.Combine(directory, "vf2.sock")];
+        _daemon = DaemonProcess.Start(["serve", "--socket-dir", directory, "--vfs", "2"]);
+        _daemon.WaitUntil(() => _sockets.All(File.Exists), TestPmd.DefaultTimeout, "vf1.sock and vf2.sock");
+    }
+
+    public string Name => "ours";
+    public string Socket(int port) => _sockets[port];
+    public void StartForwarding() { }
+    public void StopForwarding() { }
+    public void Dispose() => _daemon.Dispose();
+}
