@@ -100,6 +100,18 @@ public sealed class DpdkHarnessTests : IDisposable
             Assert.True(received.RxPackets <= outPort.TxPackets, "sink received more than forwarded; " + context);
         }
 
+        if (sw is InProcessGroupSwitch group)
+        {
+            // Exact agreement: every frame the source put on vf1's ring went into the switch, and
+            // every frame the switch put on vf2's ring was counted by the sink.
+            var ports = group.Backend.Group.Status().Ports;
+            var vf1 = ports.Single(p => p.Name == "vf1").Counters;
+            var vf2 = ports.Single(p => p.Name == "vf2").Counters;
+            context += $", switch vf1 tx {vf1.TxPackets}, vf2 rx {vf2.RxPackets} (drops {string.Join(",", vf2.Drops)})";
+            Assert.True(vf1.TxPackets == sent.TxPackets, "switch took " + context);
+            Assert.True(vf2.RxPackets == received.RxPackets, "switch delivered " + context);
+        }
+
         Assert.True(source.Quit() && sink.Quit(), "testpmd did not quit on request");
         Log("front ends quit");
     }

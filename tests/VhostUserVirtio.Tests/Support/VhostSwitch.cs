@@ -17,13 +17,14 @@ public interface IVhostSwitch : IDisposable
 
 public static class VhostSwitches
 {
-    /// <summary>Names for [MemberData]. Our daemon joins with one line once it serves net devices: "ours".</summary>
-    public static TheoryData<string> Names => new() { "dpdk-vhost" };
+    /// <summary>Names for [MemberData]: DPDK's vhost PMD, our daemon as a process, and our group in-process (exact counters).</summary>
+    public static TheoryData<string> Names => new() { "dpdk-vhost", "ours", "ours-in-process" };
 
     public static IVhostSwitch Create(string name, string directory) => name switch
     {
         "dpdk-vhost" => new DpdkVhostSwitch(directory),
         "ours" => new DaemonSwitch(directory),
+        "ours-in-process" => new InProcessGroupSwitch(directory),
         _ => throw new ArgumentException("unknown back end " + name, nameof(name)),
     };
 }
@@ -86,4 +87,20 @@ public sealed class DaemonSwitch : IVhostSwitch
     public void StartForwarding() { }
     public void StopForwarding() { }
     public void Dispose() => _daemon.Dispose();
+}
+
+/// <summary>
+/// Our device group served inside the test process, so the test can compare the switch's per-port
+/// counters with what the DPDK front ends counted.
+/// </summary>
+public sealed class InProcessGroupSwitch : IVhostSwitch
+{
+    public InProcessGroupSwitch(string directory) => Backend = new GroupBackend(vfs: 2, directory: directory);
+
+    public GroupBackend Backend { get; }
+    public string Name => "ours-in-process";
+    public string Socket(int port) => Backend.Socket(port + 1);
+    public void StartForwarding() { }
+    public void StopForwarding() { }
+    public void Dispose() => Backend.Dispose();
 }
