@@ -64,6 +64,30 @@ public sealed class GuestNetworkTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void Daemon_in_client_mode_reaches_a_guest_whose_qemu_listens()
+    {
+        string sockets = Path.Combine(_dir, "qemu-sockets");
+        Directory.CreateDirectory(sockets);
+        string vf1 = Path.Combine(sockets, "vf1.sock"), vf2 = Path.Combine(sockets, "vf2.sock");
+        // QEMU listens (server=on,wait=off) and waits for the back end before starting the guest.
+        using var guest = QemuGuest.Start(new GuestOptions
+        {
+            Name = "qemu-listens",
+            Nics = [new GuestNic(vf1, MacA, ServerMode: true), new GuestNic(vf2, MacB, ServerMode: true)],
+            TestScript = GuestScripts.PingPair(MacA, MacB, count: 5, intervalSeconds: 0.2),
+            ConsoleLogPath = Path.Combine(_dir, "console.log"),
+            Log = output.WriteLine,
+        });
+        using var backend = new GroupBackend(vfs: 2, o => o with { ClientMode = true }, directory: sockets);
+        guest.WaitForBoot(BootDeadline);
+        int status = guest.WaitForTestExit(ScriptDeadline);
+        var report = GuestScripts.Parse(guest.Lines);
+        Assert.True(status == 0, $"script exit {status}. {guest.Describe()}");
+        Assert.All(report.Pings, p => Assert.True(p.Received > 0, $"{p}. {guest.Describe()}"));
+        Assert.True(backend.Member(1).Device.Counters.TxPackets > 0);
+    }
+
+    [Fact]
     public void Guest_sees_link_down_then_up_and_pings_again_after_the_back_end_restarts()
     {
         string sockets = Path.Combine(_dir, "sockets");
