@@ -292,7 +292,8 @@ bench_ours() {
         daemon_built=1
     fi
     # The whole daemon on CPU 1: the front end has CPU 0.
-    taskset -c 1 dotnet "$daemon_dll" serve --socket-dir "$d" --vfs 2 </dev/null >>"$work/ours.log" 2>&1 &
+    # OURS_ARGS: extra daemon options to try (e.g. --poll-us 200).
+    taskset -c 1 dotnet "$daemon_dll" serve --socket-dir "$d" --vfs 2 ${OURS_ARGS:-} </dev/null >>"$work/ours.log" 2>&1 &
     pid=$!; other_pids+=("$pid")
     if ! wait_sockets "$pid" "$d/vf1.sock" "$d/vf2.sock"; then
         # Today's daemon has no net devices: it rejects --vfs (or never creates the sockets).

@@ -44,6 +44,7 @@ public sealed class EventLoop : IDisposable
 
     private readonly IPollSource? _pollSource;
     private readonly long _pollWindowTicks;
+    private readonly long _pollSliceTicks;
 
     /// <param name="pollSource">Polled between events, if given, for up to <paramref name="pollWindow"/> after the last work.</param>
     public EventLoop(string name, ILogger logger, IPollSource? pollSource = null, TimeSpan pollWindow = default)
@@ -51,6 +52,7 @@ public sealed class EventLoop : IDisposable
         Name = name;
         _pollSource = pollSource;
         _pollWindowTicks = (long)(pollWindow.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+        _pollSliceTicks = System.Diagnostics.Stopwatch.Frequency / 20_000; // 50 µs between looks at the descriptors
         _logger = logger;
         _epoll.Add(_wake.Descriptor, EpollEvents.In, WakeToken);
         _thread = new Thread(Run) { Name = name, IsBackground = true };
@@ -152,10 +154,21 @@ public sealed class EventLoop : IDisposable
                 }
             }
             RunPosted();
-            if (n > 0 && _pollSource != null)
+            if (_pollSource == null)
+                continue;
+            if (n > 0)
                 lastWork = System.Diagnostics.Stopwatch.GetTimestamp();
-            if (_pollSource != null && SafePoll())
-                lastWork = System.Diagnostics.Stopwatch.GetTimestamp();
+            // Poll in a tight slice, without a syscall per round: an epoll_wait(0) per round costs
+            // more than a small burst of packets, and would make the poller slowest under load.
+            long sliceEnd = System.Diagnostics.Stopwatch.GetTimestamp() + _pollSliceTicks;
+            do
+            {
+                if (SafePoll())
+                    lastWork = System.Diagnostics.Stopwatch.GetTimestamp();
+                if (!_posted.IsEmpty)
+                    RunPosted();
+            } while (!_stopping && System.Diagnostics.Stopwatch.GetTimestamp() < sliceEnd &&
+                     System.Diagnostics.Stopwatch.GetTimestamp() - lastWork < _pollWindowTicks);
         }
         RunPosted();
     }
