@@ -53,11 +53,16 @@ public sealed class RingLifecycleTests : IDisposable
     {
         using var s = FrontEndSession.Start(_backend.SocketPath(0));
         s.Connection.SetVringEnable(0, false);
+        AssertHeldUntilEnabled(s);
+    }
+
+    /// <summary>A chain on disabled ring 0 is not consumed, even when kicked, until SET_VRING_ENABLE(1).</summary>
+    private static void AssertHeldUntilEnabled(FrontEndSession s)
+    {
         ushort head = Post(s, 0, Echo.Text("wait for enable"), out _);
         s.Queues[0].Notify();
         Thread.Sleep(300);
         Assert.Equal(0, s.Queues[0].UsedIndex);
-
         s.Connection.SetVringEnable(0, true);
         Assert.Equal(head, s.Queues[0].WaitUsed().Id);
     }
@@ -76,12 +81,7 @@ public sealed class RingLifecycleTests : IDisposable
     public void With_protocol_features_rings_start_disabled()
     {
         using var s = FrontEndSession.Start(_backend.SocketPath(0), new FrontEndSession.Options { EnableRings = false });
-        ushort head = Post(s, 0, Echo.Text("not yet"), out _);
-        s.Queues[0].Notify();
-        Thread.Sleep(300);
-        Assert.Equal(0, s.Queues[0].UsedIndex);
-        s.Connection.SetVringEnable(0, true);
-        Assert.Equal(head, s.Queues[0].WaitUsed().Id);
+        AssertHeldUntilEnabled(s);
     }
 
     [Fact]
