@@ -69,11 +69,15 @@ public sealed class DeviceGroup : IDisposable
             Mtu = Options.Mtu,
         }, Switch, action => DataPath.Loop.Post(action), _loggers.CreateLogger("VhostUserVirtio.Net." + name));
         Switch.Attach(device);
+        // The owner is served with its admin queue and owner information block on top of the net device.
+        IVirtioDevice served = id == 0
+            ? new OwnerDevice(device, Options.Vfs, () => _members.Count, _loggers.CreateLogger("VhostUserVirtio.Admin"))
+            : device;
         VhostUserEndpoint endpoint;
         if (id == 0 && Options.OwnerListener is { } listener)
-            endpoint = _server.Serve(device, listener, "inherited socket", DataPath);
+            endpoint = _server.Serve(served, listener, "inherited socket", DataPath);
         else
-            endpoint = _server.Serve(device, id == 0 && Options.OwnerSocketPath is { } ownerPath
+            endpoint = _server.Serve(served, id == 0 && Options.OwnerSocketPath is { } ownerPath
                 ? ownerPath
                 : Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id)), Options.ClientMode, DataPath);
         return new GroupMember(id, device, endpoint);

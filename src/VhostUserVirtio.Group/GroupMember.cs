@@ -19,7 +19,10 @@ public sealed class GroupMember
     public int Id { get; }
     public bool IsOwner => Id == 0;
     public string Name => Device.Name;
+    /// <summary>The member's virtio-net device (for the owner: the net part of its <see cref="OwnerDevice"/>).</summary>
     public NetDevice Device { get; }
+    /// <summary>The owner device with its admin queue, when this is the owner.</summary>
+    public OwnerDevice? Owner => Endpoint.Backend.Device as OwnerDevice;
     public VhostUserEndpoint Endpoint { get; }
     public string SocketPath => Endpoint.SocketPath;
 

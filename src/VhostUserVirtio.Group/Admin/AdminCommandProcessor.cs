@@ -1,0 +1,139 @@
+using System.Buffers.Binary;
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Queue;
+
+namespace VhostUserVirtio.Group.Admin;
+
+/// <summary>What the processor needs to know about the group it administers.</summary>
+public interface IAdminGroupState
+{
+    /// <summary>NumVFs: SR-IOV members that exist now (0 = VF Enable clear, the SR-IOV group does not exist).</summary>
+    int NumVfs { get; }
+}
+
+/// <summary>
+/// Processes the commands of one admin virtqueue, strictly in queue order (VIRTIO 1.4 "Administration
+/// Virtqueues"): container gathered from any number of readable descriptors and scattered over the
+/// writable ones; validation in the spec's order (group, then opcode incl. the in-use list, then
+/// member); status and qualifier always written; used length = bytes actually written; refused
+/// commands change nothing. Runs on the group's data-path worker; allocates nothing per command.
+/// </summary>
+public sealed class AdminCommandProcessor
+{
+    private readonly IAdminGroupState _group;
+    private readonly ILogger _logger;
+    private readonly byte[] _request = new byte[AdminLayout.HeaderSize + AdminLayout.MaxData];
+    private readonly byte[] _response = new byte[AdminLayout.StatusSize + AdminLayout.MaxResult];
+    private AdminOpcodeSet _srIovInUse = Basic;
+    private AdminOpcodeSet? _selfInUse;
+
+    /// <summary>LIST_QUERY and LIST_USE: the in-use list after a reset.</summary>
+    public static readonly AdminOpcodeSet Basic = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse);
+
+    public AdminCommandProcessor(IAdminGroupState group, ILogger logger)
+    {
+        _group = group;
+        _logger = logger;
+    }
+
+    /// <summary>Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks.</summary>
+    public AdminOpcodeSet SrIovSupported { get; } = Basic;
+
+    /// <summary>Opcodes supported for the self group.</summary>
+    public AdminOpcodeSet SelfSupported { get; } = Basic;
+
+    /// <summary>Commands processed, and how many failed.</summary>
+    public long Commands { get; private set; }
+    public long Failures { get; private set; }
+
+    /// <summary>Owner device reset: every group's in-use list goes back to LIST_QUERY + LIST_USE.</summary>
+    public void Reset()
+    {
+        _srIovInUse = Basic;
+        _selfInUse = null;
+    }
+
+    /// <summary>Handles one command chain; returns the used length (bytes written).</summary>
+    public uint Handle(DescriptorChain chain)
+    {
+        // Readable part: shorter than defined reads as zeros, longer is ignored (tolerance rule).
+        var request = _request.AsSpan();
+        var reader = chain.Reader();
+        int read = reader.Read(request);
+        request[read..].Clear();
+        int dataLength = Math.Max(0, Math.Min(read, request.Length) - AdminLayout.HeaderSize);
+
+        ushort opcode = BinaryPrimitives.ReadUInt16LittleEndian(request);
+        ushort groupType = BinaryPrimitives.ReadUInt16LittleEndian(request[2..]);
+        ulong member = BinaryPrimitives.ReadUInt64LittleEndian(request[16..]);
+        var data = request.Slice(AdminLayout.HeaderSize, dataLength);
+
+        var response = _response.AsSpan();
+        var result = response[AdminLayout.StatusSize..];
+        var outcome = Execute(opcode, groupType, member, data, result);
+        Commands++;
+        if (outcome.Status != AdminStatus.Ok)
+        {
+            Failures++;
+            _logger.LogDebug("admin: opcode 0x{Opcode:x} group {Group} member {Member}: {Status}/{Qualifier}",
+                opcode, groupType, member, outcome.Status, outcome.Qualifier);
+        }
+
+        BinaryPrimitives.WriteUInt16LittleEndian(response, (ushort)outcome.Status);
+        BinaryPrimitives.WriteUInt16LittleEndian(response[2..], (ushort)outcome.Qualifier);
+        response.Slice(4, 4).Clear();
+        // Writable part: write what fits of the defined structure; the used length says how much.
+        var writer = chain.Writer();
+        writer.Write(response[..(AdminLayout.StatusSize + outcome.ResultLength)]);
+        return writer.Written;
+    }
+
+    private AdminOutcome Execute(ushort opcode, ushort groupType, ulong member, ReadOnlySpan<byte> data, Span<byte> result)
+    {
+        // 1. Group.
+        AdminOpcodeSet supported;
+        bool inUse;
+        switch ((AdminGroupType)groupType)
+        {
+            case AdminGroupType.SrIov when _group.NumVfs > 0:
+                supported = SrIovSupported;
+                inUse = _srIovInUse.Contains(opcode);
+                break;
+            case AdminGroupType.Self:
+                supported = SelfSupported;
+                // Linux never sends LIST_USE for the self group: its commands are usable until the
+                // driver chooses a self-group list itself.
+                inUse = _selfInUse?.Contains(opcode) ?? true;
+                break;
+            default:
+                return AdminOutcome.Invalid(AdminQualifier.InvalidGroup);
+        }
+
+        // 2. Opcode: supported for this group and in use. LIST_QUERY/LIST_USE stay usable even after a
+        //    LIST_USE without bits 0/1, which is what Linux sends.
+        bool listCommand = opcode is (ushort)AdminOpcode.ListQuery or (ushort)AdminOpcode.ListUse;
+        if (!supported.Contains(opcode) || !(inUse || listCommand))
+            return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
+
+        // 3. Member (only commands that address one; the list commands do not).
+        if (!listCommand && (AdminGroupType)groupType == AdminGroupType.SrIov && (member < 1 || member > (ulong)_group.NumVfs))
+            return AdminOutcome.Invalid(AdminQualifier.InvalidMember);
+
+        switch ((AdminOpcode)opcode)
+        {
+            case AdminOpcode.ListQuery:
+                supported.Write(result);
+                return AdminOutcome.Ok(supported.WireLength);
+            case AdminOpcode.ListUse:
+                if (!AdminOpcodeSet.TryRead(data, out var wanted) || !wanted.IsSubsetOf(supported))
+                    return AdminOutcome.Invalid(AdminQualifier.InvalidField);
+                if ((AdminGroupType)groupType == AdminGroupType.SrIov)
+                    _srIovInUse = wanted;
+                else
+                    _selfInUse = wanted;
+                return AdminOutcome.Ok();
+            default:
+                return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+using System.Buffers.Binary;
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend;
+using VhostUserVirtio.Devices.Net;
+using VhostUserVirtio.Group.Admin;
+using VhostUserVirtio.Protocol;
+using VhostUserVirtio.Queue;
+
+namespace VhostUserVirtio.Group;
+
+/// <summary>
+/// The group owner (PF) as served over vhost-user (docs/owner-binding.md): a virtio-net device plus
+/// VIRTIO_F_ADMIN_VQ and VIRTIO_F_SR_IOV, its admin queue after the net queues, and the owner
+/// information block at config offset 0xC0 telling the owner driver where the admin queue is and how
+/// many VFs exist.
+/// </summary>
+public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl, IAdminGroupState
+{
+    /// <summary>Offset and size of the owner information block in config space.</summary>
+    public const int InfoBlockOffset = 0xC0;
+    public const int InfoBlockSize = 32;
+    public const int NumVfsOffset = InfoBlockOffset + 0xA;
+
+    private readonly Func<int> _numVfs;
+    private readonly ILogger _logger;
+
+    public OwnerDevice(NetDevice net, int totalVfs, Func<int> numVfs, ILogger logger)
+    {
+        Net = net;
+        TotalVfs = totalVfs;
+        _numVfs = numVfs;
+        _logger = logger;
+        Admin = new AdminCommandProcessor(this, logger);
+    }
+
+    public NetDevice Net { get; }
+    public AdminCommandProcessor Admin { get; }
+    public int TotalVfs { get; }
+    public int NumVfs => _numVfs();
+    public int AdminQueueIndex => Net.QueueCount;
+
+    public string Name => Net.Name;
+    public ulong Features => Net.Features | VirtioFeature.Mask(VirtioFeature.AdminVq) | VirtioFeature.Mask(VirtioFeature.SrIov);
+    public ProtocolFeatures ExtraProtocolFeatures => Net.ExtraProtocolFeatures;
+    public int QueueCount => Net.QueueCount + 1;
+    public int MaxQueueSize => Net.MaxQueueSize;
+    public int ConfigSize => InfoBlockOffset + InfoBlockSize;
+
+    public void ReadConfig(int offset, Span<byte> data)
+    {
+        Span<byte> config = stackalloc byte[InfoBlockOffset + InfoBlockSize];
+        config.Clear();
+        Net.ReadConfig(0, config[..Net.ConfigSize]);
+        var info = config[InfoBlockOffset..];
+        BinaryPrimitives.WriteUInt16LittleEndian(info, (ushort)AdminQueueIndex);    // admin_queue_index
+        BinaryPrimitives.WriteUInt16LittleEndian(info[2..], 1);                    // admin_queue_num
+        BinaryPrimitives.WriteUInt16LittleEndian(info[4..], 0);                    // tvq_index (no transport queue yet)
+        BinaryPrimitives.WriteUInt16LittleEndian(info[6..], 0);                    // tvq_num
+        BinaryPrimitives.WriteUInt16LittleEndian(info[8..], (ushort)TotalVfs);     // total_vfs
+        BinaryPrimitives.WriteUInt16LittleEndian(info[10..], (ushort)NumVfs);      // num_vfs
+        BinaryPrimitives.WriteUInt16LittleEndian(info[12..], 0);                   // max_vdevs
+        BinaryPrimitives.WriteUInt16LittleEndian(info[14..], 0);                   // binding_version
+        config.Slice(offset, data.Length).CopyTo(data);
+    }
+
+    /// <summary>
+    /// Only num_vfs is writable. Changing the VF count at run time is not implemented yet: writing
+    /// the current value is accepted, any other value refused (and logged).
+    /// </summary>
+    public bool WriteConfig(int offset, ReadOnlySpan<byte> data)
+    {
+        if (offset != NumVfsOffset || data.Length != 2)
+            return false;
+        int wanted = BinaryPrimitives.ReadUInt16LittleEndian(data);
+        if (wanted == NumVfs)
+            return true;
+        _logger.LogWarning("{Device}: num_vfs {Wanted} refused: changing the VF count at run time is not supported yet (num_vfs is {Current})",
+            Name, wanted, NumVfs);
+        return false;
+    }
+
+    public void SetDriverFeatures(ulong features) =>
+        Net.SetDriverFeatures(features & ~(VirtioFeature.Mask(VirtioFeature.AdminVq) | VirtioFeature.Mask(VirtioFeature.SrIov)));
+
+    public void QueueStarted(DeviceQueue queue)
+    {
+        if (queue.Index != AdminQueueIndex)
+            Net.QueueStarted(queue);
+    }
+
+    public void QueueStopped(DeviceQueue queue)
+    {
+        if (queue.Index != AdminQueueIndex)
+            Net.QueueStopped(queue);
+    }
+
+    public bool WantsKicks(int queueIndex) => queueIndex == AdminQueueIndex || Net.WantsKicks(queueIndex);
+
+    public void ProcessQueue(DeviceQueue queue)
+    {
+        if (queue.Index != AdminQueueIndex)
+        {
+            Net.ProcessQueue(queue);
+            return;
+        }
+        var handler = new AdminHandler(Admin);
+        queue.Drain(ref handler);
+    }
+
+    public void Reset()
+    {
+        Net.Reset();
+        Admin.Reset();
+    }
+
+    public void AnnounceMac(ReadOnlySpan<byte> mac) => Net.AnnounceMac(mac);
+
+    public bool SetMtu(uint mtu) => Net.SetMtu(mtu);
+
+    private readonly struct AdminHandler(AdminCommandProcessor admin) : IChainHandler
+    {
+        public uint Handle(DescriptorChain chain) => admin.Handle(chain);
+    }
+}
