@@ -1,0 +1,60 @@
+using System.Buffers.Binary;
+using VhostUserVirtio.Protocol;
+
+namespace VhostUserVirtio.FrontEnd.Owner;
+
+/// <summary>The owner information block the PF publishes in its config space at 0xC0 (docs/owner-binding.md).</summary>
+public sealed record OwnerInfo(ushort AdminQueueIndex, ushort AdminQueueNum, ushort TvqIndex, ushort TvqNum,
+    ushort TotalVfs, ushort NumVfs, ushort MaxVdevs, ushort BindingVersion)
+{
+    public const uint Offset = 0xC0;
+    public const uint Size = 32;
+
+    public static OwnerInfo Read(ReadOnlySpan<byte> b) => new(
+        BinaryPrimitives.ReadUInt16LittleEndian(b), BinaryPrimitives.ReadUInt16LittleEndian(b[2..]),
+        BinaryPrimitives.ReadUInt16LittleEndian(b[4..]), BinaryPrimitives.ReadUInt16LittleEndian(b[6..]),
+        BinaryPrimitives.ReadUInt16LittleEndian(b[8..]), BinaryPrimitives.ReadUInt16LittleEndian(b[10..]),
+        BinaryPrimitives.ReadUInt16LittleEndian(b[12..]), BinaryPrimitives.ReadUInt16LittleEndian(b[14..]));
+}
+
+/// <summary>
+/// The owner (PF) driver, as a hypervisor's PF driver would be: connects to pf.sock, reads the owner
+/// information block, brings the PF up with every ring including the admin queue, and issues admin
+/// commands through <see cref="Admin"/>.
+/// </summary>
+public sealed class OwnerDriver : IDisposable
+{
+    private OwnerDriver(FrontEndSession session, OwnerInfo info)
+    {
+        Session = session;
+        Info = info;
+        Admin = new AdminQueueClient(session.Ram, session.Queues[info.AdminQueueIndex]);
+    }
+
+    public FrontEndSession Session { get; }
+    public OwnerInfo Info { get; }
+    public AdminQueueClient Admin { get; }
+
+    public static OwnerDriver Connect(string pfSocket, int adminQueueSize = 64)
+    {
+        // A first connection reads where the admin queue is; the session then sets up that many rings.
+        OwnerInfo info;
+        using (var probe = VhostUserFrontEnd.Connect(pfSocket))
+        {
+            if (!VirtioFeature.Has(probe.GetFeatures(), VirtioFeature.AdminVq))
+                throw new FrontEndException($"{pfSocket} does not offer VIRTIO_F_ADMIN_VQ: not a group owner");
+            probe.SetProtocolFeatures(probe.GetProtocolFeatures());
+            var block = probe.GetConfig(OwnerInfo.Offset, OwnerInfo.Size)
+                ?? throw new FrontEndException("the owner refused to read its information block");
+            info = OwnerInfo.Read(block);
+        }
+        var session = FrontEndSession.Start(pfSocket, new FrontEndSession.Options
+        {
+            QueueCount = info.AdminQueueIndex + info.AdminQueueNum,
+            QueueSize = adminQueueSize,
+        });
+        return new OwnerDriver(session, info);
+    }
+
+    public void Dispose() => Session.Dispose();
+}
