@@ -11,6 +11,7 @@ var serve = new Command("serve", "Serve devices over vhost-user sockets until SI
 var serveOptions = new ServeOptions(serve);
 serve.SetAction(result => ServeCommand.Execute(serveOptions.Bind(result)));
 root.Subcommands.Add(serve);
+root.Subcommands.Add(AdminCommand.Create());
 
 var parsed = root.Parse(args);
 // A bad command line gets its error and a pointer to --help, not the whole help text.

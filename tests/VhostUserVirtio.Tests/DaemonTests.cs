@@ -95,6 +95,24 @@ public sealed class DaemonTests : IDisposable
     }
 
     [Fact]
+    public void Admin_list_reads_the_owner_block_and_lists_supported_commands_per_group()
+    {
+        var pf = Path.Combine(_dir, "pf.sock");
+        using var daemon = DaemonProcess.Start(["serve", "--socket-dir", _dir, "--vfs", "2"]);
+        daemon.WaitUntil(() => File.Exists(pf) && daemon.Output.Contains("ready:"), Deadline, "pf.sock");
+
+        using var cli = DaemonProcess.Run("admin", "--socket", pf, "list");
+        Assert.True(cli.ExitCode == 0, cli.Output);
+        Assert.Contains("VFs 2 of 2", cli.StandardOutput);
+        Assert.Contains("SrIov: 0x0 ListQuery, 0x1 ListUse", cli.StandardOutput);
+        Assert.Contains("Self: 0x0 ListQuery, 0x1 ListUse", cli.StandardOutput);
+
+        using var missing = DaemonProcess.Run("admin", "--socket", Path.Combine(_dir, "nobody.sock"), "list");
+        Assert.NotEqual(0, missing.ExitCode);
+        Assert.Contains("vhost-virtio admin:", missing.Output);
+    }
+
+    [Fact]
     public void Print_capabilities_prints_a_json_document_and_exits_0()
     {
         using var daemon = DaemonProcess.Run("--print-capabilities");

@@ -35,11 +35,13 @@ public sealed class OwnerDriver : IDisposable
     public OwnerInfo Info { get; }
     public AdminQueueClient Admin { get; }
 
-    public static OwnerDriver Connect(string pfSocket, int adminQueueSize = 64)
+    /// <param name="connectTimeout">How long to keep trying while the socket is missing or refuses (default 10 s).</param>
+    public static OwnerDriver Connect(string pfSocket, int adminQueueSize = 64, TimeSpan? connectTimeout = null)
     {
+        var timeout = connectTimeout ?? TimeSpan.FromSeconds(10);
         // A first connection reads where the admin queue is; the session then sets up that many rings.
         OwnerInfo info;
-        using (var probe = VhostUserFrontEnd.Connect(pfSocket))
+        using (var probe = VhostUserFrontEnd.Connect(pfSocket, timeout))
         {
             if (!VirtioFeature.Has(probe.GetFeatures(), VirtioFeature.AdminVq))
                 throw new FrontEndException($"{pfSocket} does not offer VIRTIO_F_ADMIN_VQ: not a group owner");
@@ -52,6 +54,7 @@ public sealed class OwnerDriver : IDisposable
         {
             QueueCount = info.AdminQueueIndex + info.AdminQueueNum,
             QueueSize = adminQueueSize,
+            ConnectTimeout = timeout,
         });
         return new OwnerDriver(session, info);
     }

@@ -1,0 +1,75 @@
+using System.CommandLine;
+using System.Text;
+using VhostUserVirtio.FrontEnd;
+using VhostUserVirtio.FrontEnd.Owner;
+using VhostUserVirtio.Group.Admin;
+using VhostUserVirtio.Interop;
+
+namespace VhostUserVirtio.Daemon;
+
+/// <summary>
+/// `vhost-virtio admin …`: the owner driver as a command-line tool. It connects to the owner's socket
+/// (pf.sock) the way a hypervisor's PF driver would, issues admin commands and prints the results.
+/// </summary>
+internal static class AdminCommand
+{
+    public static Command Create()
+    {
+        var socket = new Option<string>("--socket")
+        {
+            Description = "The owner's socket.",
+            HelpName = "PATH",
+            DefaultValueFactory = _ => "./sockets/pf.sock",
+        };
+        var admin = new Command("admin", "Act as the owner (PF) driver: issue admin commands over the owner's admin queue.");
+        admin.Options.Add(socket);
+
+        var list = new Command("list", "Show the owner information block and the admin commands each group type supports (LIST_QUERY).");
+        list.SetAction(r => Run(() => List(r.GetValue(socket)!)));
+        admin.Subcommands.Add(list);
+        return admin;
+    }
+
+    private static int Run(Func<string> action)
+    {
+        try
+        {
+            Console.Out.Write(action());
+            return 0;
+        }
+        catch (Exception e) when (e is FrontEndException or NativeException or TimeoutException)
+        {
+            Console.Error.WriteLine("vhost-virtio admin: " + e.Message);
+            return 1;
+        }
+    }
+
+    private static string List(string socket)
+    {
+        using var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
+        var text = new StringBuilder();
+        var i = owner.Info;
+        text.AppendLine($"owner {socket}: admin queue {i.AdminQueueIndex} (x{i.AdminQueueNum}), VFs {i.NumVfs} of {i.TotalVfs}, binding version {i.BindingVersion}");
+        foreach (var group in new[] { AdminGroupType.SrIov, AdminGroupType.Self })
+        {
+            var r = owner.Admin.Execute((ushort)AdminOpcode.ListQuery, (ushort)group, 0, default, 16);
+            if (!r.Ok)
+            {
+                text.AppendLine($"  {group}: {Describe(r)}");
+                continue;
+            }
+            AdminOpcodeSet.TryRead(r.Result, out var supported);
+            var names = Enumerable.Range(0, AdminOpcodeSet.Capacity).Where(n => supported.Contains((ushort)n))
+                .Select(n => Enum.IsDefined(typeof(AdminOpcode), (ushort)n) ? $"0x{n:x} {(AdminOpcode)n}" : $"0x{n:x}");
+            text.AppendLine($"  {group}: {string.Join(", ", names)}");
+        }
+        return text.ToString();
+    }
+
+    /// <summary>Status and qualifier by name, as a person wants to read them.</summary>
+    public static string Describe(AdminReply r) =>
+        $"{Name<AdminStatus>(r.Status)}/{Name<AdminQualifier>(r.Qualifier)} (status {r.Status}, qualifier {r.Qualifier})";
+
+    private static string Name<T>(ushort value) where T : struct, Enum =>
+        Enum.IsDefined(typeof(T), value) ? Enum.GetName(typeof(T), value)!.ToUpperInvariant() : "UNKNOWN";
+}
