@@ -27,6 +27,14 @@ internal static class AdminCommand
         var list = new Command("list", "Show the owner information block and the admin commands each group type supports (LIST_QUERY).");
         list.SetAction(r => Run(() => List(r.GetValue(socket)!)));
         admin.Subcommands.Add(list);
+
+        var count = new Argument<int>("N") { Description = "VFs to enable (0 disables them)." };
+        var set = new Command("set", "SR-IOV VF Enable: write num_vfs (only 0 → N or N → 0, as on PCI).");
+        set.Arguments.Add(count);
+        set.SetAction(r => Run(() => SetVfs(r.GetValue(socket)!, r.GetValue(count))));
+        var vfs = new Command("vfs", "SR-IOV members.");
+        vfs.Subcommands.Add(set);
+        admin.Subcommands.Add(vfs);
         return admin;
     }
 
@@ -64,6 +72,22 @@ internal static class AdminCommand
             text.AppendLine($"  {group}: {string.Join(", ", names)}");
         }
         return text.ToString();
+    }
+
+    private static string SetVfs(string socket, int count)
+    {
+        if (count is < 0 or > ushort.MaxValue)
+            throw new FrontEndException($"VF count {count} is out of range");
+        using var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
+        try
+        {
+            owner.Session.Connection.SetConfig(OwnerInfo.Offset + 0xA, BitConverter.GetBytes((ushort)count));
+        }
+        catch (FrontEndException)
+        {
+            throw new FrontEndException($"the owner refused num_vfs {count} (it has {owner.Info.NumVfs} of {owner.Info.TotalVfs}; only 0 -> N and N -> 0 are allowed)");
+        }
+        return $"num_vfs set to {count}\n";
     }
 
     /// <summary>Status and qualifier by name, as a person wants to read them.</summary>

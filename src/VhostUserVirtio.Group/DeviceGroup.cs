@@ -10,12 +10,14 @@ namespace VhostUserVirtio.Group;
 /// its own socket, joined by a learning switch (plus an optional TAP uplink). Every port of the
 /// group runs on one data-path worker, so forwarding between them needs no locks.
 /// </summary>
-public sealed class DeviceGroup : IDisposable
+public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
 {
     private readonly VhostUserServer _server;
     private readonly ILoggerFactory _loggers;
     private readonly ILogger _logger;
-    private readonly List<GroupMember> _members = new();
+    // Copy-on-write: SR-IOV enable/disable replaces the list on the control loop while the data path
+    // and status readers keep whatever list they took.
+    private volatile GroupMember[] _members = [];
 
     public DeviceGroup(VhostUserServer server, DeviceGroupOptions options, ILoggerFactory loggers)
     {
@@ -35,6 +37,9 @@ public sealed class DeviceGroup : IDisposable
     public GroupMember? Owner { get; private set; }
     /// <summary>SR-IOV members in VF order (member id = index + 1).</summary>
     public IReadOnlyList<GroupMember> Members => _members;
+
+    /// <summary>NumVFs: members that exist now (0 = VF Enable clear).</summary>
+    public int NumVfs => _members.Length;
     public TapUplink? Uplink { get; private set; }
 
     /// <summary>Creates the sockets (owner first, then VF1..N) and the uplink. On failure, undoes what it made and throws.</summary>
@@ -45,8 +50,7 @@ public sealed class DeviceGroup : IDisposable
             if (!Options.ClientMode && Options.OwnerSocketPath == null && Options.OwnerListener == null)
                 Directory.CreateDirectory(Options.SocketDirectory);
             Owner = CreateMember(0);
-            for (int vf = 1; vf <= Options.Vfs; vf++)
-                _members.Add(CreateMember(vf));
+            _members = Enumerable.Range(1, Options.Vfs).Select(CreateMember).ToArray();
             if (Options.Uplink != null)
                 Uplink = TapUplink.Attach(Options.Uplink, Switch, DataPath.Loop, _loggers.CreateLogger("VhostUserVirtio.Uplink"));
             _logger.LogInformation("device group ready: owner {Owner}, {Vfs} VF(s), {Pairs} queue pair(s) each{Uplink}",
@@ -71,7 +75,7 @@ public sealed class DeviceGroup : IDisposable
         Switch.Attach(device);
         // The owner is served with its admin queue and owner information block on top of the net device.
         IVirtioDevice served = id == 0
-            ? new OwnerDevice(device, Options.Vfs, () => _members.Count, _loggers.CreateLogger("VhostUserVirtio.Admin"))
+            ? new OwnerDevice(device, Options.Vfs, this, _loggers.CreateLogger("VhostUserVirtio.Admin"))
             : device;
         VhostUserEndpoint endpoint;
         if (id == 0 && Options.OwnerListener is { } listener)
@@ -81,6 +85,55 @@ public sealed class DeviceGroup : IDisposable
                 ? ownerPath
                 : Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id)), Options.ClientMode, DataPath);
         return new GroupMember(id, device, endpoint);
+    }
+
+    /// <summary>
+    /// SR-IOV VF Enable through num_vfs (docs/owner-binding.md), on the control loop: 0 → N creates N
+    /// fresh members and their sockets; N → 0 disconnects their front ends, resets and removes them
+    /// (their sockets go away). Any other change is refused, as PCI refuses it. Returns why a change
+    /// was refused, or null.
+    /// </summary>
+    public string? SetNumVfs(int wanted)
+    {
+        int current = NumVfs;
+        if (wanted == current)
+            return null;
+        if (wanted < 0 || wanted > Options.Vfs)
+            return $"num_vfs {wanted} is outside 0..{Options.Vfs} (total_vfs)";
+        if (current != 0 && wanted != 0)
+            return $"num_vfs can only change from or to 0 (it is {current})";
+        if (wanted == 0)
+        {
+            var removed = _members;
+            _members = [];
+            foreach (var m in removed)
+            {
+                _server.Remove(m.Endpoint);
+                Switch.Detach(m.Device);
+            }
+            _logger.LogInformation("SR-IOV disabled: {Count} VF(s) removed", removed.Length);
+        }
+        else
+        {
+            var created = new List<GroupMember>();
+            try
+            {
+                for (int vf = 1; vf <= wanted; vf++)
+                    created.Add(CreateMember(vf));
+            }
+            catch (Exception e) when (e is IOException or ArgumentException)
+            {
+                foreach (var m in created)
+                {
+                    _server.Remove(m.Endpoint);
+                    Switch.Detach(m.Device);
+                }
+                return $"VF sockets could not be created: {e.Message}";
+            }
+            _members = created.ToArray();
+            _logger.LogInformation("SR-IOV enabled: {Count} VF(s)", wanted);
+        }
+        return null;
     }
 
     /// <summary>Every device of the group, owner first.</summary>
@@ -106,7 +159,7 @@ public sealed class DeviceGroup : IDisposable
             _server.Remove(m.Endpoint);
             Switch.Detach(m.Device);
         }
-        _members.Clear();
+        _members = [];
         Owner = null;
     }
 }

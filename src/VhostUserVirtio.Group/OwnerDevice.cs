@@ -14,29 +14,29 @@ namespace VhostUserVirtio.Group;
 /// information block at config offset 0xC0 telling the owner driver where the admin queue is and how
 /// many VFs exist.
 /// </summary>
-public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl, IAdminGroupState
+public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
 {
     /// <summary>Offset and size of the owner information block in config space.</summary>
     public const int InfoBlockOffset = 0xC0;
     public const int InfoBlockSize = 32;
     public const int NumVfsOffset = InfoBlockOffset + 0xA;
 
-    private readonly Func<int> _numVfs;
+    private readonly DeviceGroup _group;
     private readonly ILogger _logger;
 
-    public OwnerDevice(NetDevice net, int totalVfs, Func<int> numVfs, ILogger logger)
+    internal OwnerDevice(NetDevice net, int totalVfs, DeviceGroup group, ILogger logger)
     {
         Net = net;
         TotalVfs = totalVfs;
-        _numVfs = numVfs;
+        _group = group;
         _logger = logger;
-        Admin = new AdminCommandProcessor(this, logger);
+        Admin = new AdminCommandProcessor(group, logger);
     }
 
     public NetDevice Net { get; }
     public AdminCommandProcessor Admin { get; }
     public int TotalVfs { get; }
-    public int NumVfs => _numVfs();
+    public int NumVfs => _group.NumVfs;
     public int AdminQueueIndex => Net.QueueCount;
 
     public string Name => Net.Name;
@@ -63,20 +63,16 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl, IAdminGroupS
         config.Slice(offset, data.Length).CopyTo(data);
     }
 
-    /// <summary>
-    /// Only num_vfs is writable. Changing the VF count at run time is not implemented yet: writing
-    /// the current value is accepted, any other value refused (and logged).
-    /// </summary>
+    /// <summary>Only num_vfs is writable: writing it is VF Enable/Disable (see <see cref="DeviceGroup.SetNumVfs"/>).</summary>
     public bool WriteConfig(int offset, ReadOnlySpan<byte> data)
     {
         if (offset != NumVfsOffset || data.Length != 2)
             return false;
         int wanted = BinaryPrimitives.ReadUInt16LittleEndian(data);
-        if (wanted == NumVfs)
-            return true;
-        _logger.LogWarning("{Device}: num_vfs {Wanted} refused: changing the VF count at run time is not supported yet (num_vfs is {Current})",
-            Name, wanted, NumVfs);
-        return false;
+        string? refused = _group.SetNumVfs(wanted);
+        if (refused != null)
+            _logger.LogWarning("{Device}: num_vfs {Wanted} refused: {Reason}", Name, wanted, refused);
+        return refused == null;
     }
 
     public void SetDriverFeatures(ulong features) =>

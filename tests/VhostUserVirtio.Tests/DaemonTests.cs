@@ -95,7 +95,7 @@ public sealed class DaemonTests : IDisposable
     }
 
     [Fact]
-    public void Admin_list_reads_the_owner_block_and_lists_supported_commands_per_group()
+    public void Admin_cli_lists_commands_and_enables_or_disables_vfs()
     {
         var pf = Path.Combine(_dir, "pf.sock");
         using var daemon = DaemonProcess.Start(["serve", "--socket-dir", _dir, "--vfs", "2"]);
@@ -106,6 +106,15 @@ public sealed class DaemonTests : IDisposable
         Assert.Contains("VFs 2 of 2", cli.StandardOutput);
         Assert.Contains("SrIov: 0x0 ListQuery, 0x1 ListUse", cli.StandardOutput);
         Assert.Contains("Self: 0x0 ListQuery, 0x1 ListUse", cli.StandardOutput);
+
+        using (var disable = DaemonProcess.Run("admin", "--socket", pf, "vfs", "set", "0"))
+            Assert.True(disable.ExitCode == 0, disable.Output);
+        Assert.False(File.Exists(Path.Combine(_dir, "vf1.sock")), "VF sockets should go when VFs are disabled");
+        using (var refused = DaemonProcess.Run("admin", "--socket", pf, "vfs", "set", "5"))
+        {
+            Assert.NotEqual(0, refused.ExitCode);
+            Assert.Contains("refused num_vfs 5", refused.Output);
+        }
 
         using var missing = DaemonProcess.Run("admin", "--socket", Path.Combine(_dir, "nobody.sock"), "list");
         Assert.NotEqual(0, missing.ExitCode);
