@@ -40,6 +40,13 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
 
     /// <summary>NumVFs: members that exist now (0 = VF Enable clear).</summary>
     public int NumVfs => _members.Length;
+
+    /// <summary>Member <paramref name="id"/>'s net device: 0 = the owner, 1..NumVfs = a VF.</summary>
+    public NetDevice? NetDeviceOf(ulong id)
+    {
+        var members = _members;
+        return id == 0 ? Owner?.Device : id <= (ulong)members.Length ? members[id - 1].Device : null;
+    }
     public TapUplink? Uplink { get; private set; }
 
     /// <summary>Creates the sockets (owner first, then VF1..N) and the uplink. On failure, undoes what it made and throws.</summary>

@@ -9,7 +9,15 @@ namespace VhostUserVirtio.Devices.Net;
 /// </summary>
 public static class NetControl
 {
-    /// <summary>Applies one command; returns VIRTIO_NET_OK or VIRTIO_NET_ERR.</summary>
+    /// <summary>Owner-only class (seed 002): command 0, u8 trusted.</summary>
+    public const byte TrustClass = 0x80;
+    /// <summary>Owner-only class (this project): command 0, u8 link up.</summary>
+    public const byte LinkClass = 0x81;
+
+    /// <summary>
+    /// Applies one command; returns VIRTIO_NET_OK or VIRTIO_NET_ERR. The owner-only classes (trust,
+    /// link) are reachable only through the owner's NET_MEMBER_CTRL, never a device's own control queue.
+    /// </summary>
     public static byte Apply(NetDevice device, byte cls, byte command, ReadOnlySpan<byte> data)
     {
         var filter = device.Filter;
@@ -37,6 +45,12 @@ public static class NetControl
                 return filter.SetTables(data) ? VirtioNet.Ok : VirtioNet.Err;
             case VirtioNet.CtrlAnnounce when command == VirtioNet.CtrlAnnounceAck && data.IsEmpty:
                 device.AcknowledgeAnnounce();
+                return VirtioNet.Ok;
+            case TrustClass when command == 0 && data.Length == 1 && data[0] <= 1:
+                device.Trusted = data[0] == 1;
+                return VirtioNet.Ok;
+            case LinkClass when command == 0 && data.Length == 1 && data[0] <= 1:
+                device.SetLink(data[0] == 1);
                 return VirtioNet.Ok;
             case VirtioNet.CtrlMq when command == VirtioNet.CtrlMqVqPairsSet && data.Length == 2:
                 return device.SetActivePairs(BinaryPrimitives.ReadUInt16LittleEndian(data)) ? VirtioNet.Ok : VirtioNet.Err;

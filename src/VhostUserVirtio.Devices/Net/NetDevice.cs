@@ -182,6 +182,16 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         Filter.Address = mac;
     }
 
+    /// <summary>
+    /// Whether the driver's own control queue may change the MAC and receive modes (the owner's trust
+    /// setting, seed 002). Untrusted, those commands fail there; the owner can still set them.
+    /// </summary>
+    public bool Trusted { get; internal set; } = true;
+
+    /// <summary>Sets the link state reported in config status; while down, nothing is sent or received.</summary>
+    internal void SetLink(bool up) =>
+        _status = (ushort)(up ? _status | VirtioNet.StatusLinkUp : _status & ~VirtioNet.StatusLinkUp);
+
     internal void AcknowledgeAnnounce() => _status = (ushort)(_status & ~VirtioNet.StatusAnnounce);
 
     internal bool SetActivePairs(int pairs)
@@ -376,7 +386,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
             var reader = chain.Reader();
             int n = reader.Read(buffer);
             byte cls = buffer[0];
-            if (!device.Negotiated(cls))
+            if (!device.Negotiated(cls) || (!device.Trusted && cls is VirtioNet.CtrlRx or VirtioNet.CtrlMac))
                 return Ack(chain, VirtioNet.Err);
             byte result = NetControl.Apply(device, cls, buffer[1], buffer.AsSpan(2, n - 2));
             if (result != VirtioNet.Ok)

@@ -59,5 +59,22 @@ public sealed class OwnerDriver : IDisposable
         return new OwnerDriver(session, info);
     }
 
+    /// <summary>
+    /// What a PF driver does when it activates the admin queue: LIST_QUERY the SR-IOV group, then
+    /// LIST_USE everything it supports. Returns the opcodes now in use (the LIST_QUERY bitmap).
+    /// </summary>
+    public byte[] UseAllCommands()
+    {
+        var query = Admin.Execute(0, SrIovGroup, 0, default, 64);
+        if (!query.Ok)
+            throw new FrontEndException($"LIST_QUERY failed: status {query.Status}, qualifier {query.Qualifier}");
+        var use = Admin.Execute(1, SrIovGroup, 0, query.Result, 0);
+        if (!use.Ok)
+            throw new FrontEndException($"LIST_USE failed: status {use.Status}, qualifier {use.Qualifier}");
+        return query.Result;
+    }
+
+    private const ushort SrIovGroup = 1;
+
     public void Dispose() => Session.Dispose();
 }

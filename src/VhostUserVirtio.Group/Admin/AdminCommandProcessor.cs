@@ -9,6 +9,9 @@ public interface IAdminGroupState
 {
     /// <summary>NumVFs: SR-IOV members that exist now (0 = VF Enable clear, the SR-IOV group does not exist).</summary>
     int NumVfs { get; }
+
+    /// <summary>The net device of member <paramref name="id"/> (0 = the owner itself), or null if there is none.</summary>
+    Devices.Net.NetDevice? NetDeviceOf(ulong id);
 }
 
 /// <summary>
@@ -37,7 +40,7 @@ public sealed class AdminCommandProcessor
     }
 
     /// <summary>Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks.</summary>
-    public AdminOpcodeSet SrIovSupported { get; } = Basic;
+    public AdminOpcodeSet SrIovSupported { get; } = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse, AdminOpcode.NetMemberCtrl);
 
     /// <summary>Opcodes supported for the self group.</summary>
     public AdminOpcodeSet SelfSupported { get; } = Basic;
@@ -115,8 +118,10 @@ public sealed class AdminCommandProcessor
         if (!supported.Contains(opcode) || !(inUse || listCommand))
             return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
 
-        // 3. Member (only commands that address one; the list commands do not).
-        if (!listCommand && (AdminGroupType)groupType == AdminGroupType.SrIov && (member < 1 || member > (ulong)_group.NumVfs))
+        // 3. Member (only commands that address one; the list commands do not). NET_MEMBER_CTRL may
+        //    also name the owner itself as member 0 (docs/owner-binding.md).
+        bool ownerAllowed = opcode == (ushort)AdminOpcode.NetMemberCtrl && member == 0;
+        if (!listCommand && !ownerAllowed && (AdminGroupType)groupType == AdminGroupType.SrIov && (member < 1 || member > (ulong)_group.NumVfs))
             return AdminOutcome.Invalid(AdminQualifier.InvalidMember);
 
         switch ((AdminOpcode)opcode)
@@ -132,8 +137,28 @@ public sealed class AdminCommandProcessor
                 else
                     _selfInUse = wanted;
                 return AdminOutcome.Ok();
+            case AdminOpcode.NetMemberCtrl:
+                return NetMemberCtrl(member, data);
             default:
                 return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
         }
+    }
+
+    /// <summary>
+    /// NET_MEMBER_CTRL (seed 002): {u8 class; u8 command; u8 reserved[6]; command data}, applied to the
+    /// member as if its own control queue had received it, plus the owner-only trust and link classes.
+    /// </summary>
+    private AdminOutcome NetMemberCtrl(ulong member, ReadOnlySpan<byte> data)
+    {
+        if (data.Length < 8)
+            return AdminOutcome.Invalid(AdminQualifier.InvalidField);
+        var device = _group.NetDeviceOf(member);
+        if (device == null)
+            return AdminOutcome.Invalid(AdminQualifier.InvalidMember);
+        byte result = Devices.Net.NetControl.Apply(device, data[0], data[1], data[8..]);
+        if (result != Devices.Net.VirtioNet.Ok)
+            return AdminOutcome.Invalid(AdminQualifier.InvalidField);
+        _logger.LogInformation("admin: NET_MEMBER_CTRL class 0x{Class:x} command {Command} applied to {Device}", data[0], data[1], device.Name);
+        return AdminOutcome.Ok();
     }
 }
