@@ -35,6 +35,7 @@ internal static class AdminCommand
         var vfs = new Command("vfs", "SR-IOV members.");
         vfs.Subcommands.Add(set);
         admin.Subcommands.Add(vfs);
+        admin.Subcommands.Add(MemberCommand(socket));
         return admin;
     }
 
@@ -72,6 +73,56 @@ internal static class AdminCommand
             text.AppendLine($"  {group}: {string.Join(", ", names)}");
         }
         return text.ToString();
+    }
+
+    /// <summary>`vf ID set-mac MAC | link up|down | trust on|off`: NET_MEMBER_CTRL on one member (0 = the owner).</summary>
+    private static Command MemberCommand(Option<string> socket)
+    {
+        var id = new Argument<int>("ID") { Description = "Member id: the VF number (0 = the owner itself)." };
+        var vf = new Command("vf", "Control one member through NET_MEMBER_CTRL.");
+        vf.Arguments.Add(id);
+
+        var mac = new Argument<string>("MAC");
+        var setMac = new Command("set-mac", "Set the member's MAC (what its config space reports and its receive filter uses).");
+        setMac.Arguments.Add(mac);
+        setMac.SetAction(r => Run(() =>
+        {
+            var bytes = new byte[6];
+            Devices.Switch.Mac.Parse(r.GetValue(mac)!).Write(bytes);
+            return MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.VirtioNet.CtrlMac, Devices.Net.VirtioNet.CtrlMacAddrSet, bytes);
+        }));
+        vf.Subcommands.Add(setMac);
+
+        var state = new Argument<string>("up|down");
+        state.AcceptOnlyFromAmong("up", "down");
+        var link = new Command("link", "Set the member's link state.");
+        link.Arguments.Add(state);
+        link.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.NetControl.LinkClass, 0,
+            [(byte)(r.GetValue(state) == "up" ? 1 : 0)])));
+        vf.Subcommands.Add(link);
+
+        var trusted = new Argument<string>("on|off");
+        trusted.AcceptOnlyFromAmong("on", "off");
+        var trust = new Command("trust", "Whether the member's own driver may change its MAC and receive modes.");
+        trust.Arguments.Add(trusted);
+        trust.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.NetControl.TrustClass, 0,
+            [(byte)(r.GetValue(trusted) == "on" ? 1 : 0)])));
+        vf.Subcommands.Add(trust);
+        return vf;
+    }
+
+    private static string MemberCtrl(string socket, int member, byte cls, byte command, byte[] data)
+    {
+        using var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
+        owner.UseAllCommands();
+        var payload = new byte[8 + data.Length];
+        payload[0] = cls;
+        payload[1] = command;
+        data.CopyTo(payload, 8);
+        var r = owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, (ushort)AdminGroupType.SrIov, (ulong)member, payload, 0);
+        if (!r.Ok)
+            throw new FrontEndException($"NET_MEMBER_CTRL on member {member} failed: {Describe(r)}");
+        return $"member {member}: done\n";
     }
 
     private static string SetVfs(string socket, int count)

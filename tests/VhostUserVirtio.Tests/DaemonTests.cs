@@ -107,6 +107,20 @@ public sealed class DaemonTests : IDisposable
         Assert.Contains("SrIov: 0x0 ListQuery, 0x1 ListUse", cli.StandardOutput);
         Assert.Contains("Self: 0x0 ListQuery, 0x1 ListUse", cli.StandardOutput);
 
+        // NET_MEMBER_CTRL from the command line: a front end on VF1 sees its new MAC and link state.
+        using (var vf1 = new NetFrontEnd(Path.Combine(_dir, "vf1.sock")))
+        {
+            using (var setMac = DaemonProcess.Run("admin", "--socket", pf, "vf", "1", "set-mac", "52:54:00:12:34:99"))
+                Assert.True(setMac.ExitCode == 0, setMac.Output);
+            Assert.Equal("52:54:00:12:34:99", VhostUserVirtio.Devices.Switch.Mac.Read(vf1.Session.Connection.GetConfig(0, 6)!).ToString());
+            using (var down = DaemonProcess.Run("admin", "--socket", pf, "vf", "1", "link", "down"))
+                Assert.True(down.ExitCode == 0, down.Output);
+            Assert.Equal(0, BitConverter.ToUInt16(vf1.Session.Connection.GetConfig(6, 2)));
+            using var bad = DaemonProcess.Run("admin", "--socket", pf, "vf", "9", "link", "up");
+            Assert.NotEqual(0, bad.ExitCode);
+            Assert.Contains("EINVAL/INVALIDMEMBER", bad.Output);
+        }
+
         using (var disable = DaemonProcess.Run("admin", "--socket", pf, "vfs", "set", "0"))
             Assert.True(disable.ExitCode == 0, disable.Output);
         Assert.False(File.Exists(Path.Combine(_dir, "vf1.sock")), "VF sockets should go when VFs are disabled");
