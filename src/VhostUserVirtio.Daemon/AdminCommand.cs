@@ -108,6 +108,14 @@ internal static class AdminCommand
         trust.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.NetControl.TrustClass, 0,
             [(byte)(r.GetValue(trusted) == "on" ? 1 : 0)])));
         vf.Subcommands.Add(trust);
+
+        var vectors = new Argument<int>("N") { Description = "MSI-X vectors for the VF (its driver must not be attached)." };
+        var msixSet = new Command("set", "Assign MSI-X vectors to the VF (MEMBER_RESOURCE).");
+        msixSet.Arguments.Add(vectors);
+        msixSet.SetAction(r => Run(() => Msix(r.GetValue(socket)!, r.GetValue(id), r.GetValue(vectors))));
+        var msix = new Command("msix", "MSI-X vectors of the VF.");
+        msix.Subcommands.Add(msixSet);
+        vf.Subcommands.Add(msix);
         return vf;
     }
 
@@ -123,6 +131,19 @@ internal static class AdminCommand
         if (!r.Ok)
             throw new FrontEndException($"NET_MEMBER_CTRL on member {member} failed: {Describe(r)}");
         return $"member {member}: done\n";
+    }
+
+    private static string Msix(string socket, int member, int vectors)
+    {
+        using var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
+        owner.UseAllCommands();
+        var data = new byte[16];
+        data[0] = 1; // assign
+        BitConverter.GetBytes((ulong)Math.Max(0, vectors)).CopyTo(data, 8);
+        var r = owner.Admin.Execute((ushort)AdminOpcode.MemberResource, (ushort)AdminGroupType.SrIov, (ulong)member, data, 16);
+        if (!r.Ok)
+            throw new FrontEndException($"MEMBER_RESOURCE on VF {member} failed: {Describe(r)}");
+        return $"VF {member}: {BitConverter.ToUInt64(r.Result)} MSI-X vectors\n";
     }
 
     private static string SetVfs(string socket, int count)

@@ -28,6 +28,7 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
         _logger = loggers.CreateLogger("VhostUserVirtio.Group");
         Options = options;
         DataPath = server.Workers.Next();
+        Msix = new Admin.MsixPool(options.Vfs);
         Switch = new L2Switch(loggers.CreateLogger("VhostUserVirtio.Switch"), options.MacAgeing);
     }
 
@@ -40,6 +41,14 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
 
     /// <summary>NumVFs: members that exist now (0 = VF Enable clear).</summary>
     public int NumVfs => _members.Length;
+
+    public Admin.MsixPool Msix { get; }
+
+    public bool MemberActive(ulong id)
+    {
+        var members = _members;
+        return id >= 1 && id <= (ulong)members.Length && members[id - 1].Endpoint.IsConnected;
+    }
 
     /// <summary>Member <paramref name="id"/>'s net device: 0 = the owner, 1..NumVfs = a VF.</summary>
     public NetDevice? NetDeviceOf(ulong id)
@@ -137,6 +146,7 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
                 }
                 return $"VF sockets could not be created: {e.Message}";
             }
+            Msix.ResetAll(); // fresh members start from the default vector count
             _members = created.ToArray();
             _logger.LogInformation("SR-IOV enabled: {Count} VF(s)", wanted);
         }

@@ -121,6 +121,14 @@ public sealed class DaemonTests : IDisposable
             Assert.Contains("EINVAL/INVALIDMEMBER", bad.Output);
         }
 
+        using (var msix = DaemonProcess.Run("admin", "--socket", pf, "vf", "2", "msix", "set", "6"))
+        {
+            Assert.True(msix.ExitCode == 0, msix.Output);
+            Assert.Contains("VF 2: 6 MSI-X vectors", msix.StandardOutput);
+        }
+        using (var tooMany = DaemonProcess.Run("admin", "--socket", pf, "vf", "2", "msix", "set", "1000"))
+            Assert.Contains("EINVAL/INVALIDFIELD", tooMany.Output);
+
         using (var disable = DaemonProcess.Run("admin", "--socket", pf, "vfs", "set", "0"))
             Assert.True(disable.ExitCode == 0, disable.Output);
         Assert.False(File.Exists(Path.Combine(_dir, "vf1.sock")), "VF sockets should go when VFs are disabled");

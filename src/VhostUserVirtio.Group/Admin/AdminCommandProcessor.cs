@@ -12,6 +12,12 @@ public interface IAdminGroupState
 
     /// <summary>The net device of member <paramref name="id"/> (0 = the owner itself), or null if there is none.</summary>
     Devices.Net.NetDevice? NetDeviceOf(ulong id);
+
+    /// <summary>Whether member <paramref name="id"/> has a driver attached (its front end is connected).</summary>
+    bool MemberActive(ulong id);
+
+    /// <summary>MSI-X vectors assigned per member (index = member id − 1), and the pool they come from.</summary>
+    MsixPool Msix { get; }
 }
 
 /// <summary>
@@ -40,7 +46,8 @@ public sealed class AdminCommandProcessor
     }
 
     /// <summary>Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks.</summary>
-    public AdminOpcodeSet SrIovSupported { get; } = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse, AdminOpcode.NetMemberCtrl);
+    public AdminOpcodeSet SrIovSupported { get; } = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse,
+        AdminOpcode.MemberResource, AdminOpcode.MemberResourceAttrs, AdminOpcode.NetMemberCtrl);
 
     /// <summary>Opcodes supported for the self group.</summary>
     public AdminOpcodeSet SelfSupported { get; } = Basic;
@@ -115,13 +122,14 @@ public sealed class AdminCommandProcessor
         // 2. Opcode: supported for this group and in use. LIST_QUERY/LIST_USE stay usable even after a
         //    LIST_USE without bits 0/1, which is what Linux sends.
         bool listCommand = opcode is (ushort)AdminOpcode.ListQuery or (ushort)AdminOpcode.ListUse;
+        bool groupWide = listCommand || opcode == (ushort)AdminOpcode.MemberResourceAttrs;
         if (!supported.Contains(opcode) || !(inUse || listCommand))
             return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
 
         // 3. Member (only commands that address one; the list commands do not). NET_MEMBER_CTRL may
         //    also name the owner itself as member 0 (docs/owner-binding.md).
         bool ownerAllowed = opcode == (ushort)AdminOpcode.NetMemberCtrl && member == 0;
-        if (!listCommand && !ownerAllowed && (AdminGroupType)groupType == AdminGroupType.SrIov && (member < 1 || member > (ulong)_group.NumVfs))
+        if (!groupWide && !ownerAllowed && (AdminGroupType)groupType == AdminGroupType.SrIov && (member < 1 || member > (ulong)_group.NumVfs))
             return AdminOutcome.Invalid(AdminQualifier.InvalidMember);
 
         switch ((AdminOpcode)opcode)
@@ -139,9 +147,42 @@ public sealed class AdminCommandProcessor
                 return AdminOutcome.Ok();
             case AdminOpcode.NetMemberCtrl:
                 return NetMemberCtrl(member, data);
+            case AdminOpcode.MemberResource:
+                return MemberResource(member, data, result);
+            case AdminOpcode.MemberResourceAttrs:
+                return _group.Msix.WriteAttributes(result);
             default:
                 return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
         }
+    }
+
+    /// <summary>
+    /// MEMBER_RESOURCE (seed 000): data {u8 operation (1 assign, 2 query); u8 reserved; le16 resource
+    /// (0 = MSI-X vectors); u8 reserved[4]; le64 resource_val}, result {le64 resource_val; u8 reserved[8]}.
+    /// </summary>
+    private AdminOutcome MemberResource(ulong member, ReadOnlySpan<byte> data, Span<byte> result)
+    {
+        Span<byte> d = stackalloc byte[16];
+        d.Clear();
+        data[..Math.Min(16, data.Length)].CopyTo(d);
+        byte operation = d[0];
+        ushort resource = BinaryPrimitives.ReadUInt16LittleEndian(d[2..]);
+        ulong value = BinaryPrimitives.ReadUInt64LittleEndian(d[8..]);
+        if (resource != 0 || operation is not (1 or 2))
+            return AdminOutcome.Invalid(AdminQualifier.InvalidField);
+        int index = (int)(member - 1);
+        if (operation == 1)
+        {
+            if (value == 0 || value > (ulong)_group.Msix.PerVfMax)
+                return AdminOutcome.Invalid(AdminQualifier.InvalidField);
+            if (_group.MemberActive(member))
+                return new AdminOutcome(AdminStatus.Ebusy, AdminQualifier.InvalidCommand);
+            if (!_group.Msix.TryAssign(index, (int)value))
+                return new AdminOutcome(AdminStatus.Enospc, AdminQualifier.NoResource);
+        }
+        result[..16].Clear();
+        BinaryPrimitives.WriteUInt64LittleEndian(result, (ulong)_group.Msix.Assigned(index));
+        return AdminOutcome.Ok(16);
     }
 
     /// <summary>
