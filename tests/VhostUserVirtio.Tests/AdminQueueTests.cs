@@ -7,23 +7,43 @@ using VhostUserVirtio.Tests.Support;
 
 namespace VhostUserVirtio.Tests;
 
-/// <summary>
-/// The owner's admin virtqueue over vhost-user, driven by the owner-driver library. Test names
-/// follow the device-side normative statements of VIRTIO 1.4 "Administration Commands".
-/// </summary>
-public sealed class AdminQueueTests : IDisposable
+/// <summary>A device group with two VFs and the owner driver connected to its PF (optionally with every command in use).</summary>
+public abstract class OwnerTest : IDisposable
 {
-    private const ushort SrIov = (ushort)AdminGroupType.SrIov, Self = (ushort)AdminGroupType.Self;
-    private readonly GroupBackend _backend = new(vfs: 2);
-    private readonly OwnerDriver _owner;
+    protected readonly GroupBackend _backend = new(vfs: 2);
+    protected readonly OwnerDriver _owner;
 
-    public AdminQueueTests() => _owner = OwnerDriver.Connect(_backend.Socket(0));
+    protected OwnerTest(bool useAllCommands)
+    {
+        try
+        {
+            _owner = OwnerDriver.Connect(_backend.Socket(0));
+            if (useAllCommands)
+                _owner.UseAllCommands();
+        }
+        catch
+        {
+            _owner?.Dispose();
+            _backend.Dispose(); // xunit does not dispose a test class whose constructor failed
+            throw;
+        }
+    }
 
     public void Dispose()
     {
         _owner.Dispose();
         _backend.Dispose();
+        GC.SuppressFinalize(this);
     }
+}
+
+/// <summary>
+/// The owner's admin virtqueue over vhost-user, driven by the owner-driver library. Test names
+/// follow the device-side normative statements of VIRTIO 1.4 "Administration Commands".
+/// </summary>
+public sealed class AdminQueueTests() : OwnerTest(useAllCommands: false)
+{
+    private const ushort SrIov = (ushort)AdminGroupType.SrIov, Self = (ushort)AdminGroupType.Self;
 
     private AdminReply Run(AdminOpcode op, ushort group = SrIov, ulong member = 0, byte[]? data = null, int result = 64) =>
         _owner.Admin.Execute((ushort)op, group, member, data, result);
@@ -182,18 +202,8 @@ public sealed class AdminQueueTests : IDisposable
 }
 
 /// <summary>SR-IOV VF Enable through the owner's num_vfs (docs/owner-binding.md).</summary>
-public sealed class SrIovEnableTests : IDisposable
+public sealed class SrIovEnableTests() : OwnerTest(useAllCommands: false)
 {
-    private readonly GroupBackend _backend = new(vfs: 2);
-    private readonly OwnerDriver _owner;
-
-    public SrIovEnableTests() => _owner = OwnerDriver.Connect(_backend.Socket(0));
-
-    public void Dispose()
-    {
-        _owner.Dispose();
-        _backend.Dispose();
-    }
 
     private void SetNumVfs(ushort n) =>
         _owner.Session.Connection.SetConfig(OwnerInfo.Offset + 0xA, BitConverter.GetBytes(n));
@@ -239,17 +249,8 @@ public sealed class SrIovEnableTests : IDisposable
 }
 
 /// <summary>NET_MEMBER_CTRL (0x42): the owner sets a member's MAC, receive mode, link and trust.</summary>
-public sealed class NetMemberCtrlTests : IDisposable
+public sealed class NetMemberCtrlTests() : OwnerTest(useAllCommands: true)
 {
-    private readonly GroupBackend _backend = new(vfs: 2);
-    private readonly OwnerDriver _owner;
-
-    public NetMemberCtrlTests()
-    {
-        _owner = OwnerDriver.Connect(_backend.Socket(0));
-        _owner.UseAllCommands();
-    }
-
     [Fact]
     public void Net_member_ctrl_is_refused_until_the_driver_puts_it_in_use()
     {
@@ -261,12 +262,6 @@ public sealed class NetMemberCtrlTests : IDisposable
         owner.UseAllCommands();
         Assert.True(owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, 1, 1, new byte[] { NetControl.LinkClass, 0, 0, 0, 0, 0, 0, 0, 0 }, 0).Ok);
         Assert.False(backend.Member(1).Device.LinkUp);
-    }
-
-    public void Dispose()
-    {
-        _owner.Dispose();
-        _backend.Dispose();
     }
 
     private AdminReply Ctrl(ulong member, byte cls, byte command, params byte[] data) =>
@@ -335,23 +330,8 @@ public sealed class NetMemberCtrlTests : IDisposable
 }
 
 /// <summary>MEMBER_RESOURCE / MEMBER_RESOURCE_ATTRS (0x40/0x41): MSI-X vectors per VF.</summary>
-public sealed class MemberResourceTests : IDisposable
+public sealed class MemberResourceTests() : OwnerTest(useAllCommands: true)
 {
-    private readonly GroupBackend _backend = new(vfs: 2);
-    private readonly OwnerDriver _owner;
-
-    public MemberResourceTests()
-    {
-        _owner = OwnerDriver.Connect(_backend.Socket(0));
-        _owner.UseAllCommands();
-    }
-
-    public void Dispose()
-    {
-        _owner.Dispose();
-        _backend.Dispose();
-    }
-
     private AdminReply Resource(ulong member, byte operation, ulong value, ushort resource = 0)
     {
         var data = new byte[16];
