@@ -45,6 +45,9 @@ public sealed class DeviceQueue : IReadyHandler
     public bool Enabled { get; internal set; }
     internal Worker? Owner { get; set; }
 
+    /// <summary>Set while the owner drives this queue (<see cref="IOwnerTransport"/>): it decides how the driver is interrupted.</summary>
+    internal IOwnerTransport? Transport { get; set; }
+
     /// <summary>Used-buffer notifications sent.</summary>
     public ulong Notifications { get; private set; }
 
@@ -66,7 +69,18 @@ public sealed class DeviceQueue : IReadyHandler
     /// <summary>Signals the call descriptor if the driver has not suppressed notifications.</summary>
     public void NotifyIfNeeded()
     {
-        if (Ring.NeedsNotification() && Call != null)
+        if (!Ring.NeedsNotification())
+            return;
+        if (Transport != null)
+            Transport.Raise(this);
+        else
+            SignalCall();
+    }
+
+    /// <summary>Signals the call descriptor, if the front end gave one (the interrupt itself).</summary>
+    public void SignalCall()
+    {
+        if (Call != null)
         {
             Call.Signal();
             Notifications++;

@@ -79,6 +79,9 @@ public sealed partial class VhostUserBackend
 
         switch (m.Request)
         {
+            case FrontendRequest.SetVringKick when OwnerDriven:
+                SetOwnerDoorbell(q, fd);
+                break;
             case FrontendRequest.SetVringKick:
                 if (q.Started)
                     q.Base = StopQueue(q);
@@ -138,7 +141,7 @@ public sealed partial class VhostUserBackend
     /// <summary>Starts the ring if it has everything it needs; otherwise it waits for the missing piece.</summary>
     private void TryStart(DeviceQueue q)
     {
-        if (q.Started || q.Kick == null || q.UserAddresses is not { } ua || q.Size == 0)
+        if (OwnerDriven || q.Started || q.Kick == null || q.UserAddresses is not { } ua || q.Size == 0)
             return;
         var memory = _memory.Current;
         if (memory.Regions.Count == 0)

@@ -89,6 +89,8 @@ public sealed partial class VhostUserBackend : IDisposable
                 return Reject(message, rule, $"malformed {request}: {malformed}");
             if (rule.Gate != ProtocolFeatures.None && (_ackedProtocol & rule.Gate) == 0)
                 return Reject(message, rule, $"{request} needs protocol feature {rule.Gate}, which was not negotiated");
+            if (OwnerDriven && DrivesTheDevice(request))
+                return Reject(message, rule, $"{request} refused: the group owner drives this device (legacy interface); its front end supplies memory, call and kick descriptors only");
 
             byte[]? reply;
             try
@@ -283,6 +285,7 @@ public sealed partial class VhostUserBackend : IDisposable
     /// <summary>RESET_DEVICE / RESET_OWNER: every ring stopped and forgotten, device back to its initial state.</summary>
     private void ResetDevice()
     {
+        EndOwnerDrive();
         foreach (var q in _queues)
             ResetQueue(q);
         _ackedFeatures = 0;

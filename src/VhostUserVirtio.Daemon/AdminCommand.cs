@@ -1,3 +1,4 @@
+using VhostUserVirtio.Protocol;
 using System.CommandLine;
 using System.Text;
 using VhostUserVirtio.FrontEnd;
@@ -64,7 +65,7 @@ internal static class AdminCommand
             var r = owner.Admin.Execute((ushort)AdminOpcode.ListQuery, (ushort)group, 0, default, 16);
             if (!r.Ok)
             {
-                text.AppendLine($"  {group}: {Describe(r)}");
+                text.AppendLine($"  {group}: {r.Describe()}");
                 continue;
             }
             AdminOpcodeSet.TryRead(r.Result, out var supported);
@@ -129,7 +130,7 @@ internal static class AdminCommand
         data.CopyTo(payload, 8);
         var r = owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, (ushort)AdminGroupType.SrIov, (ulong)member, payload, 0);
         if (!r.Ok)
-            throw new FrontEndException($"NET_MEMBER_CTRL on member {member} failed: {Describe(r)}");
+            throw new FrontEndException($"NET_MEMBER_CTRL on member {member} failed: {r.Describe()}");
         return $"member {member}: done\n";
     }
 
@@ -142,7 +143,7 @@ internal static class AdminCommand
         BitConverter.GetBytes((ulong)Math.Max(0, vectors)).CopyTo(data, 8);
         var r = owner.Admin.Execute((ushort)AdminOpcode.MemberResource, (ushort)AdminGroupType.SrIov, (ulong)member, data, 16);
         if (!r.Ok)
-            throw new FrontEndException($"MEMBER_RESOURCE on VF {member} failed: {Describe(r)}");
+            throw new FrontEndException($"MEMBER_RESOURCE on VF {member} failed: {r.Describe()}");
         return $"VF {member}: {BitConverter.ToUInt64(r.Result)} MSI-X vectors\n";
     }
 
@@ -161,11 +162,4 @@ internal static class AdminCommand
         }
         return $"num_vfs set to {count}\n";
     }
-
-    /// <summary>Status and qualifier by name, as a person wants to read them.</summary>
-    public static string Describe(AdminReply r) =>
-        $"{Name<AdminStatus>(r.Status)}/{Name<AdminQualifier>(r.Qualifier)} (status {r.Status}, qualifier {r.Qualifier})";
-
-    private static string Name<T>(ushort value) where T : struct, Enum =>
-        Enum.IsDefined(typeof(T), value) ? Enum.GetName(typeof(T), value)!.ToUpperInvariant() : "UNKNOWN";
 }

@@ -1,3 +1,4 @@
+using VhostUserVirtio.Protocol;
 using System.Buffers.Binary;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Queue;
@@ -23,16 +24,34 @@ public sealed unsafe class DriverQueue : IDisposable
     private ushort _availIdx;
     private ushort _lastUsed;
 
-    public DriverQueue(GuestRam ram, int index, int size)
+    public DriverQueue(GuestRam ram, int index, int size) : this(ram, index, size, legacyLayout: false)
+    {
+    }
+
+    /// <param name="legacyLayout">
+    /// Place the rings the way a legacy (transitional) device expects them: one 4096-aligned area found
+    /// from its page frame number (<see cref="LegacyPfn"/>), see <see cref="SplitRing.LegacyLayout"/>.
+    /// </param>
+    public DriverQueue(GuestRam ram, int index, int size, bool legacyLayout)
     {
         if (!SplitRing.IsValidSize(size))
             throw new ArgumentOutOfRangeException(nameof(size), "queue size must be a power of two");
         _ram = ram;
         Index = index;
         Size = size;
-        DescriptorTable = ram.Allocate(SplitRing.DescriptorTableSize(size), 4096);
-        AvailableRing = ram.Allocate(SplitRing.AvailableRingSize(size), SplitRing.AvailableAlignment);
-        UsedRing = ram.Allocate(SplitRing.UsedRingSize(size), 4096);
+        if (legacyLayout)
+        {
+            var (availOffset, usedOffset, total) = SplitRing.LegacyLayout(size);
+            DescriptorTable = ram.Allocate(total, SplitRing.LegacyAlignment);
+            AvailableRing = DescriptorTable + availOffset;
+            UsedRing = DescriptorTable + usedOffset;
+        }
+        else
+        {
+            DescriptorTable = ram.Allocate(SplitRing.DescriptorTableSize(size), 4096);
+            AvailableRing = ram.Allocate(SplitRing.AvailableRingSize(size), SplitRing.AvailableAlignment);
+            UsedRing = ram.Allocate(SplitRing.UsedRingSize(size), 4096);
+        }
         ram.Span(DescriptorTable, (int)SplitRing.DescriptorTableSize(size)).Clear();
         ram.Span(AvailableRing, (int)SplitRing.AvailableRingSize(size)).Clear();
         ram.Span(UsedRing, (int)SplitRing.UsedRingSize(size)).Clear();
@@ -48,6 +67,8 @@ public sealed unsafe class DriverQueue : IDisposable
     public ulong DescriptorTable { get; }
     public ulong AvailableRing { get; }
     public ulong UsedRing { get; }
+    /// <summary>The legacy Queue Address value: the descriptor table's page frame number.</summary>
+    public uint LegacyPfn => (uint)(DescriptorTable >> SplitRing.LegacyAddressShift);
     public EventFd Kick { get; } = new();
     public EventFd Call { get; } = new();
     public int FreeDescriptors => _free.Count;

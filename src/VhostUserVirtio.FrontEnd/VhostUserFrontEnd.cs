@@ -5,7 +5,7 @@ using VhostUserVirtio.Protocol;
 namespace VhostUserVirtio.FrontEnd;
 
 /// <summary>A reply that broke the protocol, or a refusal (failure ack) from the back end.</summary>
-public sealed class FrontEndException(string message) : Exception(message);
+public class FrontEndException(string message) : Exception(message);
 
 /// <summary>
 /// The front-end side of one vhost-user connection, as QEMU would drive it: typed requests with

@@ -47,7 +47,14 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
     public bool MemberActive(ulong id)
     {
         var members = _members;
-        return id >= 1 && id <= (ulong)members.Length && members[id - 1].Endpoint.IsConnected;
+        return id >= 1 && id <= (ulong)members.Length && (members[id - 1].Endpoint.IsConnected || members[id - 1].Legacy!.Active);
+    }
+
+    /// <summary>VF <paramref name="id"/>'s legacy register file, or null if there is no such VF.</summary>
+    public Legacy.LegacyNetInterface? LegacyOf(ulong id)
+    {
+        var members = _members;
+        return id >= 1 && id <= (ulong)members.Length ? members[id - 1].Legacy : null;
     }
 
     /// <summary>Member <paramref name="id"/>'s net device: 0 = the owner, 1..NumVfs = a VF.</summary>
@@ -100,7 +107,9 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
             endpoint = _server.Serve(served, id == 0 && Options.OwnerSocketPath is { } ownerPath
                 ? ownerPath
                 : Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id)), Options.ClientMode, DataPath);
-        return new GroupMember(id, device, endpoint);
+        var legacy = id == 0 ? null : new Legacy.LegacyNetInterface(id, device, endpoint.Backend, () => Msix.Assigned(id - 1),
+            _loggers.CreateLogger("VhostUserVirtio.Legacy"));
+        return new GroupMember(id, device, endpoint, legacy);
     }
 
     /// <summary>

@@ -9,12 +9,16 @@ namespace VhostUserVirtio.Group;
 /// </summary>
 public sealed class GroupMember
 {
-    internal GroupMember(int id, NetDevice device, VhostUserEndpoint endpoint)
+    internal GroupMember(int id, NetDevice device, VhostUserEndpoint endpoint, Legacy.LegacyNetInterface? legacy)
     {
         Id = id;
         Device = device;
         Endpoint = endpoint;
+        Legacy = legacy;
     }
+
+    /// <summary>The member's legacy register file (VFs only), driven through the owner's legacy admin commands.</summary>
+    public Legacy.LegacyNetInterface? Legacy { get; }
 
     public int Id { get; }
     public bool IsOwner => Id == 0;

@@ -29,6 +29,24 @@ public static class SplitRing
     /// <summary>flags, idx, ring[size] of {id, len}, avail_event.</summary>
     public static ulong UsedRingSize(int size) => (ulong)(6 + UsedElementSize * size);
 
+    /// <summary>Legacy (transitional) ring alignment and queue-address unit: rings are placed by page frame number.</summary>
+    public const int LegacyAlignment = 4096;
+    public const int LegacyAddressShift = 12;
+
+    /// <summary>
+    /// The legacy interface's fixed layout (VIRTIO 1.x 2.7 "Legacy Interfaces: Virtqueue Layout"): the
+    /// descriptor table at the queue address, the avail ring right after it, the used ring at the next
+    /// 4096-byte boundary. Returns the avail and used offsets from the descriptor table and the total size.
+    /// </summary>
+    public static (ulong AvailOffset, ulong UsedOffset, ulong TotalSize) LegacyLayout(int size)
+    {
+        ulong avail = DescriptorTableSize(size);
+        ulong used = AlignUp(avail + AvailableRingSize(size), LegacyAlignment);
+        return (avail, used, used + AlignUp(UsedRingSize(size), LegacyAlignment));
+    }
+
+    private static ulong AlignUp(ulong value, ulong alignment) => (value + alignment - 1) & ~(alignment - 1);
+
     public static bool IsValidSize(int size) => size > 0 && size <= MaxQueueSize && (size & (size - 1)) == 0;
 
     /// <summary>vring_need_event: has the used index passed the driver's used_event since the last notification?</summary>

@@ -1,3 +1,4 @@
+using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Devices.Switch;
 using System.Buffers.Binary;

@@ -1,3 +1,4 @@
+using VhostUserVirtio.Protocol;
 using System.Buffers.Binary;
 
 namespace VhostUserVirtio.FrontEnd.Owner;
@@ -6,6 +7,13 @@ namespace VhostUserVirtio.FrontEnd.Owner;
 public sealed record AdminReply(ushort Status, ushort Qualifier, byte[] Result, uint UsedLength)
 {
     public bool Ok => Status == 0;
+
+    /// <summary>Status and qualifier by name, as a person wants to read them.</summary>
+    public string Describe() =>
+        $"{Name<AdminStatus>(Status)}/{Name<AdminQualifier>(Qualifier)} (status {Status}, qualifier {Qualifier})";
+
+    private static string Name<T>(ushort value) where T : struct, Enum =>
+        Enum.IsDefined(typeof(T), value) ? Enum.GetName(typeof(T), value)!.ToUpperInvariant() : "UNKNOWN";
 }
 
 /// <summary>

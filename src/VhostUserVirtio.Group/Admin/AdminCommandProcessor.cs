@@ -1,3 +1,4 @@
+using VhostUserVirtio.Protocol;
 using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Queue;
@@ -18,6 +19,9 @@ public interface IAdminGroupState
 
     /// <summary>MSI-X vectors assigned per member (index = member id − 1), and the pool they come from.</summary>
     MsixPool Msix { get; }
+
+    /// <summary>VF <paramref name="id"/>'s legacy register file, or null if there is no such VF.</summary>
+    Legacy.LegacyNetInterface? LegacyOf(ulong id);
 }
 
 /// <summary>
@@ -47,7 +51,8 @@ public sealed class AdminCommandProcessor
 
     /// <summary>Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks.</summary>
     public AdminOpcodeSet SrIovSupported { get; } = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse,
-        AdminOpcode.MemberResource, AdminOpcode.MemberResourceAttrs, AdminOpcode.NetMemberCtrl);
+        AdminOpcode.LegacyCommonCfgWrite, AdminOpcode.LegacyCommonCfgRead, AdminOpcode.LegacyDevCfgWrite,
+        AdminOpcode.LegacyDevCfgRead, AdminOpcode.LegacyNotifyInfo, AdminOpcode.MemberResource, AdminOpcode.MemberResourceAttrs, AdminOpcode.NetMemberCtrl);
 
     /// <summary>Opcodes supported for the self group.</summary>
     public AdminOpcodeSet SelfSupported { get; } = Basic;
@@ -79,8 +84,10 @@ public sealed class AdminCommandProcessor
         var data = request.Slice(AdminLayout.HeaderSize, dataLength);
 
         var response = _response.AsSpan();
+        // Reads of legacy registers read as many bytes as the driver left room for.
+        int resultRoom = (int)Math.Min(Math.Max(chain.WritableLength, AdminLayout.StatusSize) - AdminLayout.StatusSize, AdminLayout.MaxResult);
         var result = response[AdminLayout.StatusSize..];
-        var outcome = Execute(opcode, groupType, member, data, result);
+        var outcome = Execute(opcode, groupType, member, data, result, resultRoom);
         Commands++;
         if (outcome.Status != AdminStatus.Ok)
         {
@@ -98,7 +105,7 @@ public sealed class AdminCommandProcessor
         return writer.Written;
     }
 
-    private AdminOutcome Execute(ushort opcode, ushort groupType, ulong member, ReadOnlySpan<byte> data, Span<byte> result)
+    private AdminOutcome Execute(ushort opcode, ushort groupType, ulong member, ReadOnlySpan<byte> data, Span<byte> result, int resultRoom)
     {
         // 1. Group.
         AdminOpcodeSet supported;
@@ -145,6 +152,17 @@ public sealed class AdminCommandProcessor
                 else
                     _selfInUse = wanted;
                 return AdminOutcome.Ok();
+            case AdminOpcode.LegacyCommonCfgRead:
+            case AdminOpcode.LegacyDevCfgRead:
+                // Data: u8 offset. Length: the result room the driver supplied.
+                return _group.LegacyOf(member)!.Read(opcode == (ushort)AdminOpcode.LegacyCommonCfgRead, data.IsEmpty ? 0 : data[0], result[..resultRoom]);
+            case AdminOpcode.LegacyCommonCfgWrite:
+            case AdminOpcode.LegacyDevCfgWrite:
+                // Data: u8 offset; u8 reserved[7]; u8 data[].
+                return _group.LegacyOf(member)!.Write(opcode == (ushort)AdminOpcode.LegacyCommonCfgWrite, data.IsEmpty ? 0 : data[0],
+                    data.Length > 8 ? data[8..] : default);
+            case AdminOpcode.LegacyNotifyInfo:
+                return Legacy.LegacyNetInterface.NotifyInfo(result);
             case AdminOpcode.NetMemberCtrl:
                 return NetMemberCtrl(member, data);
             case AdminOpcode.MemberResource:
@@ -196,9 +214,15 @@ public sealed class AdminCommandProcessor
         var device = _group.NetDeviceOf(member);
         if (device == null)
             return AdminOutcome.Invalid(AdminQualifier.InvalidMember);
+        Span<byte> before = stackalloc byte[Devices.Net.VirtioNet.ConfigSize];
+        Span<byte> after = stackalloc byte[Devices.Net.VirtioNet.ConfigSize];
+        device.ReadConfig(0, before);
         byte result = Devices.Net.NetControl.Apply(device, data[0], data[1], data[8..]);
         if (result != Devices.Net.VirtioNet.Ok)
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
+        device.ReadConfig(0, after);
+        if (!before.SequenceEqual(after))
+            _group.LegacyOf(member)?.ConfigChanged(); // a legacy driver sees it in ISR
         _logger.LogInformation("admin: NET_MEMBER_CTRL class 0x{Class:x} command {Command} applied to {Device}", data[0], data[1], device.Name);
         return AdminOutcome.Ok();
     }

@@ -1,3 +1,4 @@
+using VhostUserVirtio.Protocol;
 using System.Buffers.Binary;
 
 namespace VhostUserVirtio.Group.Admin;

@@ -1,0 +1,16 @@
+namespace VhostUserVirtio.Backend;
+
+/// <summary>
+/// A transport through which the group owner drives a member device instead of the member's own
+/// vhost-user front end (today: the legacy interface admin commands). The member's front end then
+/// only supplies the device's DMA space (its memory table), its interrupts (call descriptors) and its
+/// doorbells (kick descriptors). Called on the worker that owns the device's rings.
+/// </summary>
+public interface IOwnerTransport
+{
+    /// <summary>A queue has used buffers the driver wants to hear about: raise the transport's interrupt.</summary>
+    void Raise(DeviceQueue queue);
+
+    /// <summary>The member's front end reset the device or went away: the transport's state is void.</summary>
+    void FrontEndReset();
+}
