@@ -37,6 +37,7 @@ internal static class AdminCommand
         vfs.Subcommands.Add(set);
         admin.Subcommands.Add(vfs);
         admin.Subcommands.Add(MemberCommand(socket));
+        admin.Subcommands.Add(LegacyCommand(socket));
         return admin;
     }
 
@@ -47,7 +48,7 @@ internal static class AdminCommand
             Console.Out.Write(action());
             return 0;
         }
-        catch (Exception e) when (e is FrontEndException or NativeException or TimeoutException)
+        catch (Exception e) when (e is FrontEndException or NativeException or TimeoutException or FormatException or OverflowException)
         {
             Console.Error.WriteLine("vhost-virtio admin: " + e.Message);
             return 1;
@@ -118,6 +119,91 @@ internal static class AdminCommand
         msix.Subcommands.Add(msixSet);
         vf.Subcommands.Add(msix);
         return vf;
+    }
+
+    /// <summary>
+    /// `legacy read|write --vf ID (--common OFF | --device OFF) --len N [VALUE]` and `legacy notify-info
+    /// --vf ID`: one legacy register access, as virtio-vfio-pci issues it on a guest's behalf.
+    /// </summary>
+    private static Command LegacyCommand(Option<string> socket)
+    {
+        var vf = new Option<int>("--vf") { Description = "The VF (member id).", Required = true };
+        var common = new Option<int?>("--common") { Description = "Offset in the legacy common header (0..23).", HelpName = "OFFSET" };
+        var device = new Option<int?>("--device") { Description = "Offset in the legacy device config (virtio-net: 0..11).", HelpName = "OFFSET" };
+        var length = new Option<int>("--len") { Description = "Access width in bytes.", DefaultValueFactory = _ => 4 };
+        var legacy = new Command("legacy", "Access a VF's legacy (transitional) registers through the owner (LEGACY_* admin commands).");
+
+        var read = new Command("read", "Read a legacy register (LEGACY_COMMON_CFG_READ / LEGACY_DEV_CFG_READ).");
+        foreach (var o in new Option[] { vf, common, device, length })
+            read.Options.Add(o);
+        read.SetAction(r => Run(() => Legacy(r.GetValue(socket)!, r.GetValue(vf), r.GetValue(common), r.GetValue(device), r.GetValue(length), null)));
+        legacy.Subcommands.Add(read);
+
+        var value = new Argument<string>("VALUE") { Description = "Little-endian value to write (decimal or 0x hex)." };
+        var write = new Command("write", "Write a legacy register (LEGACY_COMMON_CFG_WRITE / LEGACY_DEV_CFG_WRITE).");
+        foreach (var o in new Option[] { vf, common, device, length })
+            write.Options.Add(o);
+        write.Arguments.Add(value);
+        write.SetAction(r => Run(() => Legacy(r.GetValue(socket)!, r.GetValue(vf), r.GetValue(common), r.GetValue(device), r.GetValue(length), r.GetValue(value))));
+        legacy.Subcommands.Add(write);
+
+        var info = new Command("notify-info", "Where the VF's legacy queue-notify doorbell is (LEGACY_NOTIFY_INFO).");
+        info.Options.Add(vf);
+        info.SetAction(r => Run(() =>
+        {
+            using var owner = Connect(r.GetValue(socket)!);
+            var entries = new LegacyAccess(owner.Admin, (ulong)r.GetValue(vf)).NotifyInfo();
+            return string.Concat(entries.Select(e =>
+                $"VF {r.GetValue(vf)}: {(e.Flags == 2 ? "member" : e.Flags == 1 ? "owner" : $"flags {e.Flags}")} BAR{e.Bar} offset 0x{e.Offset:x}\n"));
+        }));
+        legacy.Subcommands.Add(info);
+        return legacy;
+    }
+
+    private static string Legacy(string socket, int vf, int? common, int? device, int length, string? value)
+    {
+        if ((common == null) == (device == null))
+            throw new FrontEndException("give exactly one of --common OFFSET or --device OFFSET");
+        int offset = common ?? device!.Value;
+        if (offset is < 0 or > 255 || length is < 1 or > 8)
+            throw new FrontEndException("offset must be 0..255 and --len 1..8");
+        using var owner = Connect(socket);
+        var registers = new LegacyAccess(owner.Admin, (ulong)vf);
+        string where = common != null ? $"common {offset}" : $"device {offset}";
+        if (value == null)
+        {
+            var r = common != null ? registers.ReadCommonRaw(offset, length) : registers.ReadDeviceRaw(offset, length);
+            if (!r.Ok)
+                throw new FrontEndException($"VF {vf}: legacy read of {length} byte(s) at {where} failed: {r.Describe()}");
+            var bytes = r.Result.AsSpan(0, Math.Min(length, r.Result.Length));
+            ulong number = 0;
+            for (int i = bytes.Length - 1; i >= 0; i--)
+                number = number << 8 | bytes[i];
+            return $"VF {vf} {where} ({length} byte(s)): 0x{number.ToString($"x{2 * length}")} ({number}) bytes {Convert.ToHexString(bytes).ToLowerInvariant()}\n";
+        }
+        ulong parsed = value.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
+            ? Convert.ToUInt64(value[2..], 16)
+            : ulong.Parse(value, System.Globalization.CultureInfo.InvariantCulture);
+        var data = BitConverter.GetBytes(parsed)[..length];
+        var w = common != null ? registers.WriteCommonRaw(offset, data) : registers.WriteDeviceRaw(offset, data);
+        if (!w.Ok)
+            throw new FrontEndException($"VF {vf}: legacy write of {length} byte(s) at {where} failed: {w.Describe()}");
+        return $"VF {vf} {where} ({length} byte(s)) <- 0x{parsed:x}\n";
+    }
+
+    private static OwnerDriver Connect(string socket)
+    {
+        var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
+        try
+        {
+            owner.UseAllCommands();
+            return owner;
+        }
+        catch
+        {
+            owner.Dispose();
+            throw;
+        }
     }
 
     private static string MemberCtrl(string socket, int member, byte cls, byte command, byte[] data)

@@ -1,0 +1,92 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using VhostUserVirtio.FrontEnd.Owner;
+using VhostUserVirtio.Tests.Support;
+using Xunit.Abstractions;
+
+namespace VhostUserVirtio.Tests;
+
+/// <summary>
+/// A VF driven only through the owner's legacy admin commands, as a legacy virtio-net driver behind
+/// virtio-vfio-pci would drive it, talking IPv4 through the switch with a real Linux guest (QEMU,
+/// stock virtio-net driver) on another VF.
+/// </summary>
+public sealed class GuestLegacyTests(ITestOutputHelper output) : IDisposable
+{
+    private const string GuestMac = "52:54:00:b0:00:02";
+    private readonly string _dir = Directory.CreateTempSubdirectory("vuv-gl-").FullName;
+
+    public void Dispose()
+    {
+        try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
+    }
+
+    [Fact]
+    public void A_vf_driven_only_through_legacy_admin_commands_pings_a_linux_guest_on_another_vf_and_answers_its_pings()
+    {
+        using var backend = new GroupBackend(vfs: 2);
+        using var owner = OwnerDriver.Connect(backend.Socket(0));
+        owner.UseAllCommands();
+        using var legacy = LegacyNetDriver.Start(owner.Admin, 1, backend.Socket(1));
+        var host = new MiniHost(legacy.Mac, MiniHost.ParseIp("10.0.0.1"));
+        output.WriteLine($"legacy VF1 up: features 0x{legacy.GuestFeatures:x}, mac {Convert.ToHexString(legacy.Mac)}");
+
+        using var guest = QemuGuest.Start(new GuestOptions
+        {
+            Name = "legacy-peer",
+            Nics = [new GuestNic(backend.Socket(2), GuestMac)],
+            TestScript = $$"""
+                {{GuestScripts.ShellFunctions}}
+                i=$(find_if {{GuestMac}}) || { echo "GUEST-ERROR no interface"; exit 2; }
+                echo 1 > /proc/sys/net/ipv6/conf/$i/disable_ipv6 2>/dev/null
+                must ip addr add 10.0.0.2/24 dev $i
+                must ip link set $i up
+                wait_carrier $i 30
+                echo GUEST-NET-READY
+                out=$(ping -c 5 -i 0.3 -W 2 -w 30 10.0.0.1 2>&1); echo "$out"
+                rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+                echo "GUEST-PING-RECEIVED ${rx:-0}"
+                # Stay up while the host side pings this guest.
+                n=0; while [ $n -lt 300 ] && [ ! -e /tmp/never ]; do usleep 100000; n=$((n + 1)); done
+                exit 0
+                """,
+            ConsoleLogPath = Path.Combine(_dir, "console.log"),
+            Log = output.WriteLine,
+        });
+        guest.WaitForBoot(TimeSpan.FromMinutes(3));
+        guest.WaitForLine("GUEST-NET-READY", TimeSpan.FromMinutes(2));
+
+        // Serve the guest's ARP and pings while pinging it: one loop on the legacy rings.
+        var guestIp = MiniHost.ParseIp("10.0.0.2");
+        uint guestKey = BinaryPrimitives.ReadUInt32BigEndian(guestIp);
+        var clock = Stopwatch.StartNew();
+        ushort sent = 0;
+        long nextSend = 0;
+        string? guestResult = null;
+        while (clock.Elapsed < TimeSpan.FromMinutes(3))
+        {
+            var frame = legacy.Receive(100);
+            if (frame != null && host.Handle(frame) is { } answer)
+                legacy.Send(answer);
+            if (clock.ElapsedMilliseconds >= nextSend && sent < 5)
+            {
+                legacy.Send(host.Neighbours.TryGetValue(guestKey, out var guestMac)
+                    ? host.EchoRequest(guestMac, guestIp, ++sent)
+                    : host.ArpRequest(guestIp));
+                nextSend = clock.ElapsedMilliseconds + 300;
+            }
+            guestResult ??= guest.Lines.FirstOrDefault(l => l.StartsWith("GUEST-PING-RECEIVED", StringComparison.Ordinal));
+            if (guestResult != null && host.EchoRepliesSeen.Distinct().Count() == 5)
+                break;
+        }
+        output.WriteLine($"host: {host.EchoRepliesSeen.Distinct().Count()}/5 echo replies from the guest, answered {host.EchoRequestsAnswered} echo requests; guest: {guestResult}");
+
+        Assert.True(host.EchoRepliesSeen.Distinct().Count() == 5, $"the guest answered {host.EchoRepliesSeen.Distinct().Count()} of 5 pings. {guest.Describe()}");
+        Assert.True(guestResult == "GUEST-PING-RECEIVED 5", $"the guest's pings: {guestResult}. {guest.Describe()}");
+        Assert.True(host.EchoRequestsAnswered >= 5);
+        // Everything went through the switch between the two VFs.
+        var ports = backend.Group.Status().Ports;
+        Assert.True(ports.Single(p => p.Name == "vf1").Counters.TxPackets >= 11);
+        Assert.True(ports.Single(p => p.Name == "vf2").Counters.TxPackets >= 11);
+    }
+}
