@@ -136,7 +136,16 @@ public sealed partial class VhostUserBackend
     }
 
     /// <summary>Whether an owner-driven ring broke the ring rules (the device then needs a reset).</summary>
-    public bool OwnerRingFaulted => _queues.Any(q => q.Transport != null && q.Ring.Fault != null);
+    public bool OwnerRingFaulted
+    {
+        get
+        {
+            foreach (var q in _queues)
+                if (q.Transport != null && q.Ring.Fault != null)
+                    return true;
+            return false;
+        }
+    }
 
     private static bool RingFits(GuestMemory memory, ulong gpa, ulong length) => memory.TryGetSpan(gpa, (int)length, out _);
 

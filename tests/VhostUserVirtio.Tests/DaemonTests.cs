@@ -144,6 +144,37 @@ public sealed class DaemonTests : IDisposable
     }
 
     [Fact]
+    public void Admin_cli_reads_and_writes_a_vfs_legacy_registers_and_names_refusals()
+    {
+        var pf = Path.Combine(_dir, "pf.sock");
+        using var daemon = DaemonProcess.Start(["serve", "--socket-dir", _dir, "--vfs", "2"]);
+        daemon.WaitUntil(() => File.Exists(pf) && daemon.Output.Contains("ready:"), Deadline, "pf.sock");
+
+        using (var features = DaemonProcess.Run("admin", "--socket", pf, "legacy", "read", "--vf", "1", "--common", "0", "--len", "4"))
+        {
+            Assert.True(features.ExitCode == 0, features.Output);
+            Assert.Matches(@"VF 1 common 0 \(4 byte\(s\)\): 0x[0-9a-f]{8}", features.StandardOutput);
+        }
+        using (var mac = DaemonProcess.Run("admin", "--socket", pf, "legacy", "read", "--vf", "2", "--device", "0", "--len", "6"))
+        {
+            Assert.True(mac.ExitCode == 0, mac.Output);
+            Assert.Contains("bytes 025656000002", mac.StandardOutput);
+        }
+        // Register state lives in the device, not in the CLI's connection.
+        using (var select = DaemonProcess.Run("admin", "--socket", pf, "legacy", "write", "--vf", "1", "--common", "14", "--len", "2", "0x1"))
+            Assert.True(select.ExitCode == 0, select.Output);
+        using (var readBack = DaemonProcess.Run("admin", "--socket", pf, "legacy", "read", "--vf", "1", "--common", "14", "--len", "2"))
+            Assert.Contains("0x0001 (1)", readBack.StandardOutput);
+        using (var straddle = DaemonProcess.Run("admin", "--socket", pf, "legacy", "read", "--vf", "1", "--common", "2", "--len", "4"))
+        {
+            Assert.NotEqual(0, straddle.ExitCode);
+            Assert.Contains("EINVAL/INVALIDFIELD", straddle.Output);
+        }
+        using (var info = DaemonProcess.Run("admin", "--socket", pf, "legacy", "notify-info", "--vf", "2"))
+            Assert.Contains("VF 2: member BAR2 offset 0x0", info.StandardOutput);
+    }
+
+    [Fact]
     public void Print_capabilities_prints_a_json_document_and_exits_0()
     {
         using var daemon = DaemonProcess.Run("--print-capabilities");

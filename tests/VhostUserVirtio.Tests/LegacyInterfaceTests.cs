@@ -253,6 +253,23 @@ public sealed class LegacyInterfaceTests() : OwnerTest(useAllCommands: true)
     }
 
     [Fact]
+    public void A_legacy_ring_the_driver_breaks_sets_device_needs_reset_and_disturbs_no_other_vf()
+    {
+        using var legacy = LegacyNetDriver.Start(_owner.Admin, 1, _backend.Socket(1));
+        // A descriptor loop on the transmit ring, then a notify.
+        legacy.Tx.WriteDescriptor(0, legacy.Ram.Allocate(64), 64, 1 /* NEXT */, 0);
+        legacy.Tx.PublishHead(0);
+        legacy.Registers.WriteCommon(LegacyLayout.QueueNotify, 2, 1);
+        Assert.True(_backend.Logs.WaitForWarning("guest broke the ring rules"));
+        Assert.Equal(0x40u, legacy.Registers.ReadCommon(LegacyLayout.DeviceStatus, 1) & 0x40);
+
+        NetCheck.AssertDeviceUp(_backend.Socket(2));
+        // Reset recovers the VF.
+        legacy.Registers.WriteCommon(LegacyLayout.DeviceStatus, 1, 0);
+        Assert.Equal(0u, legacy.Registers.ReadCommon(LegacyLayout.DeviceStatus, 1));
+    }
+
+    [Fact]
     public void While_the_owner_drives_a_vf_its_front_end_cannot_set_up_rings_and_a_driven_vf_cannot_be_claimed()
     {
         using (var modern = new NetFrontEnd(_backend.Socket(2)))
