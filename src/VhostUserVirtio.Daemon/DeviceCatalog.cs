@@ -28,7 +28,7 @@ internal static class DeviceCatalog
     {
         var status = group.Status();
         return string.Join("; ", status.Ports.Select(p =>
-                   $"{p.Name} {(p.Connected ? "up" : "idle")} tx={p.Counters.TxPackets} rx={p.Counters.RxPackets} drops={p.Counters.Drops.Values.Sum()}"))
+                   $"{p.Name} {(p.Connected ? "up" : "idle")}{(p.LegacyDriven ? " legacy" : "")} tx={p.Counters.TxPackets} rx={p.Counters.RxPackets} drops={p.Counters.Drops.Values.Sum()}"))
                + $"; macs={status.MacTable.Count} floods={status.Floods}";
     }
 }

@@ -167,7 +167,8 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
 
     /// <summary>A consistent view of ports, counters and the MAC table, taken on the data path.</summary>
     public GroupStatus Status() => DataPath.Loop.Invoke(() => new GroupStatus(
-        AllDevices.Select(m => new PortStatus(m.Name, m.SocketPath, m.Endpoint.IsConnected, m.Device.LinkUp, m.Device.Mac?.ToString(), Snapshot(m.Device.Counters)))
+        AllDevices.Select(m => new PortStatus(m.Name, m.SocketPath, m.Endpoint.IsConnected, m.Device.LinkUp, m.Device.Mac?.ToString(), Snapshot(m.Device.Counters),
+                m.Legacy?.Active == true))
             .Concat(Uplink == null ? [] : [new PortStatus(Uplink.Name, "", true, true, null, Snapshot(Uplink.Counters))])
             .ToList(),
         Switch.Snapshot().Select(e => new MacEntry(e.Mac.ToString(), e.Port, e.AgeMs)).ToList(),
@@ -192,7 +193,8 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
 
 public sealed record CounterSnapshot(long TxPackets, long TxBytes, long RxPackets, long RxBytes, IReadOnlyDictionary<string, long> Drops);
 
-public sealed record PortStatus(string Name, string Socket, bool Connected, bool LinkUp, string? Mac, CounterSnapshot Counters);
+/// <param name="LegacyDriven">A VF the owner drives through its legacy registers (its own front end only supplies memory).</param>
+public sealed record PortStatus(string Name, string Socket, bool Connected, bool LinkUp, string? Mac, CounterSnapshot Counters, bool LegacyDriven = false);
 
 public sealed record MacEntry(string Mac, string Port, long AgeMs);
 

@@ -134,6 +134,9 @@ public sealed class LegacyInterfaceTests() : OwnerTest(useAllCommands: true)
         Assert.Contains("modern to legacy", Encoding.ASCII.GetString(frame));
         Assert.Equal(1, _backend.Member(1).Device.Counters.TxPackets);
         Assert.Equal(1, _backend.Member(1).Device.Counters.RxPackets);
+        var ports = _backend.Group.Status().Ports;
+        Assert.True(ports.Single(p => p.Name == "vf1").LegacyDriven);
+        Assert.False(ports.Single(p => p.Name == "vf2").LegacyDriven);
     }
 
     [Fact]
