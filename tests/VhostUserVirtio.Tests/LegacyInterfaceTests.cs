@@ -290,6 +290,34 @@ public sealed class LegacyInterfaceTests() : OwnerTest(useAllCommands: true)
     }
 
     [Fact]
+    public void Admin_commands_and_legacy_accesses_allocate_nothing_per_command_on_the_worker()
+    {
+        using var legacy = LegacyNetDriver.Start(_owner.Admin, 1, _backend.Socket(1));
+        var vf = legacy.Registers;
+        void Batch()
+        {
+            for (int i = 0; i < 50; i++)
+            {
+                vf.WriteCommon(LegacyLayout.QueueSelect, 2, (uint)(i & 1));
+                vf.ReadCommon(LegacyLayout.QueueAddress, 4);
+                vf.ReadCommon(LegacyLayout.DeviceStatus, 1);
+                vf.ReadCommon(LegacyLayout.IsrStatus, 1);
+                vf.ReadDevice(LegacyLayout.NetMac, 6);
+                vf.WriteCommon(LegacyLayout.QueueNotify, 2, 1);
+            }
+        }
+        Batch(); // warm up
+        var loop = _backend.Group.DataPath.Loop;
+        long before = loop.Invoke(() => GC.GetAllocatedBytesForCurrentThread());
+        for (int i = 0; i < 10; i++)
+            Batch();
+        long after = loop.Invoke(() => GC.GetAllocatedBytesForCurrentThread());
+        // 3000 commands: one small allocation per command would be tens of kilobytes; the two
+        // Invoke calls cost a few hundred bytes.
+        Assert.True(after - before < 2048, $"the worker allocated {after - before} bytes over 3000 admin commands");
+    }
+
+    [Fact]
     public void When_the_vfs_front_end_leaves_the_legacy_state_is_reset()
     {
         var legacy = LegacyNetDriver.Start(_owner.Admin, 1, _backend.Socket(1));
