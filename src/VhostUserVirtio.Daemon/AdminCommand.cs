@@ -37,6 +37,9 @@ internal static class AdminCommand
         vfs.Subcommands.Add(set);
         admin.Subcommands.Add(vfs);
         admin.Subcommands.Add(MemberCommand(socket));
+        var attrs = new Command("msix", "The owner's MSI-X vector pool for its VFs (MEMBER_RESOURCE_ATTRS).");
+        attrs.SetAction(r => Run(() => MsixPool(r.GetValue(socket)!)));
+        admin.Subcommands.Add(attrs);
         admin.Subcommands.Add(LegacyCommand(socket));
         return admin;
     }
@@ -111,12 +114,26 @@ internal static class AdminCommand
             [(byte)(r.GetValue(trusted) == "on" ? 1 : 0)])));
         vf.Subcommands.Add(trust);
 
+        var mode = new Argument<string>("MODE") { Description = "promisc, allmulti, alluni, nomulti, nouni or nobcast." };
+        mode.AcceptOnlyFromAmong(RxModes);
+        var modeState = new Argument<string>("on|off");
+        modeState.AcceptOnlyFromAmong("on", "off");
+        var rx = new Command("rx", "Set one of the member's receive modes (the control queue's RX class).");
+        rx.Arguments.Add(mode);
+        rx.Arguments.Add(modeState);
+        rx.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.VirtioNet.CtrlRx,
+            (byte)Array.IndexOf(RxModes, r.GetValue(mode)), [(byte)(r.GetValue(modeState) == "on" ? 1 : 0)])));
+        vf.Subcommands.Add(rx);
+
         var vectors = new Argument<int>("N") { Description = "MSI-X vectors for the VF (its driver must not be attached)." };
-        var msixSet = new Command("set", "Assign MSI-X vectors to the VF (MEMBER_RESOURCE).");
+        var msixSet = new Command("set", "Assign MSI-X vectors to the VF (MEMBER_RESOURCE assign).");
         msixSet.Arguments.Add(vectors);
         msixSet.SetAction(r => Run(() => Msix(r.GetValue(socket)!, r.GetValue(id), r.GetValue(vectors))));
+        var msixShow = new Command("show", "The VF's MSI-X vectors (MEMBER_RESOURCE query).");
+        msixShow.SetAction(r => Run(() => Msix(r.GetValue(socket)!, r.GetValue(id), null)));
         var msix = new Command("msix", "MSI-X vectors of the VF.");
         msix.Subcommands.Add(msixSet);
+        msix.Subcommands.Add(msixShow);
         vf.Subcommands.Add(msix);
         return vf;
     }
@@ -208,8 +225,7 @@ internal static class AdminCommand
 
     private static string MemberCtrl(string socket, int member, byte cls, byte command, byte[] data)
     {
-        using var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
-        owner.UseAllCommands();
+        using var owner = Connect(socket);
         var payload = new byte[8 + data.Length];
         payload[0] = cls;
         payload[1] = command;
@@ -220,17 +236,30 @@ internal static class AdminCommand
         return $"member {member}: done\n";
     }
 
-    private static string Msix(string socket, int member, int vectors)
+    /// <summary>The RX class commands in command-number order (VIRTIO 5.1.6.5.1).</summary>
+    private static readonly string[] RxModes = ["promisc", "allmulti", "alluni", "nomulti", "nouni", "nobcast"];
+
+    /// <summary>MEMBER_RESOURCE: assign <paramref name="vectors"/> MSI-X vectors, or query them (null).</summary>
+    private static string Msix(string socket, int member, int? vectors)
     {
-        using var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
-        owner.UseAllCommands();
+        using var owner = Connect(socket);
         var data = new byte[16];
-        data[0] = 1; // assign
-        BitConverter.GetBytes((ulong)Math.Max(0, vectors)).CopyTo(data, 8);
+        data[0] = vectors == null ? (byte)2 : (byte)1; // query or assign
+        BitConverter.GetBytes((ulong)Math.Max(0, vectors ?? 0)).CopyTo(data, 8);
         var r = owner.Admin.Execute((ushort)AdminOpcode.MemberResource, (ushort)AdminGroupType.SrIov, (ulong)member, data, 16);
         if (!r.Ok)
             throw new FrontEndException($"MEMBER_RESOURCE on VF {member} failed: {r.Describe()}");
         return $"VF {member}: {BitConverter.ToUInt64(r.Result)} MSI-X vectors\n";
+    }
+
+    private static string MsixPool(string socket)
+    {
+        using var owner = Connect(socket);
+        var r = owner.Admin.Execute((ushort)AdminOpcode.MemberResourceAttrs, (ushort)AdminGroupType.SrIov, 0, default, 128);
+        if (!r.Ok)
+            throw new FrontEndException($"MEMBER_RESOURCE_ATTRS failed: {r.Describe()}");
+        var b = r.Result.AsSpan();
+        return $"MSI-X vectors for VFs: {BitConverter.ToUInt32(b[8..])} in the pool, {BitConverter.ToUInt32(b[12..])} assigned, at most {BitConverter.ToUInt16(b[16..])} per VF\n";
     }
 
     private static string SetVfs(string socket, int count)

@@ -113,6 +113,18 @@ public sealed class DaemonTests : IDisposable
             using (var setMac = DaemonProcess.Run("admin", "--socket", pf, "vf", "1", "set-mac", "52:54:00:12:34:99"))
                 Assert.True(setMac.ExitCode == 0, setMac.Output);
             Assert.Equal("52:54:00:12:34:99", VhostUserVirtio.Devices.Switch.Mac.Read(vf1.Session.Connection.GetConfig(0, 6)!).ToString());
+            // Receive modes: with promiscuous mode off, VF1 takes only frames for its own MAC.
+            using (var promiscOff = DaemonProcess.Run("admin", "--socket", pf, "vf", "1", "rx", "promisc", "off"))
+                Assert.True(promiscOff.ExitCode == 0, promiscOff.Output);
+            using (var vf2 = new NetFrontEnd(Path.Combine(_dir, "vf2.sock")))
+            {
+                vf1.PostRx(4);
+                vf2.Send(NetFrontEnd.Frame("52:54:00:77:77:77", "52:54:00:00:00:02", "stranger"));
+                vf2.Send(NetFrontEnd.Frame("52:54:00:12:34:99", "52:54:00:00:00:02", "mine"));
+                // The stranger frame was flooded first; had the filter let it in, it would arrive first.
+                Assert.Contains("mine", System.Text.Encoding.ASCII.GetString(vf1.Receive().Frame));
+                Assert.True(vf1.NothingWithin(300));
+            }
             using (var down = DaemonProcess.Run("admin", "--socket", pf, "vf", "1", "link", "down"))
                 Assert.True(down.ExitCode == 0, down.Output);
             Assert.Equal(0, BitConverter.ToUInt16(vf1.Session.Connection.GetConfig(6, 2)));
@@ -126,6 +138,10 @@ public sealed class DaemonTests : IDisposable
             Assert.True(msix.ExitCode == 0, msix.Output);
             Assert.Contains("VF 2: 6 MSI-X vectors", msix.StandardOutput);
         }
+        using (var show = DaemonProcess.Run("admin", "--socket", pf, "vf", "2", "msix", "show"))
+            Assert.Contains("VF 2: 6 MSI-X vectors", show.StandardOutput);
+        using (var pool = DaemonProcess.Run("admin", "--socket", pf, "msix"))
+            Assert.Contains("16 in the pool, 10 assigned, at most 64 per VF", pool.StandardOutput);
         using (var tooMany = DaemonProcess.Run("admin", "--socket", pf, "vf", "2", "msix", "set", "1000"))
             Assert.Contains("EINVAL/INVALIDFIELD", tooMany.Output);
 
