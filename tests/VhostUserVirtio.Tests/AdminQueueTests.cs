@@ -174,6 +174,15 @@ public sealed class AdminQueueTests() : OwnerTest(useAllCommands: false)
     }
 
     [Fact]
+    public void A_long_owner_driver_session_reuses_its_command_buffers_and_never_runs_out_of_ram()
+    {
+        // 6000 commands with 4 KiB of data each: more than the driver's 16 MiB if buffers leaked.
+        var data = new byte[4000];
+        for (int i = 0; i < 6000; i++)
+            AssertStatus(Run(AdminOpcode.ListQuery, data: data, result: 16), AdminStatus.Ok, AdminQualifier.Ok);
+    }
+
+    [Fact]
     public void Commands_on_one_admin_queue_complete_in_queue_order()
     {
         var heads = new List<(ushort Head, AdminQualifier Expected)>();

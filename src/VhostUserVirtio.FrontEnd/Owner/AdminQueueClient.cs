@@ -60,18 +60,23 @@ public sealed class AdminQueueClient
     /// </summary>
     public ushort Post(ReadOnlySpan<byte> readable, int writableLength, int[] readableSplit, int[] writableSplit)
     {
+        if (readableSplit.Sum() != readable.Length)
+            throw new ArgumentException("readable split does not add up");
+        if (writableSplit.Sum() != writableLength)
+            throw new ArgumentException("writable split does not add up");
+        // Commands reuse buffer areas: a long-running owner driver must not use up its RAM.
+        bool pooled = readable.Length <= AreaHalf && writableLength <= AreaHalf;
+        ulong area = pooled ? (_freeAreas.Count > 0 ? _freeAreas.Pop() : _ram.Allocate(2 * AreaHalf, 64))
+                            : _ram.Allocate((ulong)(readable.Length + writableLength + 1), 64);
+        ulong w = pooled ? area + AreaHalf : area + (ulong)readable.Length;
         var buffers = new List<BufferSpec>();
         int offset = 0;
         foreach (int size in readableSplit)
         {
-            ulong a = _ram.Allocate((ulong)Math.Max(size, 1));
-            readable.Slice(offset, size).CopyTo(_ram.Span(a, size));
-            buffers.Add(new BufferSpec(a, (uint)size, false));
+            readable.Slice(offset, size).CopyTo(_ram.Span(area + (ulong)offset, size));
+            buffers.Add(new BufferSpec(area + (ulong)offset, (uint)size, false));
             offset += size;
         }
-        if (offset != readable.Length)
-            throw new ArgumentException("readable split does not add up");
-        ulong w = _ram.Allocate((ulong)Math.Max(writableLength, 1));
         _ram.Span(w, writableLength).Fill(0xee); // to see what the device wrote
         offset = 0;
         foreach (int size in writableSplit)
@@ -79,14 +84,15 @@ public sealed class AdminQueueClient
             buffers.Add(new BufferSpec(w + (ulong)offset, (uint)size, true));
             offset += size;
         }
-        if (offset != writableLength)
-            throw new ArgumentException("writable split does not add up");
         ushort head = _queue.AddChain(buffers.ToArray());
-        _writable[head] = (w, writableLength);
+        _inFlight[head] = (w, writableLength, pooled ? area : null);
         return head;
     }
 
-    private readonly Dictionary<ushort, (ulong Address, int Length)> _writable = new();
+    /// <summary>Each pooled area holds a command's readable part, then (at this offset) its writable part.</summary>
+    private const int AreaHalf = 8192;
+    private readonly Stack<ulong> _freeAreas = new();
+    private readonly Dictionary<ushort, (ulong Writable, int Length, ulong? Area)> _inFlight = new();
 
     /// <summary>Waits for the next used element, which must be <paramref name="head"/> (commands complete in order).</summary>
     public AdminReply Complete(ushort head, int timeoutMs = 10_000)
@@ -94,9 +100,11 @@ public sealed class AdminQueueClient
         var (id, len) = _queue.WaitUsed(timeoutMs);
         if (id != head)
             throw new FrontEndException($"admin queue completed head {id} before {head}: commands must complete in queue order");
-        var (addr, length) = _writable[id];
-        _writable.Remove(id);
+        var (addr, length, area) = _inFlight[id];
+        _inFlight.Remove(id);
         var written = _ram.Span(addr, length).ToArray();
+        if (area is { } a)
+            _freeAreas.Push(a);
         ushort status = length >= 2 ? BinaryPrimitives.ReadUInt16LittleEndian(written) : (ushort)0xffff;
         ushort qualifier = length >= 4 ? BinaryPrimitives.ReadUInt16LittleEndian(written.AsSpan(2)) : (ushort)0xffff;
         var result = len > 8 ? written.AsSpan(8, (int)Math.Min(len - 8, (uint)(length - 8))).ToArray() : [];
