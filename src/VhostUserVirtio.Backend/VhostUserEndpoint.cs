@@ -23,6 +23,12 @@ public sealed class VhostUserEndpoint : IDisposable
     private ulong _listenerToken;
     private Connection? _connection;
     private Timer? _retryTimer;
+    // A front end that arrived while another was connected, waiting for it to go (see OnAcceptReady).
+    private UnixSocket? _waiting;
+    private Timer? _waitTimer;
+
+    /// <summary>How long a newcomer waits for the connected front end to go before it is refused.</summary>
+    public static readonly TimeSpan HandOverGrace = TimeSpan.FromSeconds(2);
     private volatile bool _disposed;
 
     public VhostUserEndpoint(string socketPath, bool clientMode, VhostUserBackend backend, EventLoop control, ILogger logger,
@@ -94,14 +100,45 @@ public sealed class VhostUserEndpoint : IDisposable
             // of stream still unread: read it now so a quick reconnect is not refused.
             if (_connection != null)
                 OnConnectionReady(_connection, EpollEvents.In);
-            if (_connection != null)
+            if (_connection == null)
             {
-                _logger.LogWarning("{Device}: refused a second front end on {Path}; one is already connected", _backend.Device.Name, SocketPath);
-                socket.Dispose();
+                Adopt(socket);
                 continue;
             }
-            Adopt(socket);
+            // Its end of stream may also be late: a child process forked at the moment the front end
+            // closed holds the socket open until it execs. So one newcomer waits a moment for the
+            // connected front end to go, and only then is refused; what it sends meanwhile waits in
+            // its socket.
+            if (_waiting != null)
+            {
+                Refuse(socket, "one is already connected and another is waiting");
+                continue;
+            }
+            _waiting = socket;
+            _waitTimer ??= new Timer(_ =>
+            {
+                if (_disposed)
+                    return;
+                try { _control.Post(RefuseWaiting); }
+                catch (ObjectDisposedException) { } // shutting down: Dispose closes it
+            });
+            _waitTimer.Change(HandOverGrace, Timeout.InfiniteTimeSpan);
         }
+    }
+
+    private void RefuseWaiting()
+    {
+        var socket = _waiting;
+        if (socket == null)
+            return;
+        _waiting = null;
+        Refuse(socket, $"one is already connected (waited {HandOverGrace.TotalSeconds:0} s for it to go)");
+    }
+
+    private void Refuse(UnixSocket socket, string why)
+    {
+        _logger.LogWarning("{Device}: refused a second front end on {Path}; {Why}", _backend.Device.Name, SocketPath, why);
+        socket.Dispose();
     }
 
     private void Adopt(UnixSocket socket)
@@ -124,6 +161,15 @@ public sealed class VhostUserEndpoint : IDisposable
         _logger.LogInformation("{Device}: front end disconnected ({Reason}); device reset", _backend.Device.Name, reason);
         if (_clientMode && !_disposed)
             _retryTimer?.Change(_retryInterval, Timeout.InfiniteTimeSpan);
+        if (_waiting is { } next)
+        {
+            _waiting = null;
+            _waitTimer?.Change(Timeout.Infinite, Timeout.Infinite);
+            if (_disposed)
+                next.Dispose();
+            else
+                Adopt(next);
+        }
     }
 
     /// <summary>Messages handled per wake-up before other sockets get their turn (epoll is level-triggered).</summary>
@@ -188,6 +234,7 @@ public sealed class VhostUserEndpoint : IDisposable
             return;
         _disposed = true;
         _retryTimer?.Dispose();
+        _waitTimer?.Dispose();
         try
         {
             _control.Invoke(() =>

@@ -1,10 +1,10 @@
-using VhostUserVirtio.Protocol;
 using System.CommandLine;
 using System.Text;
 using VhostUserVirtio.FrontEnd;
 using VhostUserVirtio.FrontEnd.Owner;
 using VhostUserVirtio.Group.Admin;
 using VhostUserVirtio.Interop;
+using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.Daemon;
 

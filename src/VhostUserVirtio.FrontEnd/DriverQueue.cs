@@ -1,4 +1,3 @@
-using VhostUserVirtio.Protocol;
 using System.Buffers.Binary;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Queue;

@@ -1,9 +1,9 @@
-using VhostUserVirtio.Protocol;
+using System.Buffers.Binary;
 using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Devices.Switch;
-using System.Buffers.Binary;
 using VhostUserVirtio.FrontEnd.Owner;
 using VhostUserVirtio.Group.Admin;
+using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Tests.Support;
 
 namespace VhostUserVirtio.Tests;

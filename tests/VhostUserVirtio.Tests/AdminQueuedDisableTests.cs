@@ -13,11 +13,8 @@ public sealed class AdminQueuedDisableTests() : OwnerTest(useAllCommands: true)
 {
     private const ushort SrIov = (ushort)AdminGroupType.SrIov, Self = (ushort)AdminGroupType.Self;
 
-    private ushort Post(AdminOpcode op, ushort group, ulong member, byte[] data, int result)
-    {
-        var readable = AdminQueueClient.Header((ushort)op, group, member).Concat(data).ToArray();
-        return _owner.Admin.Post(readable, 8 + result, data.Length == 0 ? [24] : [24, data.Length], result == 0 ? [8] : [8, result]);
-    }
+    private ushort Post(AdminOpcode op, ushort group, ulong member, byte[] data, int result) =>
+        _owner.Admin.Post((ushort)op, group, member, data, result);
 
     private static byte[] Query => [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];      // MEMBER_RESOURCE query MSI-X
     private static byte[] LinkDown => [0x81, 0, 0, 0, 0, 0, 0, 0, 0];                       // NET_MEMBER_CTRL link 0

@@ -26,6 +26,28 @@ public sealed class ConnectionTests
     }
 
     [Fact]
+    public async Task A_front_end_that_reconnects_while_its_old_socket_is_still_held_open_is_served_not_refused()
+    {
+        // What a child process forked at the wrong moment does: it holds a copy of the old socket, so
+        // the back end sees its end of stream only when the copy goes.
+        using var backend = new EchoBackend(devices: 1);
+        var old = UnixSocket.Connect(backend.SocketPath(0));
+        Assert.True(EchoBackend.WaitUntil(() => backend.Endpoints[0].IsConnected));
+        var heldCopy = old.Descriptor.Duplicate();
+        old.Dispose();
+        var release = Task.Run(async () =>
+        {
+            await Task.Delay(300);
+            heldCopy.Dispose();
+        });
+        // Blocks in its first request until the back end adopts it.
+        using (var session = FrontEndSession.Start(backend.SocketPath(0), new FrontEndSession.Options { QueueCount = 1, QueueSize = 16, RamSize = 1 << 20 }))
+            Assert.Equal(Echo.Text("served"), Echo.RoundTrip(session, 0, Echo.Text("served")));
+        await release;
+        Assert.False(backend.Logs.HasWarning("refused a second front end"));
+    }
+
+    [Fact]
     public void Client_mode_connects_with_retry_and_reconnects_after_the_front_end_goes()
     {
         using var backend = new EchoBackend(devices: 0);

@@ -1,5 +1,5 @@
-using VhostUserVirtio.Protocol;
 using System.Buffers.Binary;
+using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.FrontEnd.Owner;
 
@@ -47,10 +47,19 @@ public sealed class AdminQueueClient
     /// <summary>Sends one command and waits for its reply.</summary>
     public AdminReply Execute(ushort opcode, ushort groupType, ulong memberId, ReadOnlySpan<byte> data = default, int resultCapacity = 64)
     {
-        var readable = Header(opcode, groupType, memberId).Concat(data.ToArray()).ToArray();
-        ushort head = Post(readable, 8 + resultCapacity, readableSplit: data.IsEmpty ? [24] : [24, data.Length], writableSplit: resultCapacity == 0 ? [8] : [8, resultCapacity]);
+        ushort head = Post(opcode, groupType, memberId, data, resultCapacity);
         _queue.Notify();
         return Complete(head);
+    }
+
+    /// <summary>
+    /// Posts one command without kicking, split the way Linux does it (header, data; status, result).
+    /// Returns the head; kick, then <see cref="Complete"/> in posting order.
+    /// </summary>
+    public ushort Post(ushort opcode, ushort groupType, ulong memberId, ReadOnlySpan<byte> data, int resultCapacity)
+    {
+        var readable = Header(opcode, groupType, memberId).Concat(data.ToArray()).ToArray();
+        return Post(readable, 8 + resultCapacity, readableSplit: data.IsEmpty ? [24] : [24, data.Length], writableSplit: resultCapacity == 0 ? [8] : [8, resultCapacity]);
     }
 
     /// <summary>

@@ -1,6 +1,6 @@
-using VhostUserVirtio.Protocol;
 using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.Group.Admin;

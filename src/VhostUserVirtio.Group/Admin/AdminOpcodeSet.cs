@@ -1,5 +1,5 @@
-using VhostUserVirtio.Protocol;
 using System.Buffers.Binary;
+using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.Group.Admin;
 

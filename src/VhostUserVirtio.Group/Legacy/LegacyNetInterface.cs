@@ -1,9 +1,9 @@
-using VhostUserVirtio.Protocol;
 using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend;
 using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Group.Admin;
+using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.Group.Legacy;
@@ -54,15 +54,10 @@ public sealed class LegacyNetInterface : IOwnerTransport
     /// <summary>LEGACY_COMMON_CFG_READ / LEGACY_DEV_CFG_READ: fills <paramref name="data"/> from one field.</summary>
     public AdminOutcome Read(bool common, int offset, Span<byte> data)
     {
-        var field = LegacyLayout.FieldOf(common ? LegacyLayout.Common : LegacyLayout.NetConfig, offset, data.Length);
-        if (field is not { } f)
+        if (FieldAt(common, offset, data.Length) is not { } f)
             return Refuse(common, offset, data.Length, "read", "does not lie inside one field");
         Span<byte> value = stackalloc byte[8];
-        value.Clear();
-        if (common)
-            ReadCommonField(f.Offset, value);
-        else
-            ReadNetField(f.Offset, value);
+        ReadField(common, f, value);
         value.Slice(offset - f.Offset, data.Length).CopyTo(data);
         if (common && f.Offset == LegacyLayout.IsrStatus)
             _isr = 0; // reading ISR clears it
@@ -72,19 +67,27 @@ public sealed class LegacyNetInterface : IOwnerTransport
     /// <summary>LEGACY_COMMON_CFG_WRITE / LEGACY_DEV_CFG_WRITE: writes bytes of one field (read-modify-write for sub-field writes).</summary>
     public AdminOutcome Write(bool common, int offset, ReadOnlySpan<byte> data)
     {
-        var field = LegacyLayout.FieldOf(common ? LegacyLayout.Common : LegacyLayout.NetConfig, offset, data.Length);
-        if (field is not { } f)
+        if (FieldAt(common, offset, data.Length) is not { } f)
             return Refuse(common, offset, data.Length, "write", "does not lie inside one field");
         if (f.Access == LegacyFieldAccess.ReadOnly)
             return Refuse(common, offset, data.Length, "write", $"targets read-only {f.Name}");
         Span<byte> value = stackalloc byte[8];
+        ReadField(common, f, value);
+        data.CopyTo(value[(offset - f.Offset)..]);
+        return common ? WriteCommonField(f, value) : WriteNetField(value[..f.Size]);
+    }
+
+    private static LegacyField? FieldAt(bool common, int offset, int length) =>
+        LegacyLayout.FieldOf(common ? LegacyLayout.Common : LegacyLayout.NetConfig, offset, length);
+
+    /// <summary>The whole field's current value, little-endian, zero-extended to 8 bytes.</summary>
+    private void ReadField(bool common, LegacyField f, Span<byte> value)
+    {
         value.Clear();
         if (common)
             ReadCommonField(f.Offset, value);
         else
             ReadNetField(f.Offset, value);
-        data.CopyTo(value[(offset - f.Offset)..]);
-        return common ? WriteCommonField(f, value) : WriteNetField(value[..f.Size]);
     }
 
     /// <summary>LEGACY_NOTIFY_INFO: one member entry (the member's doorbells are its kick descriptors), then the end marker.</summary>
