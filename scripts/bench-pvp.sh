@@ -56,8 +56,10 @@ IFS=, read -r -a size_list <<<"$sizes"
 
 daemon_dll="$root/src/VhostUserVirtio.Daemon/bin/Release/net10.0/vhost-virtio.dll"
 ovs_vswitchd=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
-mac0=02:00:00:00:00:01
-mac1=02:00:00:00:00:02
+# Port 0 is on vf1.sock, port 1 on vf2.sock: each uses its VF's own MAC (ours: MacBase 02:56:56:00:00:00
+# plus the VF number), since an untrusted VF may send only from its own MAC (spoof check).
+mac0=02:56:56:00:00:01
+mac1=02:56:56:00:00:02
 
 work="$(mktemp -d /tmp/vuv-pvp.XXXXXX)"
 tag="vuvpvp$$"            # unique DPDK --file-prefix stem for this run

@@ -108,7 +108,7 @@ internal static class AdminCommand
 
         var trusted = new Argument<string>("on|off");
         trusted.AcceptOnlyFromAmong("on", "off");
-        var trust = new Command("trust", "Whether the member's own driver may change its MAC and receive modes.");
+        var trust = new Command("trust", "Whether the member may send from MACs other than its own (no spoof check) and its own driver may change its MAC and receive modes.");
         trust.Arguments.Add(trusted);
         trust.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.NetControl.TrustClass, 0,
             [(byte)(r.GetValue(trusted) == "on" ? 1 : 0)])));

@@ -18,6 +18,8 @@ internal static class DeviceCatalog
         QueuePairs = s.QueuePairs,
         Mtu = s.Mtu,
         Uplink = s.Uplink,
+        MaxMacsPerPort = s.MaxMacsPerPort,
+        TrustVfs = s.TrustVfs,
         ClientMode = s.ClientMode,
         OwnerSocketPath = s.SocketPath,
         OwnerListener = s.Fd is { } fd ? Interop.UnixSocket.AdoptListener(fd) : null,
@@ -28,7 +30,8 @@ internal static class DeviceCatalog
     {
         var status = group.Status();
         return string.Join("; ", status.Ports.Select(p =>
-                   $"{p.Name} {(p.Connected ? "up" : "idle")}{(p.LegacyDriven ? " legacy" : "")} tx={p.Counters.TxPackets} rx={p.Counters.RxPackets} drops={p.Counters.Drops.Values.Sum()}"))
+                   $"{p.Name} {(p.Connected ? "up" : "idle")}{(p.LegacyDriven ? " legacy" : "")} tx={p.Counters.TxPackets} rx={p.Counters.RxPackets} drops={p.Counters.Drops.Values.Sum()}" +
+                   (p.Counters.MacsNotLearned > 0 ? $" not-learned={p.Counters.MacsNotLearned}" : "")))
                + $"; macs={status.MacTable.Count} floods={status.Floods}";
     }
 }

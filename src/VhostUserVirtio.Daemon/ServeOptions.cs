@@ -17,7 +17,9 @@ internal sealed record DaemonSettings(
     LogLevel LogLevel,
     string? SocketPath,
     int? Fd,
-    bool PrintCapabilities);
+    bool PrintCapabilities,
+    int MaxMacsPerPort,
+    bool TrustVfs);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -72,6 +74,19 @@ internal sealed class ServeOptions
         HelpName = "TAP",
     };
 
+    private readonly Option<int> _maxMacsPerPort = new("--max-macs-per-port")
+    {
+        Description = "MACs the switch learns per port; a port sending more source MACs fills only its own share (its frames are still forwarded).",
+        HelpName = "N",
+        DefaultValueFactory = _ => Devices.Switch.L2Switch.DefaultMaxMacsPerPort,
+    };
+
+    private readonly Option<bool> _trustVfs = new("--trust-vfs")
+    {
+        Description = "Start VFs trusted: no spoof check on their source MACs, and their drivers may change their MAC and receive modes. " +
+                      "By default VFs start untrusted, as SR-IOV VFs do; `admin vf ID trust on` trusts one.",
+    };
+
     private readonly Option<int> _workers = new("--workers")
     {
         Description = "Data-path worker threads shared by all devices.",
@@ -122,6 +137,7 @@ internal sealed class ServeOptions
         AddRange(_queuePairs, 1, MaxQueuePairs);
         AddRange(_mtu, 68, 65535);
         AddRange(_workers, 1, MaxWorkers);
+        AddRange(_maxMacsPerPort, 1, Group.DeviceGroupOptions.MaxMacsPerPortLimit);
         AddRange(_pollUs, 0, 1_000_000);
         _fd.Validators.Add(r =>
         {
@@ -134,7 +150,7 @@ internal sealed class ServeOptions
                 r.AddError("--socket-path must not be empty.");
         });
 
-        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _workers, _pollUs, _client, _logLevel, _socketPath, _fd, _printCapabilities })
+        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _workers, _pollUs, _client, _logLevel, _socketPath, _fd, _printCapabilities })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
     }
@@ -173,5 +189,7 @@ internal sealed class ServeOptions
         LogLevel: LogLevels[r.GetValue(_logLevel)!],
         SocketPath: r.GetValue(_socketPath) is { } p ? Path.GetFullPath(p) : null,
         Fd: r.GetValue(_fd),
-        PrintCapabilities: r.GetValue(_printCapabilities));
+        PrintCapabilities: r.GetValue(_printCapabilities),
+        MaxMacsPerPort: r.GetValue(_maxMacsPerPort),
+        TrustVfs: r.GetValue(_trustVfs));
 }

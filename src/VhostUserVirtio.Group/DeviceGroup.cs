@@ -29,7 +29,12 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
         Options = options;
         DataPath = server.Workers.Next();
         Msix = new Admin.MsixPool(options.Vfs);
-        Switch = new L2Switch(loggers.CreateLogger("VhostUserVirtio.Switch"), options.MacAgeing);
+        if (options.MaxMacsPerPort < 1 || options.MaxMacsPerPort > DeviceGroupOptions.MaxMacsPerPortLimit)
+            throw new ArgumentOutOfRangeException(nameof(options), $"MACs per port must be 1..{DeviceGroupOptions.MaxMacsPerPortLimit}");
+        // Room for every port's full share (owner, VFs, uplink): per-port limits, not the table, bind.
+        int ports = options.Vfs + 2;
+        Switch = new L2Switch(loggers.CreateLogger("VhostUserVirtio.Switch"), options.MacAgeing,
+            maxEntries: Math.Max(L2Switch.DefaultMaxEntries, ports * options.MaxMacsPerPort), maxMacsPerPort: options.MaxMacsPerPort);
     }
 
     public DeviceGroupOptions Options { get; }
@@ -94,6 +99,7 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
             Mac = new Mac(Options.MacBase.Value + (ulong)id),
             QueuePairs = Options.QueuePairs,
             Mtu = Options.Mtu,
+            Trusted = id == 0 || Options.TrustVfs,
         }, Switch, action => DataPath.Loop.Post(action), _loggers.CreateLogger("VhostUserVirtio.Net." + name));
         Switch.Attach(device);
         // The owner is served with its admin queue and owner information block on top of the net device.
@@ -168,14 +174,14 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
     /// <summary>A consistent view of ports, counters and the MAC table, taken on the data path.</summary>
     public GroupStatus Status() => DataPath.Loop.Invoke(() => new GroupStatus(
         AllDevices.Select(m => new PortStatus(m.Name, m.SocketPath, m.Endpoint.IsConnected, m.Device.LinkUp, m.Device.Mac?.ToString(), Snapshot(m.Device.Counters),
-                m.Legacy?.Active == true))
+                m.Legacy?.Active == true, m.Device.Trusted))
             .Concat(Uplink == null ? [] : [new PortStatus(Uplink.Name, "", true, true, null, Snapshot(Uplink.Counters))])
             .ToList(),
         Switch.Snapshot().Select(e => new MacEntry(e.Mac.ToString(), e.Port, e.AgeMs)).ToList(),
         Switch.Floods));
 
     private static CounterSnapshot Snapshot(PortCounters c) => new(c.TxPackets, c.TxBytes, c.RxPackets, c.RxBytes,
-        c.NonZeroDrops().ToDictionary(d => d.Reason.ToString(), d => d.Count));
+        c.NonZeroDrops().ToDictionary(d => d.Reason.ToString(), d => d.Count), c.LearnedMacs, c.MacsNotLearned);
 
     public void Dispose()
     {
@@ -191,10 +197,15 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
     }
 }
 
-public sealed record CounterSnapshot(long TxPackets, long TxBytes, long RxPackets, long RxBytes, IReadOnlyDictionary<string, long> Drops);
+/// <param name="LearnedMacs">MACs the switch has learned on the port now.</param>
+/// <param name="MacsNotLearned">Sources not learned because the port was at its limit.</param>
+public sealed record CounterSnapshot(long TxPackets, long TxBytes, long RxPackets, long RxBytes, IReadOnlyDictionary<string, long> Drops,
+    int LearnedMacs = 0, long MacsNotLearned = 0);
 
 /// <param name="LegacyDriven">A VF the owner drives through its legacy registers (its own front end only supplies memory).</param>
-public sealed record PortStatus(string Name, string Socket, bool Connected, bool LinkUp, string? Mac, CounterSnapshot Counters, bool LegacyDriven = false);
+/// <param name="Trusted">The owner's trust: no spoof check, and its driver may change its MAC and receive modes.</param>
+public sealed record PortStatus(string Name, string Socket, bool Connected, bool LinkUp, string? Mac, CounterSnapshot Counters, bool LegacyDriven = false,
+    bool Trusted = true);
 
 public sealed record MacEntry(string Mac, string Port, long AgeMs);
 

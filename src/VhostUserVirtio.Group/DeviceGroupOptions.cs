@@ -17,10 +17,22 @@ public sealed record DeviceGroupOptions
     /// <summary>MAC of the owner; member n gets this plus n (locally administered by default).</summary>
     public Mac MacBase { get; init; } = new(0x02_56_56_00_00_00);
     public TimeSpan MacAgeing { get; init; } = TimeSpan.FromSeconds(300);
+    /// <summary>
+    /// MACs the switch learns per port (owner, each VF, the uplink). A port sending more sources fills
+    /// only its own share; they are forwarded but not learned. See <see cref="L2Switch.DefaultMaxMacsPerPort"/>.
+    /// </summary>
+    public int MaxMacsPerPort { get; init; } = L2Switch.DefaultMaxMacsPerPort;
+    /// <summary>
+    /// Start VFs trusted (no spoof check; their drivers may change their MAC and receive modes). By
+    /// default they start untrusted, as SR-IOV VFs do, and the owner trusts one with NET_MEMBER_CTRL.
+    /// The owner itself is always trusted.
+    /// </summary>
+    public bool TrustVfs { get; init; }
     /// <summary>Serve the owner on exactly this path instead of SocketDirectory/pf.sock (libvirt's --socket-path).</summary>
     public string? OwnerSocketPath { get; init; }
     /// <summary>Serve the owner on this already-listening socket (libvirt's --fd); the group owns it from then on.</summary>
     public Interop.UnixSocket? OwnerListener { get; init; }
 
     public const int MaxVfs = 256;
+    public const int MaxMacsPerPortLimit = 65536;
 }

@@ -206,7 +206,7 @@ public sealed class AdminQueueTests() : OwnerTest(useAllCommands: false)
         ulong buf = _owner.Session.Ram.Allocate(2048);
         rx.AddChain(new VhostUserVirtio.FrontEnd.BufferSpec[] { new(buf, 2048, true) });
         rx.Notify();
-        vf1.Send(NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", "52:54:00:00:00:01", "hello owner"));
+        vf1.Send(NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", vf1.Mac, "hello owner"));
         Assert.True(rx.WaitUsed().Length > 12);
     }
 }
@@ -289,9 +289,9 @@ public sealed class NetMemberCtrlTests() : OwnerTest(useAllCommands: true)
         Assert.True(Ctrl(1, VirtioNet.CtrlRx, VirtioNet.CtrlRxPromisc, 0).Ok);
         using var vf2 = new NetFrontEnd(_backend.Socket(2));
         vf1.PostRx(4);
-        vf2.Send(NetFrontEnd.Frame("52:54:00:00:00:99", "52:54:00:00:00:02", "not vf1's"));
+        vf2.Send(NetFrontEnd.Frame("52:54:00:00:00:99", vf2.Mac, "not vf1's"));
         Assert.True(EchoBackend.WaitUntil(() => _backend.Member(1).Device.Counters.Drops(DropReason.Filtered) == 1));
-        var mine = NetFrontEnd.Frame("52:54:00:aa:bb:01", "52:54:00:00:00:02", "vf1's");
+        var mine = NetFrontEnd.Frame("52:54:00:aa:bb:01", vf2.Mac, "vf1's");
         vf2.Send(mine);
         Assert.Equal(mine, vf1.Receive().Frame);
     }
@@ -304,7 +304,7 @@ public sealed class NetMemberCtrlTests() : OwnerTest(useAllCommands: true)
         Assert.True(Ctrl(1, NetControl.LinkClass, 0, 0).Ok);
         Assert.Equal(0, BinaryPrimitives.ReadUInt16LittleEndian(vf1.Session.Connection.GetConfig(6, 2)));
         vf1.PostRx(4);
-        vf2.Send(NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", "52:54:00:00:00:02", "link is down"));
+        vf2.Send(NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", vf2.Mac, "link is down"));
         Assert.True(EchoBackend.WaitUntil(() => _backend.Member(1).Device.Counters.Drops(DropReason.LinkDown) == 1));
 
         Assert.True(Ctrl(1, NetControl.LinkClass, 0, 1).Ok);

@@ -119,8 +119,8 @@ public sealed class DaemonTests : IDisposable
             using (var vf2 = new NetFrontEnd(Path.Combine(_dir, "vf2.sock")))
             {
                 vf1.PostRx(4);
-                vf2.Send(NetFrontEnd.Frame("52:54:00:77:77:77", "52:54:00:00:00:02", "stranger"));
-                vf2.Send(NetFrontEnd.Frame("52:54:00:12:34:99", "52:54:00:00:00:02", "mine"));
+                vf2.Send(NetFrontEnd.Frame("52:54:00:77:77:77", vf2.Mac, "stranger"));
+                vf2.Send(NetFrontEnd.Frame("52:54:00:12:34:99", vf2.Mac, "mine"));
                 // The stranger frame was flooded first; had the filter let it in, it would arrive first.
                 Assert.Contains("mine", System.Text.Encoding.ASCII.GetString(vf1.Receive().Frame));
                 Assert.True(vf1.NothingWithin(300));
@@ -205,6 +205,7 @@ public sealed class DaemonTests : IDisposable
     [InlineData("--vfs", "-1")]
     [InlineData("--queue-pairs", "0")]
     [InlineData("--mtu", "20")]
+    [InlineData("--max-macs-per-port", "0")]
     [InlineData("--log-level", "loud")]
     [InlineData("--socket-path", "/tmp/a.sock", "--fd", "3")]
     [InlineData("--no-such-option")]

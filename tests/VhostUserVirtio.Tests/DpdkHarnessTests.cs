@@ -22,6 +22,9 @@ public sealed class DpdkCollection
 public sealed class DpdkHarnessTests : IDisposable
 {
     private static readonly TimeSpan RunTime = TimeSpan.FromSeconds(3);
+    // Our group's ports are VF1 and VF2: each front end uses its VF's own MAC (virtio-user's mac=
+    // devarg, which txonly sends from), as an untrusted VF must.
+    private const string SourceMac = "02:56:56:00:00:01", SinkMac = "02:56:56:00:00:02";
 
     private readonly ITestOutputHelper _log;
     private readonly string _dir = Path.Combine(Path.GetTempPath(), "vuv-dpdk-" + Guid.NewGuid().ToString("N")[..12]);
@@ -53,17 +56,17 @@ public sealed class DpdkHarnessTests : IDisposable
         using var sink = TestPmd.Start(new TestPmdOptions
         {
             Lcores = "0,1", MainLcore = 0,
-            Vdevs = [TestPmd.VirtioUser(0, sw.Socket(1), mac: "02:00:00:00:00:02")],
+            Vdevs = [TestPmd.VirtioUser(0, sw.Socket(1), mac: SinkMac)],
             ForwardMode = "rxonly",
         });
         Log("sink started");
         using var source = TestPmd.Start(new TestPmdOptions
         {
             Lcores = "0,1", MainLcore = 1,
-            Vdevs = [TestPmd.VirtioUser(0, sw.Socket(0), mac: "02:00:00:00:00:01")],
+            Vdevs = [TestPmd.VirtioUser(0, sw.Socket(0), mac: SourceMac)],
             ForwardMode = "txonly",
             TxPacketLength = 64,
-            EthPeers = ["0,02:00:00:00:00:02"], // a learning switch floods it at first, then unicasts
+            EthPeers = [$"0,{SinkMac}"], // a learning switch floods it at first, then unicasts
         });
 
         Log("source started");

@@ -12,7 +12,8 @@ namespace VhostUserVirtio.Tests;
 /// </summary>
 public sealed partial class GuestAdminTests(ITestOutputHelper output) : IDisposable
 {
-    private const string MacA = "52:54:00:c0:00:01", MacB = "52:54:00:c0:00:02";
+    // VF1's and VF2's own MACs: an untrusted VF may send only from its own.
+    private const string MacA = "02:56:56:00:00:01", MacB = "02:56:56:00:00:02";
     private readonly string _dir = Directory.CreateTempSubdirectory("vuv-ga-").FullName;
 
     public void Dispose()

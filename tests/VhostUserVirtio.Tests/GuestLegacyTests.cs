@@ -13,7 +13,7 @@ namespace VhostUserVirtio.Tests;
 /// </summary>
 public sealed class GuestLegacyTests(ITestOutputHelper output) : IDisposable
 {
-    private const string GuestMac = "52:54:00:b0:00:02";
+    private const string GuestMac = "02:56:56:00:00:02"; // VF2's own: an untrusted VF may send only from it
     private readonly string _dir = Directory.CreateTempSubdirectory("vuv-gl-").FullName;
 
     public void Dispose()

@@ -11,7 +11,8 @@ public sealed class GuestNetworkTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);
     private static readonly TimeSpan ScriptDeadline = TimeSpan.FromMinutes(5);
-    private const string MacA = "52:54:00:a0:00:01", MacB = "52:54:00:a0:00:02";
+    // The guest's NICs carry VF1's and VF2's own MACs, as a VMM is given them: an untrusted VF may send only from its own.
+    private const string MacA = "02:56:56:00:00:01", MacB = "02:56:56:00:00:02";
 
     private readonly string _dir = Directory.CreateTempSubdirectory("vuv-gn-").FullName;
 

@@ -227,13 +227,16 @@ public sealed class LegacyInterfaceTests() : OwnerTest(useAllCommands: true)
     public void A_legacy_mac_write_changes_the_vf_mac_and_is_refused_for_an_untrusted_vf()
     {
         var vf = Vf(1);
+        var trust = new byte[9];
+        trust[0] = 0x80; // trust class, command 0, then u8 trusted
+        trust[8] = 1;
+        Assert.True(_owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, SrIov, 1, trust, 0).Ok);
         vf.WriteDevice(LegacyLayout.NetMac + 5, [0x42]);
         Assert.Equal(0x42, vf.ReadDevice(LegacyLayout.NetMac + 5, 1)[0]);
         Assert.Equal(0x42UL, _backend.Member(1).Device.Mac!.Value.Value & 0xff); // the device (and its receive filter) took it
 
-        var untrust = new byte[9];
-        untrust[0] = 0x80; // trust class, command 0, trusted = 0
-        Assert.True(_owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, SrIov, 1, untrust, 0).Ok);
+        trust[8] = 0;
+        Assert.True(_owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, SrIov, 1, trust, 0).Ok);
         AssertInvalidField(vf.WriteDeviceRaw(LegacyLayout.NetMac + 5, [0x43]));
         Assert.Equal(0x42, vf.ReadDevice(LegacyLayout.NetMac + 5, 1)[0]);
     }

@@ -28,7 +28,7 @@ public sealed class MultiqueueTests
 
         foreach (int tx in new[] { 1, 3 })
         {
-            var frame = NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", "52:54:00:00:00:01", $"on tx queue {tx}");
+            var frame = NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", "02:56:56:00:00:01", $"on tx queue {tx}");
             ulong f = a.Ram.Allocate((ulong)(12 + frame.Length));
             a.Ram.Span(f, 12).Clear();
             frame.CopyTo(a.Ram.Span(f + 12, frame.Length));

@@ -10,7 +10,8 @@ namespace VhostUserVirtio.Tests;
 /// <summary>virtio-net members joined by the switch, driven by the front-end library as their drivers.</summary>
 public sealed class NetDeviceTests : IDisposable
 {
-    private const string A = "52:54:00:00:00:0a", B = "52:54:00:00:00:0b", C = "52:54:00:00:00:0c", Bcast = "ff:ff:ff:ff:ff:ff";
+    // VF1's and VF2's own MACs (untrusted VFs send only from those), and one nobody has.
+    private const string A = "02:56:56:00:00:01", B = "02:56:56:00:00:02", C = "52:54:00:00:00:0c", Bcast = "ff:ff:ff:ff:ff:ff";
     private readonly GroupBackend _backend = new(vfs: 2);
 
     public void Dispose() => _backend.Dispose();
@@ -28,12 +29,14 @@ public sealed class NetDeviceTests : IDisposable
         Assert.Equal(hello, vf2.Receive().Frame);
         Assert.Equal(hello, pf.Receive().Frame);
 
+        ushort pfReceived = pf.Rx.UsedIndex;
         var reply = NetFrontEnd.Frame(A, B, "it is me");
         vf2.Send(reply);
         var (numBuffers, frame) = vf1.Receive();
         Assert.Equal(1, numBuffers);
         Assert.Equal(reply, frame);
-        Assert.True(pf.NothingWithin(300), "a unicast to a learned MAC was flooded");
+        Thread.Sleep(300);
+        Assert.True(pf.Rx.UsedIndex == pfReceived, "a unicast to a learned MAC was flooded");
 
         var status = _backend.Group.Status();
         var p1 = status.Ports.Single(p => p.Name == "vf1");
@@ -71,6 +74,19 @@ public sealed class NetDeviceTests : IDisposable
         var (numBuffers, frame) = vf2.Receive();
         Assert.Equal((12 + big.Length + 255) / 256, numBuffers);
         Assert.Equal(big, frame);
+    }
+
+    [Fact]
+    public void Mergeable_receive_buffers_smaller_than_the_addresses_still_get_the_whole_frame()
+    {
+        using var vf1 = new NetFrontEnd(_backend.Socket(1));
+        using var vf2 = new NetFrontEnd(_backend.Socket(2));
+        vf2.PostRx(16, size: 16); // the header takes 12, so the addresses straddle two buffers
+        var frame = NetFrontEnd.Frame(Bcast, A, "tiny buffers");
+        vf1.Send(frame);
+        var (numBuffers, got) = vf2.Receive();
+        Assert.Equal((12 + frame.Length + 15) / 16, numBuffers);
+        Assert.Equal(frame, got);
     }
 
     [Fact]
@@ -119,24 +135,40 @@ public sealed class NetDeviceTests : IDisposable
     [Fact]
     public void Control_queue_receive_filter_and_mac_set_apply_to_delivery()
     {
-        using var vf1 = new NetFrontEnd(_backend.Socket(1));
-        using var vf2 = new NetFrontEnd(_backend.Socket(2), controlQueue: true);
+        // A trusted VF's own driver may set its MAC and receive modes.
+        using var backend = new GroupBackend(vfs: 2, o => o with { TrustVfs = true });
+        const string NewMac = "52:54:00:00:00:0b";
+        using var vf1 = new NetFrontEnd(backend.Socket(1));
+        using var vf2 = new NetFrontEnd(backend.Socket(2), controlQueue: true);
         vf2.PostRx(8);
         var mac = new byte[6];
-        Mac.Parse(B).Write(mac);
+        Mac.Parse(NewMac).Write(mac);
         Assert.Equal(VirtioNet.Ok, vf2.ControlCommand(VirtioNet.CtrlMac, VirtioNet.CtrlMacAddrSet, mac));
         Assert.Equal(VirtioNet.Ok, vf2.ControlCommand(VirtioNet.CtrlRx, VirtioNet.CtrlRxPromisc, new byte[] { 0 }));
         Assert.Equal(VirtioNet.Err, vf2.ControlCommand(VirtioNet.CtrlRx, VirtioNet.CtrlRxPromisc, new byte[] { 7 }));
         Assert.Equal(VirtioNet.Err, vf2.ControlCommand(0x77, 0, default));
 
         vf1.Send(NetFrontEnd.Frame(C, A, "not for vf2"));          // unknown unicast: flooded, filtered by vf2
-        Assert.True(EchoBackend.WaitUntil(() => _backend.Member(2).Device.Counters.Drops(DropReason.Filtered) == 1));
-        var mine = NetFrontEnd.Frame(B, A, "for vf2");
+        Assert.True(EchoBackend.WaitUntil(() => backend.Member(2).Device.Counters.Drops(DropReason.Filtered) == 1));
+        var mine = NetFrontEnd.Frame(NewMac, A, "for vf2");
         vf1.Send(mine);
         Assert.Equal(mine, vf2.Receive().Frame);
-        Assert.Equal(B, _backend.Member(2).Device.Mac.ToString());
+        Assert.Equal(NewMac, backend.Member(2).Device.Mac.ToString());
         var config = vf2.Session.Connection.GetConfig(0, 6)!;
-        Assert.Equal(B, Mac.Read(config).ToString());
+        Assert.Equal(NewMac, Mac.Read(config).ToString());
+    }
+
+    [Fact]
+    public void An_untrusted_vfs_own_control_queue_cannot_change_its_mac_or_receive_modes()
+    {
+        using var vf2 = new NetFrontEnd(_backend.Socket(2), controlQueue: true);
+        var mac = new byte[6];
+        Mac.Parse(C).Write(mac);
+        Assert.False(_backend.Member(2).Device.Trusted);
+        Assert.Equal(VirtioNet.Err, vf2.ControlCommand(VirtioNet.CtrlMac, VirtioNet.CtrlMacAddrSet, mac));
+        Assert.Equal(VirtioNet.Err, vf2.ControlCommand(VirtioNet.CtrlRx, VirtioNet.CtrlRxPromisc, new byte[] { 0 }));
+        Assert.Equal(B, vf2.Mac);
+        Assert.True(_backend.Member(0).Device.Trusted); // the owner is
     }
 
     [Fact]
@@ -198,7 +230,9 @@ public sealed class NetDeviceTests : IDisposable
             vf2.Receive();
             pf.Receive();
         }
-        Assert.True(EchoBackend.WaitUntil(() => !_backend.Member(2).Endpoint.IsConnected));
+        // The endpoint drops the connection first and stops the rings right after: wait for both.
+        var vf2Side = _backend.Member(2).Endpoint;
+        Assert.True(EchoBackend.WaitUntil(() => !vf2Side.IsConnected && vf2Side.Backend.Queues.All(q => !q.Started)));
         vf1.Send(NetFrontEnd.Frame(Bcast, A, "two"));
         Assert.Equal(NetFrontEnd.Frame(Bcast, A, "two"), pf.Receive().Frame);
         Assert.True(EchoBackend.WaitUntil(() => _backend.Member(2).Device.Counters.Drops(DropReason.NoRxQueue) >= 1));

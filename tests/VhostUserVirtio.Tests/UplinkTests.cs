@@ -16,7 +16,7 @@ public sealed class UplinkTests
 
         // Guest → host: the kernel counts frames written into the TAP as received on the interface.
         long before = ReadStat(tap, "rx_packets");
-        vf1.Send(NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", "52:54:00:00:00:01", "hello host"));
+        vf1.Send(NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", "02:56:56:00:00:01", "hello host"));
         Assert.True(EchoBackend.WaitUntil(() => ReadStat(tap, "rx_packets") > before), "the host never saw the frame");
 
         // Host → guest: a frame sent out of the TAP interface on the host side reaches the member.

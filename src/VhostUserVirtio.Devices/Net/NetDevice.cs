@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Devices.Switch;
 using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Queue;
@@ -16,6 +17,12 @@ public sealed record NetDeviceOptions
     public bool ControlQueue { get; init; } = true;
     public int Mtu { get; init; } = 1500;
     public int MaxQueueSize { get; init; } = 1024;
+    /// <summary>
+    /// The owner's trust at start (NET_MEMBER_CTRL class 0x80 changes it). Untrusted, the device may
+    /// send only from its own MAC (spoof check) and its own control queue may not change its MAC or
+    /// receive modes, as an SR-IOV VF starts out.
+    /// </summary>
+    public bool Trusted { get; init; }
 }
 
 /// <summary>
@@ -42,6 +49,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     private int _activePairs;
     private ushort _status = VirtioNet.StatusLinkUp;
     private Mac? _mac;
+    private readonly LogRateLimit _spoofLog = new(burst: 5, window: TimeSpan.FromSeconds(10));
 
     /// <param name="onDataPath">Runs an action on the switch's data-path thread (for RARP injection).</param>
     public NetDevice(string name, NetDeviceOptions options, L2Switch @switch, Action<Action> onDataPath, ILogger logger)
@@ -54,6 +62,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         _onDataPath = onDataPath;
         _logger = logger;
         _mac = options.Mac;
+        Trusted = options.Trusted;
         Mtu = options.Mtu;
         _activePairs = options.QueuePairs;
         QueueCount = 2 * options.QueuePairs + (options.ControlQueue ? 1 : 0);
@@ -160,7 +169,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         {
             Span<byte> rarp = stackalloc byte[60];
             Rarp.Build(address, rarp);
-            _switch.Forward(this, new Frame(rarp));
+            ForwardOwn(new Frame(rarp));
             _switch.FlushNotifications();
         });
     }
@@ -183,10 +192,27 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     }
 
     /// <summary>
-    /// Whether the driver's own control queue may change the MAC and receive modes (the owner's trust
-    /// setting, seed 002). Untrusted, those commands fail there; the owner can still set them.
+    /// The owner's trust setting (seed 002), as SR-IOV's VF trust with spoof checking. Untrusted, the
+    /// driver's own control queue may not change the MAC or receive modes (the owner still can), and
+    /// every frame it sends (RARP announcements too) must carry its own MAC as source.
     /// </summary>
-    public bool Trusted { get; internal set; } = true;
+    public bool Trusted { get; internal set; }
+
+    /// <summary>
+    /// Sends a frame of this device's into the switch, unless the spoof check refuses it: then it is
+    /// dropped before the switch sees it, so it neither learns nor moves an entry.
+    /// </summary>
+    private void ForwardOwn(in Frame frame)
+    {
+        if (!Trusted && (_mac is not { } own || own != frame.Source))
+        {
+            Counters.Drop(DropReason.SpoofedSource);
+            _logger.WarnLimited(_spoofLog, "{Device}: dropped a frame from source {Mac}, which is not its own MAC {Own} (spoof check; the owner can trust the device)",
+                Name, frame.Source, _mac);
+            return;
+        }
+        _switch.Forward(this, frame);
+    }
 
     /// <summary>Sets the link state reported in config status; while down, nothing is sent or received.</summary>
     internal void SetLink(bool up) =>
@@ -344,7 +370,8 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         {
             var counters = device.Counters;
             int hdr = device._headerSize;
-            if (chain.ReadableLength < hdr + VirtioNet.EthernetHeader)
+            uint readable = chain.ReadableLength; // up to 4 GiB: kept unsigned, never narrowed to int
+            if (readable < (uint)(hdr + VirtioNet.EthernetHeader))
             {
                 counters.Drop(DropReason.Runt);
                 return 0;
@@ -364,13 +391,15 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
                 counters.Drop(DropReason.LinkDown);
                 return 0;
             }
-            var frame = new Frame(chain, (uint)hdr);
-            if (frame.Length > device.Mtu + VirtioNet.EthernetHeader + 4)
+            // Checked before any Frame exists. A chain may repeat one buffer up to 4 GiB; taken as an
+            // int its length would turn negative and pass a signed check.
+            if (readable - (uint)hdr > (uint)(device.Mtu + VirtioNet.EthernetHeader + 4))
             {
                 counters.Drop(DropReason.Oversize);
                 return 0;
             }
-            device._switch.Forward(device, frame, Switch.Mac.Read(header[hdr..]), Switch.Mac.Read(header[(hdr + 6)..]));
+            // The addresses just read are the frame's copy: every decision and every receiver uses them.
+            device.ForwardOwn(new Frame(chain, (uint)hdr, header.Slice(hdr, Frame.AddressesLength)));
             return 0;
         }
     }

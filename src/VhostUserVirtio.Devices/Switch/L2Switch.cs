@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 
@@ -8,9 +9,24 @@ namespace VhostUserVirtio.Devices.Switch;
 /// ageing), sends known unicast to the learned port, and floods broadcast, multicast and unknown
 /// unicast to every other port. All forwarding runs on one data-path thread (the group's worker),
 /// so the MAC table needs no locks; the port list is swapped copy-on-write by the control side.
+///
+/// No port can take another's room: each learns at most <see cref="MaxMacsPerPort"/> MACs (a source
+/// beyond that is not learned; its frame is still forwarded), so a port that sends random source
+/// MACs fills only its own share. Work per frame is bounded: aged entries are swept at most once per
+/// <see cref="SweepInterval"/>, and only when a port was refused room; until then a port at its
+/// limit learns nothing new.
 /// </summary>
 public sealed class L2Switch
 {
+    /// <summary>
+    /// Default per-port limit: far above what a guest needs (one MAC per vNIC, a few more for a bridge
+    /// or containers inside it; a virtio-net driver's own unicast filter holds 64), small enough that a
+    /// full group (257 members and an uplink) stays a table of about 16k entries.
+    /// </summary>
+    public const int DefaultMaxMacsPerPort = 64;
+    public const int DefaultMaxEntries = 8192;
+    public static readonly TimeSpan SweepInterval = TimeSpan.FromSeconds(1);
+
     private struct Entry
     {
         public ISwitchPort Port;
@@ -20,18 +36,28 @@ public sealed class L2Switch
     private readonly Dictionary<ulong, Entry> _table = new();
     private readonly ILogger _logger;
     private readonly int _maxEntries;
+    private readonly long _sweepIntervalMs = (long)SweepInterval.TotalMilliseconds;
     private volatile ISwitchPort[] _ports = Array.Empty<ISwitchPort>();
     private readonly List<ISwitchPort> _pendingFlush = new();
     private volatile bool _purgeNeeded;
+    private bool _sweepWanted;
+    private long _nextSweep = long.MinValue;
 
-    public L2Switch(ILogger logger, TimeSpan? ageing = null, int maxEntries = 8192)
+    /// <param name="maxEntries">The whole table's limit; size it to ports × <paramref name="maxMacsPerPort"/> so per-port limits are what binds.</param>
+    public L2Switch(ILogger logger, TimeSpan? ageing = null, int maxEntries = DefaultMaxEntries, int maxMacsPerPort = DefaultMaxMacsPerPort)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxEntries, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxMacsPerPort, 1);
         _logger = logger;
         AgeingMs = (long)(ageing ?? TimeSpan.FromSeconds(300)).TotalMilliseconds;
         _maxEntries = maxEntries;
+        MaxMacsPerPort = maxMacsPerPort;
     }
 
     public long AgeingMs { get; }
+
+    /// <summary>MACs one port may have learned at a time.</summary>
+    public int MaxMacsPerPort { get; }
 
     public IReadOnlyList<ISwitchPort> Ports => _ports;
 
@@ -52,21 +78,11 @@ public sealed class L2Switch
         _purgeNeeded = true;
     }
 
-    /// <summary>Forwards one frame sent by <paramref name="from"/>. Data-path thread only; allocates nothing.</summary>
+    /// <summary>
+    /// Forwards one frame sent by <paramref name="from"/>, by the addresses the frame read once.
+    /// Data-path thread only; allocates nothing.
+    /// </summary>
     public void Forward(ISwitchPort from, in Frame frame)
-    {
-        if (frame.Length < 14)
-        {
-            from.Counters.Drop(DropReason.Runt);
-            return;
-        }
-        Span<byte> eth = stackalloc byte[12];
-        frame.CopyPrefix(eth);
-        Forward(from, frame, Mac.Read(eth), Mac.Read(eth[6..]));
-    }
-
-    /// <summary>Forwards a frame whose addresses the caller already read (saves a second walk of the chain).</summary>
-    public void Forward(ISwitchPort from, in Frame frame, Mac dst, Mac src)
     {
         var counters = from.Counters;
         counters.TxPackets++;
@@ -75,8 +91,14 @@ public sealed class L2Switch
         if (_purgeNeeded)
         {
             _purgeNeeded = false;
-            Sweep(now);
+            Sweep(now, purge: true);
         }
+        else if (_sweepWanted && now >= _nextSweep)
+        {
+            Sweep(now, purge: false);
+        }
+        var src = frame.Source;
+        var dst = frame.Destination;
         if (!src.IsMulticast && !src.IsZero)
             Learn(src, from, now);
 
@@ -121,44 +143,73 @@ public sealed class L2Switch
     private void Learn(Mac src, ISwitchPort port, long now)
     {
         ref var e = ref CollectionsMarshal.GetValueRefOrNullRef(_table, src.Value);
-        if (!System.Runtime.CompilerServices.Unsafe.IsNullRef(ref e))
+        if (!Unsafe.IsNullRef(ref e))
         {
-            if (e.Port != port)
+            if (e.Port == port)
             {
-                _logger.LogDebug("switch: {Mac} moved from {Old} to {New}", src, e.Port.Name, port.Name);
-                e.Port = port;
+                e.LastSeen = now;
+                return;
             }
+            // The MAC moved (or its entry on another port aged): it leaves the old port's share.
+            var old = e.Port;
+            old.Counters.AddLearned(-1);
+            if (port.Counters.LearnedMacs >= MaxMacsPerPort)
+            {
+                _table.Remove(src.Value); // flooded, rather than sent to where it no longer is
+                Refuse(port, src);
+                return;
+            }
+            if (_logger.IsEnabled(LogLevel.Debug))
+                _logger.LogDebug("switch: {Mac} moved from {Old} to {New}", src, old.Name, port.Name);
+            e.Port = port;
             e.LastSeen = now;
+            port.Counters.AddLearned(1);
             return;
         }
-        if (_table.Count >= _maxEntries && !Sweep(now))
-            return; // table full of live entries: this MAC is flooded to until room frees up
-        _table[src.Value] = new Entry { Port = port, LastSeen = now };
+        if (port.Counters.LearnedMacs >= MaxMacsPerPort || _table.Count >= _maxEntries)
+        {
+            Refuse(port, src);
+            return;
+        }
+        _table.Add(src.Value, new Entry { Port = port, LastSeen = now });
+        port.Counters.AddLearned(1);
     }
 
-    /// <summary>Drops aged entries and entries of unplugged ports; true if any room was made.</summary>
-    private bool Sweep(long now)
+    /// <summary>A source not learned: counted and logged (bounded); the next sweep may free the port's aged entries.</summary>
+    private void Refuse(ISwitchPort port, Mac src)
     {
-        int before = _table.Count;
+        port.Counters.MacsNotLearned++;
+        _sweepWanted = true;
+        _logger.WarnLimited(port.Counters.LearnLimitLog,
+            "switch: {Port} is at its limit of {Limit} learned MACs (or the table is full): {Mac} is not learned, frames to it are flooded",
+            port.Name, MaxMacsPerPort, src);
+    }
+
+    /// <summary>
+    /// Drops aged entries, and with <paramref name="purge"/> the entries of unplugged ports, keeping
+    /// each port's count right. Bounded by the table size, and run at most once per interval except
+    /// after a port was unplugged (a control-plane event).
+    /// </summary>
+    private void Sweep(long now, bool purge)
+    {
+        _sweepWanted = false;
+        _nextSweep = now + _sweepIntervalMs;
+        var ports = _ports;
         foreach (var (mac, e) in _table)
-            if (now - e.LastSeen > AgeingMs || !IsAttached(e.Port))
-                _table.Remove(mac);
-        return _table.Count < before;
-    }
-
-    private bool IsAttached(ISwitchPort port)
-    {
-        foreach (var p in _ports)
-            if (p == port)
-                return true;
-        return false;
+        {
+            if (now - e.LastSeen > AgeingMs || (purge && Array.IndexOf(ports, e.Port) < 0))
+            {
+                _table.Remove(mac); // removing the current entry does not disturb the enumeration
+                e.Port.Counters.AddLearned(-1);
+            }
+        }
     }
 
     /// <summary>The live MAC table (data-path thread only; status views go through the worker).</summary>
     public IReadOnlyList<(Mac Mac, string Port, long AgeMs)> Snapshot()
     {
         long now = Environment.TickCount64;
-        Sweep(now);
+        Sweep(now, purge: true);
         return _table.Select(kv => (new Mac(kv.Key), kv.Value.Port.Name, now - kv.Value.LastSeen)).ToList();
     }
 }

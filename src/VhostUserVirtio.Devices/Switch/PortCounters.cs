@@ -1,3 +1,5 @@
+using VhostUserVirtio.Backend.Diagnostics;
+
 namespace VhostUserVirtio.Devices.Switch;
 
 /// <summary>Why the switch or a port dropped a frame.</summary>
@@ -23,20 +25,38 @@ public enum DropReason
     LinkDown,
     /// <summary>The uplink could not take it (TAP write failed or would block).</summary>
     UplinkError,
+    /// <summary>
+    /// The sender is spoof-checked (a VF the owner has not trusted) and the frame's source MAC is not
+    /// the sender's own. Dropped before the switch: it is neither learned nor forwarded.
+    /// </summary>
+    SpoofedSource,
 }
 
 /// <summary>
-/// Per-port counters. "Tx" is what the port's user sent into the switch, "Rx" what the switch
-/// delivered to it. Written on the data-path worker only; read from anywhere (64-bit reads are atomic).
+/// Per-port counters, and the switch's learning state of the port. "Tx" is what the port's user
+/// sent into the switch, "Rx" what the switch delivered to it. Written on the data-path worker only;
+/// read from anywhere (64-bit reads are atomic).
 /// </summary>
 public sealed class PortCounters
 {
     private readonly long[] _drops = new long[Enum.GetValues<DropReason>().Length];
+    private int _learnedMacs;
 
     public long TxPackets;
     public long TxBytes;
     public long RxPackets;
     public long RxBytes;
+
+    /// <summary>Source MACs the switch did not learn because the port was at its limit (the frames were still forwarded).</summary>
+    public long MacsNotLearned;
+
+    /// <summary>MACs the switch has learned on this port now (at most its per-port limit).</summary>
+    public int LearnedMacs => Volatile.Read(ref _learnedMacs);
+
+    internal void AddLearned(int delta) => _learnedMacs += delta;
+
+    /// <summary>Bounds the switch's warnings about this port reaching its learning limit.</summary>
+    internal LogRateLimit LearnLimitLog { get; } = new(burst: 5, window: TimeSpan.FromSeconds(10));
 
     public long Drops(DropReason reason) => Volatile.Read(ref _drops[(int)reason]);
 
@@ -49,6 +69,6 @@ public sealed class PortCounters
         Enum.GetValues<DropReason>().Select(r => (r, Drops(r))).Where(d => d.Item2 != 0);
 
     public override string ToString() =>
-        $"tx {TxPackets} pkts/{TxBytes} B, rx {RxPackets} pkts/{RxBytes} B, drops {TotalDrops}" +
+        $"tx {TxPackets} pkts/{TxBytes} B, rx {RxPackets} pkts/{RxBytes} B, macs {LearnedMacs}, drops {TotalDrops}" +
         string.Concat(NonZeroDrops().Select(d => $" {d.Reason}={d.Count}"));
 }

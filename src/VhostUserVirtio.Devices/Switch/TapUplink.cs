@@ -18,8 +18,9 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
     private readonly L2Switch _switch;
     private readonly EventLoop _loop;
     private readonly ILogger _logger;
-    private readonly byte[] _rxBuffer = new byte[65536 + 14];
-    private readonly byte[] _txBuffer = new byte[65536 + 14];
+    // One byte more than a frame may be: a read that fills it was longer (the TAP truncates it) and is dropped.
+    private readonly byte[] _rxBuffer = new byte[Frame.MaxLength + 1];
+    private readonly byte[] _txBuffer = new byte[Frame.MaxLength];
     private ulong _token;
 
     private TapUplink(TapDevice tap, L2Switch @switch, EventLoop loop, ILogger logger)
@@ -51,6 +52,16 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
             int n = _tap.Read(_rxBuffer);
             if (n < 0)
                 break;
+            if (n < Frame.MinLength)
+            {
+                Counters.Drop(DropReason.Runt);
+                continue;
+            }
+            if (n > Frame.MaxLength)
+            {
+                Counters.Drop(DropReason.Oversize);
+                continue;
+            }
             _switch.Forward(this, new Frame(_rxBuffer.AsSpan(0, n)));
         }
         _switch.FlushNotifications();

@@ -10,7 +10,7 @@ public static class NetCheck
     public static void AssertSwitches(NetFrontEnd from, NetFrontEnd to)
     {
         to.PostRx(4);
-        var frame = NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", "52:54:00:12:34:56", "through the switch " + Guid.NewGuid());
+        var frame = NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", from.Mac, "through the switch " + Guid.NewGuid());
         from.Send(frame);
         Assert.Equal(frame, to.Receive().Frame);
     }
@@ -21,6 +21,6 @@ public static class NetCheck
         using var fe = new NetFrontEnd(socket);
         var config = fe.Session.Connection.GetConfig(0, VirtioNet.ConfigSize)!;
         Assert.Equal(VirtioNet.StatusLinkUp, BinaryPrimitives.ReadUInt16LittleEndian(config.AsSpan(VirtioNet.ConfigStatus)));
-        fe.Send(NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", "52:54:00:12:34:56", "anyone"));
+        fe.Send(NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", fe.Mac, "anyone"));
     }
 }

@@ -14,6 +14,8 @@ namespace VhostUserVirtio.Tests.Support;
 public sealed class NetForwardingRig : IDisposable
 {
     private const int HeaderSize = 12;
+    // The VFs' own MACs (the group's MacBase plus the member id): an untrusted VF may send only from its own.
+    private const string Vf1Mac = "02:56:56:00:00:01", Vf2Mac = "02:56:56:00:00:02";
     private readonly string _directory = Path.Combine(Path.GetTempPath(), "vuv-fwd-" + Guid.NewGuid().ToString("N")[..12]);
     private readonly VhostUserServer _server;
     private readonly DeviceGroup _group;
@@ -41,8 +43,8 @@ public sealed class NetForwardingRig : IDisposable
             ulong a = _tx.Ram.Allocate((ulong)(HeaderSize + frameSize), 64);
             var f = _tx.Ram.Span(a, HeaderSize + frameSize);
             f.Clear();
-            Devices.Switch.Mac.Parse("52:54:00:00:00:02").Write(f[HeaderSize..]);
-            Devices.Switch.Mac.Parse("52:54:00:00:00:01").Write(f[(HeaderSize + 6)..]);
+            Devices.Switch.Mac.Parse(Vf2Mac).Write(f[HeaderSize..]);
+            Devices.Switch.Mac.Parse(Vf1Mac).Write(f[(HeaderSize + 6)..]);
             _frames[i] = new BufferSpec(a, (uint)(HeaderSize + frameSize), false);
         }
         _rxBuffers = new BufferSpec[2 * batch];
@@ -65,7 +67,7 @@ public sealed class NetForwardingRig : IDisposable
         var f = _rx.Ram.Span(a, HeaderSize + 60);
         f.Clear();
         Devices.Switch.Mac.Broadcast.Write(f[HeaderSize..]);
-        Devices.Switch.Mac.Parse("52:54:00:00:00:02").Write(f[(HeaderSize + 6)..]);
+        Devices.Switch.Mac.Parse(Vf2Mac).Write(f[(HeaderSize + 6)..]);
         q.AddChain(new BufferSpec[] { new(a, HeaderSize + 60, false) });
         q.Notify();
         q.WaitUsed();

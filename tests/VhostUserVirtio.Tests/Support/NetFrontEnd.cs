@@ -30,6 +30,9 @@ public sealed class NetFrontEnd : IDisposable
     public DriverQueue Control => Session.Queues[2];
     public bool Mergeable => VirtioFeature.Has(Session.Features, 15);
 
+    /// <summary>The device's MAC, from its config space: the source its frames must carry unless the owner trusts it.</summary>
+    public string Mac => Devices.Switch.Mac.Read(Session.Connection.GetConfig(0, 6)!).ToString();
+
     /// <summary>Posts <paramref name="count"/> receive buffers of <paramref name="size"/> bytes, each a one-descriptor chain.</summary>
     public void PostRx(int count, int size = 2048)
     {
@@ -53,6 +56,28 @@ public sealed class NetFrontEnd : IDisposable
         Tx.AddChain(new BufferSpec[] { new(a, (uint)(HeaderSize + frame.Length), false) });
         Tx.Notify();
         Tx.WaitUsed();
+    }
+
+    /// <summary>Sends many frames (zero headers) in batches of up to half the ring, waiting for each batch to be consumed.</summary>
+    public void SendAll(IReadOnlyList<byte[]> frames)
+    {
+        int batch = Math.Max(1, Tx.Size / 2);
+        for (int start = 0; start < frames.Count; start += batch)
+        {
+            int n = Math.Min(batch, frames.Count - start);
+            for (int i = 0; i < n; i++)
+            {
+                var frame = frames[start + i];
+                ulong a = Session.Ram.Allocate((ulong)(HeaderSize + frame.Length), 64);
+                var buf = Session.Ram.Span(a, HeaderSize + frame.Length);
+                buf[..HeaderSize].Clear();
+                frame.CopyTo(buf[HeaderSize..]);
+                Tx.AddChain(new BufferSpec[] { new(a, (uint)(HeaderSize + frame.Length), false) });
+            }
+            Tx.Notify();
+            for (int i = 0; i < n; i++)
+                Tx.WaitUsed();
+        }
     }
 
     /// <summary>Waits for one received packet; returns its num_buffers and the frame (mergeable buffers joined).</summary>
