@@ -29,9 +29,13 @@ nics=()
 i=0
 for vf in "$@"; do
     i=$((i + 1))
+    # The NIC carries the VF's own MAC (the daemon's 02:56:56:00:00:00 plus the VF number; pf = 0):
+    # a VF the owner has not trusted may send only from it.
+    n="${vf#vf}"; [[ "$n" =~ ^[0-9]+$ ]] || n=0
+    mac="02:56:56:00:00:$(printf %02x "$n")"
     nics+=(-chardev "socket,id=c$i,path=$socket_dir/$vf.sock,reconnect=1"
         -netdev "vhost-user,id=n$i,chardev=c$i,queues=1"
-        -device "virtio-net-pci,netdev=n$i,mac=52:54:00:00:00:$(printf %02x "$i"),vectors=0")
+        -device "virtio-net-pci,netdev=n$i,mac=$mac,vectors=0")
 done
 
 exec qemu-system-x86_64 -accel tcg -machine q35 -cpu max -m "$mem" -nographic -no-reboot \
