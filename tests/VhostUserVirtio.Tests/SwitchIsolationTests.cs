@@ -365,4 +365,35 @@ public sealed class MacLearningTests
         Assert.Equal(1, a.Counters.LearnedMacs);
         Assert.Single(sw.Snapshot(), e => e.Port == "a");
     }
+
+    [Fact]
+    public void Sources_over_the_limit_are_counted_and_logged_without_allocating_per_frame()
+    {
+        var logs = new CapturingLoggerProvider();
+        var sw = new L2Switch(logs.CreateLogger("switch"), maxMacsPerPort: 4);
+        var a = new Port("a");
+        var b = new Port("b");
+        sw.Attach(a); sw.Attach(b);
+        var f = new byte[60];
+        Mac.Broadcast.Write(f);
+        for (int i = 0; i < 100; i++) // warm-up: JIT, the first (logged) refusals
+        {
+            MacOf(1, i).Write(f.AsSpan(6));
+            sw.Forward(a, new Frame(f));
+        }
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 100; i < 10_100; i++)
+        {
+            MacOf(1, i).Write(f.AsSpan(6));
+            sw.Forward(a, new Frame(f));
+        }
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+
+        Assert.True(allocated < 1024, $"{allocated} bytes allocated over 10000 refused sources");
+        Assert.Equal((4, 10_096L), (a.Counters.LearnedMacs, a.Counters.MacsNotLearned));
+        Assert.Equal(10_100, b.Received);
+        Assert.True(logs.HasWarning("a is at its limit of 4 learned MACs"));
+        Assert.True(logs.Lines.Count(l => l.Level == Microsoft.Extensions.Logging.LogLevel.Warning) <= 10, logs.Dump());
+    }
 }
