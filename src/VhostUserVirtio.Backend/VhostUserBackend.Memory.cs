@@ -12,12 +12,12 @@ public sealed partial class VhostUserBackend
     private void SetMemTable(Message m)
     {
         var regions = MemoryTablePayload.Read(m.Payload, out string? error)
-            ?? throw new VhostUserException(error!);
+            ?? throw new VhostUserException(MessageErrorKind.MalformedPayload, error!);
         if (regions.Length == 0)
-            throw new VhostUserException("empty memory table");
+            throw new VhostUserException(MessageErrorKind.BadMemory, "empty memory table");
         foreach (var r in regions)
             if (r.Problem() is { } problem)
-                throw new VhostUserException($"memory region {r.GuestPhysAddr:x}: {problem}");
+                throw new VhostUserException(MessageErrorKind.BadMemory, $"memory region {r.GuestPhysAddr:x}: {problem}");
         var fds = new FileDescriptor[regions.Length];
         for (int i = 0; i < fds.Length; i++)
             fds[i] = m.TakeFd(i);
@@ -32,7 +32,7 @@ public sealed partial class VhostUserBackend
         var r = SingleRegionPayload.Read(m.Payload);
         if (r.Problem() is { } problem)
         {
-            throw new VhostUserException($"memory region {r.GuestPhysAddr:x}: {problem}");
+            throw new VhostUserException(MessageErrorKind.BadMemory, $"memory region {r.GuestPhysAddr:x}: {problem}");
         }
         _memory.Add(r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr, r.MmapOffset, m.TakeFd(0));
         PublishMemory(Array.Empty<MemoryRegion>());
@@ -48,32 +48,66 @@ public sealed partial class VhostUserBackend
         _logger.LogDebug("{Device}: memory region removed: gpa 0x{Gpa:x}", _device.Name, r.GuestPhysAddr);
     }
 
-    /// <summary>Moves every running ring to the current snapshot, then unmaps what was retired.</summary>
+    /// <summary>
+    /// Moves every running ring to the current snapshot and retires what the change removed. Nothing
+    /// waits: the move is posted to every worker, and the retired regions are unmapped by whichever
+    /// worker finishes last, so no worker can touch an unmapped page, however far behind it is.
+    /// </summary>
     private void PublishMemory(IReadOnlyList<MemoryRegion> retired)
     {
-        var memory = _memory.Current;
-        foreach (var region in memory.Regions.Where(r => !r.SealedAgainstShrink))
-            _logger.LogDebug("{Device}: region {Region} cannot be sealed against shrinking; a front end that truncates it would fault this process",
-                _device.Name, region);
-        foreach (var q in _queues)
-        {
-            if (q.Owner is { } owner)
-            {
-                owner.Loop.Invoke(() =>
-                {
-                    if (q.Ring.Remap(memory) is { } error)
-                    {
-                        q.Ring.Break($"after a memory table change: {error}");
-                        q.ReportFault();
-                    }
-                });
-            }
-        }
-        foreach (var r in retired)
-            r.Dispose();
+        PostToWorkers(_memory.Current, retired);
         // Rings waiting for memory to appear may start now.
         foreach (var q in _queues)
             if (!q.Started && q.Kick != null)
                 TryStart(q);
+    }
+
+    /// <summary>Unmaps <paramref name="retired"/> once every worker has stopped using it (the device has no running ring then).</summary>
+    private void RetireMemory(IReadOnlyList<MemoryRegion> retired) => PostToWorkers(_memory.Current, retired);
+
+    private void PostToWorkers(GuestMemory memory, IReadOnlyList<MemoryRegion> retired)
+    {
+        var workers = _workers.Workers;
+        int remaining = workers.Count;
+        foreach (var worker in workers)
+        {
+            // Posts run in order on each worker, after every start or stop the control loop handed
+            // it before: whatever a worker saw of the old snapshot, it is done with it here.
+            worker.Loop.Post(() =>
+            {
+                if (worker == _pinnedWorker)
+                    _workerMemory = memory;
+                foreach (var q in _queues)
+                {
+                    if (q.Owner != worker || !q.Started)
+                        continue;
+                    if (q.Ring.Remap(memory) is { } error)
+                    {
+                        q.Ring.Break(error.Kind, $"after a memory table change: {error.Detail}");
+                        q.ReportFault();
+                    }
+                }
+                if (Interlocked.Decrement(ref remaining) == 0)
+                    foreach (var r in retired)
+                        r.Dispose();
+            });
+        }
+    }
+
+    private GuestMemory _workerMemory = GuestMemory.Empty;
+
+    /// <summary>
+    /// The memory snapshot as the pinned worker sees it: replaced only on that worker, by the changes
+    /// the control loop posts there, and unmapped only after it moved on. What the owner's transports
+    /// start rings in (they run on the pinned worker), so a memory table change racing a ring start
+    /// cannot unmap the memory the ring is being placed in.
+    /// </summary>
+    public GuestMemory WorkerMemory
+    {
+        get
+        {
+            CheckOnPinnedWorker();
+            return _workerMemory;
+        }
     }
 }

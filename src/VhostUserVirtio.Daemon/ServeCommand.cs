@@ -68,7 +68,13 @@ internal static class ServeCommand
     private static ILoggerFactory CreateLoggers(LogLevel level) =>
         LoggerFactory.Create(b => b
             .SetMinimumLevel(level)
-            .AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace) // all logs on stderr; stdout is for output
+            .AddConsole(o =>
+            {
+                o.LogToStandardErrorThreshold = LogLevel.Trace; // all logs on stderr; stdout is for output
+                // A full log queue drops lines instead of blocking the thread that logs (the control
+                // loop, a worker): a slow reader of stderr must not stall the daemon.
+                o.QueueFullMode = ConsoleLoggerQueueFullMode.DropWrite;
+            })
             .AddSimpleConsole(o =>
             {
                 o.SingleLine = true;
