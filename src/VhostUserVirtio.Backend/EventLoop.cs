@@ -84,7 +84,7 @@ public sealed class EventLoop : IDisposable
     public string Name { get; }
 
     /// <summary>How long <see cref="Invoke{T}"/> waits for this loop before reporting it stuck.</summary>
-    public TimeSpan InvokeDeadline { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan InvokeDeadline { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Whether an Invoke gave up on this loop and it has not run anything since.</summary>
     public bool IsStuck => Volatile.Read(ref _stuckSince) != 0;
@@ -262,13 +262,15 @@ public sealed class EventLoop : IDisposable
 
     private void RunPosted()
     {
-        if (!_posted.IsEmpty && Volatile.Read(ref _stuckSince) is long since and not 0)
-        {
-            Volatile.Write(ref _stuckSince, 0);
-            _logger.LogWarning("{Loop} runs again after being stuck for {Seconds:0.#} s", Name, (Environment.TickCount64 - since) / 1000.0);
-        }
         while (_posted.TryDequeue(out var action))
         {
+            // Running posted work again is what "responsive" means: the work that made a caller give up
+            // may be the very one that just finished.
+            if (Volatile.Read(ref _stuckSince) is long since and not 0)
+            {
+                Volatile.Write(ref _stuckSince, 0);
+                _logger.LogWarning("{Loop} runs again after being stuck for {Seconds:0.#} s", Name, (Environment.TickCount64 - since) / 1000.0);
+            }
             try
             {
                 action();
