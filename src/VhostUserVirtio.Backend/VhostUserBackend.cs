@@ -31,7 +31,7 @@ public sealed partial class VhostUserBackend : IDisposable
     private readonly WorkerPool _workers;
     private readonly ILogger _logger;
     private readonly DeviceQueue[] _queues;
-    private readonly GuestMemoryTable _memory = new();
+    private readonly GuestMemoryTable _memory;
 
     private ulong _ackedFeatures;
     private bool _featuresSet;
@@ -45,8 +45,10 @@ public sealed partial class VhostUserBackend : IDisposable
     /// The worker every ring of this device runs on, when devices share data-path state (a switch's
     /// ports); null spreads rings over the pool.
     /// </param>
-    public VhostUserBackend(IVirtioDevice device, WorkerPool workers, ILogger logger, Worker? pinnedWorker = null)
+    /// <param name="memoryPolicy">What guest memory the front end may hand over; <see cref="MemoryPolicy.Default"/> when null.</param>
+    public VhostUserBackend(IVirtioDevice device, WorkerPool workers, ILogger logger, Worker? pinnedWorker = null, MemoryPolicy? memoryPolicy = null)
     {
+        _memory = new GuestMemoryTable(memoryPolicy);
         _device = device;
         _workers = workers;
         _pinnedWorker = pinnedWorker;
