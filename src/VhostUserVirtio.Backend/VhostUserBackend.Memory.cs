@@ -60,10 +60,10 @@ public sealed partial class VhostUserBackend
     /// </summary>
     private void WarnIfUnsealed(MemoryRegion region)
     {
-        if (!region.SealedAgainstShrink)
+        if (region.UnsealedReason is { } reason)
             _logger.LogLimited(_unsealedRegionLog, LogLevel.Warning,
-                "{Device}: accepted unsealed memory region {Region} (memory policy allows unsealed memory): its file cannot be sealed against shrinking, and a front end that truncates it crashes this process",
-                _device.Name, region);
+                "{Device}: accepted unsealed memory region {Region} (memory policy allows unsealed memory): it cannot be sealed against shrinking, as {Reason}; a front end that truncates it crashes this process",
+                _device.Name, region, reason);
     }
 
     /// <summary>Moves every running ring to the current snapshot, then unmaps what was retired.</summary>

@@ -124,7 +124,7 @@ public sealed class GuestMemoryTable(MemoryPolicy? policy = null) : IDisposable
         if (mapped > limit || size > limit - mapped)
             throw new GuestMemoryException(
                 $"{what} of {Bytes.Format(size)} does not fit this connection's limit of {Bytes.Format(limit)} of mapped guest memory " +
-                $"({Bytes.Format(mapped)} already mapped; memory policy)", GuestMemoryError.OverLimit);
+                $"({(mapped > 0 ? Bytes.Format(mapped) + " already mapped; " : "")}memory policy)", GuestMemoryError.OverLimit);
     }
 
     private static ulong Sum(IEnumerable<MemoryRegion> regions)

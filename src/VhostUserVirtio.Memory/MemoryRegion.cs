@@ -15,7 +15,7 @@ public sealed unsafe class MemoryRegion : IDisposable
 
     private readonly MemoryMapping _mapping;
 
-    private MemoryRegion(ulong gpa, ulong size, ulong userAddress, ulong mmapOffset, MemoryMapping mapping, ulong lead, bool sealedAgainstShrink)
+    private MemoryRegion(ulong gpa, ulong size, ulong userAddress, ulong mmapOffset, MemoryMapping mapping, ulong lead, string? unsealedReason)
     {
         GuestPhysicalAddress = gpa;
         Size = size;
@@ -23,7 +23,7 @@ public sealed unsafe class MemoryRegion : IDisposable
         MmapOffset = mmapOffset;
         _mapping = mapping;
         HostBase = (byte*)mapping.Address + lead;
-        SealedAgainstShrink = sealedAgainstShrink;
+        UnsealedReason = unsealedReason;
     }
 
     public ulong GuestPhysicalAddress { get; }
@@ -40,7 +40,9 @@ public sealed unsafe class MemoryRegion : IDisposable
     /// False only when the policy allowed a file that cannot be sealed against shrinking: a front
     /// end that truncates it would fault our accesses.
     /// </summary>
-    public bool SealedAgainstShrink { get; }
+    public bool SealedAgainstShrink => UnsealedReason == null;
+    /// <summary>Why the file could not be sealed, when it could not.</summary>
+    public string? UnsealedReason { get; }
 
     /// <summary>
     /// Validates and maps a region under <paramref name="policy"/>, taking at most
@@ -68,7 +70,7 @@ public sealed unsafe class MemoryRegion : IDisposable
                     GuestMemoryError.Unsealable);
 
             var file = fd.GetStatus();
-            if ((ulong)file.Size < fileEnd)
+            if (file.Size < 0 || (ulong)file.Size < fileEnd)
                 throw new GuestMemoryException(
                     $"region needs {fileEnd} bytes of its file but the file has {file.Size} (accesses past the end would fault)",
                     GuestMemoryError.FileTooSmall);
@@ -88,7 +90,7 @@ public sealed unsafe class MemoryRegion : IDisposable
             {
                 throw new GuestMemoryException($"cannot map {Bytes.Format(length)} at file offset 0x{offset:x}: {e.Message}", GuestMemoryError.MapFailed);
             }
-            return new MemoryRegion(gpa, size, userAddress, mmapOffset, mapping, lead, sealedShrink);
+            return new MemoryRegion(gpa, size, userAddress, mmapOffset, mapping, lead, unsealable);
         }
     }
 

@@ -40,6 +40,7 @@ public sealed class MemoryPolicyTests
         using var lenient = new GuestMemoryTable(new MemoryPolicy { AllowUnsealed = true });
         var region = lenient.Add(0, MiB, 0x1000_0000, 0, MemFd.Create("unsealable", (long)MiB, allowSealing: false));
         Assert.False(region.SealedAgainstShrink);
+        Assert.Contains("MFD_ALLOW_SEALING", region.UnsealedReason);
         Assert.True(lenient.Current.IsRangeMapped(0, MiB));
     }
 
