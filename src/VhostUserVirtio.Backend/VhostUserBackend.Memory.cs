@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Memory;
 using VhostUserVirtio.Protocol;
@@ -9,6 +10,8 @@ namespace VhostUserVirtio.Backend;
 // before any retired region is unmapped, so no worker can touch an unmapped page.
 public sealed partial class VhostUserBackend
 {
+    private readonly LogRateLimit _unsealedRegionLog = new();
+
     private void SetMemTable(Message m)
     {
         var regions = MemoryTablePayload.Read(m.Payload, out string? error)
@@ -22,6 +25,8 @@ public sealed partial class VhostUserBackend
         for (int i = 0; i < fds.Length; i++)
             fds[i] = m.TakeFd(i);
         var retired = _memory.Replace(regions.Select(r => (r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr, r.MmapOffset)).ToArray(), fds);
+        foreach (var region in _memory.Current.Regions)
+            WarnIfUnsealed(region);
         PublishMemory(retired);
         _logger.LogInformation("{Device}: memory table set: {Count} regions, {Size} MiB", _device.Name, regions.Length,
             regions.Sum(r => (double)r.MemorySize) / (1 << 20));
@@ -34,7 +39,7 @@ public sealed partial class VhostUserBackend
         {
             throw new VhostUserException(MessageErrorKind.BadMemory, $"memory region {r.GuestPhysAddr:x}: {problem}");
         }
-        _memory.Add(r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr, r.MmapOffset, m.TakeFd(0));
+        WarnIfUnsealed(_memory.Add(r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr, r.MmapOffset, m.TakeFd(0)));
         PublishMemory(Array.Empty<MemoryRegion>());
         _logger.LogDebug("{Device}: memory region added: gpa 0x{Gpa:x} size 0x{Size:x}", _device.Name, r.GuestPhysAddr, r.MemorySize);
     }
@@ -46,6 +51,19 @@ public sealed partial class VhostUserBackend
         var removed = _memory.Remove(r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr);
         PublishMemory(new[] { removed });
         _logger.LogDebug("{Device}: memory region removed: gpa 0x{Gpa:x}", _device.Name, r.GuestPhysAddr);
+    }
+
+    /// <summary>
+    /// A region the memory policy let in although its file cannot be sealed: the front end can
+    /// crash this process by truncating it, so say so once per accepted region (rate-limited, as
+    /// the front end decides how often).
+    /// </summary>
+    private void WarnIfUnsealed(MemoryRegion region)
+    {
+        if (region.UnsealedReason is { } reason)
+            _logger.LogLimited(_unsealedRegionLog, LogLevel.Warning,
+                "{Device}: accepted unsealed memory region {Region} (memory policy allows unsealed memory): it cannot be sealed against shrinking, as {Reason}; a front end that truncates it crashes this process",
+                _device.Name, region, reason);
     }
 
     /// <summary>

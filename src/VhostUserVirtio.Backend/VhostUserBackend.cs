@@ -37,7 +37,7 @@ public sealed partial class VhostUserBackend : IDisposable
     private readonly WorkerPool _workers;
     private readonly ILogger _logger;
     private readonly DeviceQueue[] _queues;
-    private readonly GuestMemoryTable _memory = new();
+    private readonly GuestMemoryTable _memory;
     // One limit per kind of peer-triggered warning, per device: a front end that repeats a refused
     // message (or rebuilds a broken ring) in a loop cannot flood the log or stall the control loop.
     private readonly LogRateLimit _refusalLog = new();
@@ -56,8 +56,10 @@ public sealed partial class VhostUserBackend : IDisposable
     /// The worker every ring of this device runs on, when devices share data-path state (a switch's
     /// ports); null spreads rings over the pool.
     /// </param>
-    public VhostUserBackend(IVirtioDevice device, WorkerPool workers, ILogger logger, Worker? pinnedWorker = null)
+    /// <param name="memoryPolicy">What guest memory the front end may hand over; <see cref="MemoryPolicy.Default"/> when null.</param>
+    public VhostUserBackend(IVirtioDevice device, WorkerPool workers, ILogger logger, Worker? pinnedWorker = null, MemoryPolicy? memoryPolicy = null)
     {
+        _memory = new GuestMemoryTable(memoryPolicy);
         _device = device;
         _workers = workers;
         _pinnedWorker = pinnedWorker;

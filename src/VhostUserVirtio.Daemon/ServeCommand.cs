@@ -40,7 +40,9 @@ internal static class ServeCommand
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
 
-        var server = new VhostUserServer(loggers, settings.Workers, TimeSpan.FromMicroseconds(settings.PollMicroseconds));
+        if (settings.Memory.AllowUnsealed)
+            log.LogWarning("unsealed guest memory allowed (--allow-unsealed-memory): a front end that truncates its memory file crashes the daemon; serve only trusted front ends");
+        var server = new VhostUserServer(loggers, settings.Workers, TimeSpan.FromMicroseconds(settings.PollMicroseconds), settings.Memory);
         DeviceGroup? group = null;
         try
         {
