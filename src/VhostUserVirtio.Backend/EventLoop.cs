@@ -133,6 +133,16 @@ public sealed class EventLoop : IDisposable
     {
         if (IsLoopThread)
             return func();
+        return Await(Schedule(func));
+    }
+
+    /// <summary>
+    /// Hands <paramref name="func"/> to the loop and returns at once; <see cref="Await{T}"/> waits for
+    /// it. Lets a caller hand work to several loops first and then wait for all of them. Throws
+    /// <see cref="LoopStuckException"/> at once while the loop is known to be stuck.
+    /// </summary>
+    public Task<T> Schedule<T>(Func<T> func)
+    {
         if (_stopping)
             throw new ObjectDisposedException(Name);
         long stuck = Volatile.Read(ref _stuckSince);
@@ -144,14 +154,26 @@ public sealed class EventLoop : IDisposable
             try { done.SetResult(func()); }
             catch (Exception e) { done.SetException(e); }
         });
-        if (!done.Task.Wait(InvokeDeadline))
+        return done.Task;
+    }
+
+    /// <summary>
+    /// Waits for work <see cref="Schedule{T}"/> handed to this loop, at most <see cref="InvokeDeadline"/>;
+    /// past it the loop is reported stuck and <see cref="LoopStuckException"/> thrown (the work stays
+    /// queued and runs if the loop recovers).
+    /// </summary>
+    public T Await<T>(Task<T> scheduled)
+    {
+        if (!scheduled.IsCompleted && Volatile.Read(ref _stuckSince) is long stuck and not 0)
+            throw new LoopStuckException(Name, $"{Name} has not responded for {(Environment.TickCount64 - stuck) / 1000.0:0.#} s");
+        if (!scheduled.Wait(InvokeDeadline))
         {
             if (Interlocked.CompareExchange(ref _stuckSince, Environment.TickCount64, 0) == 0)
                 _logger.LogCritical("{Loop} did not run work handed to it within {Deadline} s: reported stuck; callers fail instead of waiting until it runs again",
                     Name, InvokeDeadline.TotalSeconds);
             throw new LoopStuckException(Name, $"{Name} did not respond within {InvokeDeadline.TotalSeconds:0.#} s");
         }
-        return done.Task.GetAwaiter().GetResult();
+        return scheduled.GetAwaiter().GetResult();
     }
 
     public void Invoke(Action action) => Invoke(() => { action(); return true; });

@@ -67,31 +67,58 @@ public sealed partial class VhostUserBackend
     }
 
     /// <summary>
-    /// Moves every running ring to the current snapshot and retires what the change removed. Nothing
-    /// waits: the move is posted to every worker, and the retired regions are unmapped by whichever
-    /// worker finishes last, so no worker can touch an unmapped page, however far behind it is.
+    /// Moves every running ring to the current snapshot and retires what the change removed. The move
+    /// is handed to every worker that runs a ring of this device (and the pinned worker, where the
+    /// owner's transports and other ports' deliveries run), and the control loop waits for them before
+    /// it acknowledges the change, so a front end that uses new memory after the ack finds it in use.
+    /// It waits at most the loop deadline: a stuck worker fails the request instead of holding the
+    /// control loop. The retired regions are unmapped by whichever of those workers finishes last, so
+    /// none can touch an unmapped page however late it runs.
     /// </summary>
     private void PublishMemory(IReadOnlyList<MemoryRegion> retired)
     {
-        PostToWorkers(_memory.Current, retired);
+        foreach (var (worker, switched) in SwitchWorkers(_memory.Current, retired))
+            worker.Loop.Await(switched);
         // Rings waiting for memory to appear may start now.
         foreach (var q in _queues)
             if (!q.Started && q.Kick != null)
                 TryStart(q);
     }
 
-    /// <summary>Unmaps <paramref name="retired"/> once every worker has stopped using it (the device has no running ring then).</summary>
-    private void RetireMemory(IReadOnlyList<MemoryRegion> retired) => PostToWorkers(_memory.Current, retired);
+    /// <summary>
+    /// Unmaps <paramref name="retired"/> once every worker that may still use it has moved on (after a
+    /// disconnect: none waits for it; a stuck worker only delays the unmapping).
+    /// </summary>
+    private void RetireMemory(IReadOnlyList<MemoryRegion> retired) => SwitchWorkers(_memory.Current, retired);
 
-    private void PostToWorkers(GuestMemory memory, IReadOnlyList<MemoryRegion> retired)
+    /// <summary>The workers that may touch this device's memory: those running its rings, and the pinned one.</summary>
+    private List<Worker> MemoryUsers()
     {
-        var workers = _workers.Workers;
+        var workers = new List<Worker>();
+        if (_pinnedWorker != null)
+            workers.Add(_pinnedWorker);
+        foreach (var q in _queues)
+            if (q.Owner is { } w && !workers.Contains(w))
+                workers.Add(w);
+        return workers;
+    }
+
+    private List<(Worker Worker, Task<bool> Switched)> SwitchWorkers(GuestMemory memory, IReadOnlyList<MemoryRegion> retired)
+    {
+        var workers = MemoryUsers();
+        var switched = new List<(Worker, Task<bool>)>(workers.Count);
+        if (workers.Count == 0)
+        {
+            foreach (var r in retired)
+                r.Dispose();
+            return switched;
+        }
         int remaining = workers.Count;
         foreach (var worker in workers)
         {
-            // Posts run in order on each worker, after every start or stop the control loop handed
-            // it before: whatever a worker saw of the old snapshot, it is done with it here.
-            worker.Loop.Post(() =>
+            // Work handed to a worker runs in order, after every start or stop the control loop
+            // handed it before: whatever it saw of the old snapshot, it is done with it here.
+            bool Switch()
             {
                 if (worker == _pinnedWorker)
                     _workerMemory = memory;
@@ -108,8 +135,27 @@ public sealed partial class VhostUserBackend
                 if (Interlocked.Decrement(ref remaining) == 0)
                     foreach (var r in retired)
                         r.Dispose();
-            });
+                return true;
+            }
+            if (worker.Loop.IsLoopThread)
+            {
+                switched.Add((worker, Task.FromResult(Switch())));
+                continue;
+            }
+            try
+            {
+                switched.Add((worker, worker.Loop.Schedule(Switch)));
+            }
+            catch (LoopStuckException)
+            {
+                // Known stuck: post anyway so it switches (and the count completes) if it recovers;
+                // the caller's wait reports it.
+                var pending = new TaskCompletionSource<bool>();
+                worker.Loop.Post(() => pending.TrySetResult(Switch()));
+                switched.Add((worker, pending.Task));
+            }
         }
+        return switched;
     }
 
     private GuestMemory _workerMemory = GuestMemory.Empty;

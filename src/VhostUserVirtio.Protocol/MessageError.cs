@@ -21,7 +21,11 @@ public enum MessageErrorKind
     InvalidState,
     /// <summary>A memory region or table that cannot be mapped or used.</summary>
     BadMemory,
-    /// <summary>The data path did not respond in time; the request was not carried out.</summary>
+    /// <summary>
+    /// The data path did not confirm the request within its deadline (the worker is reported stuck).
+    /// What the control loop had already recorded (a new memory table) takes effect if the worker
+    /// recovers; nothing is unmapped under it meanwhile.
+    /// </summary>
     WorkerStuck,
     /// <summary>An unexpected failure inside the back end (a bug; logged with its stack trace).</summary>
     Internal,
