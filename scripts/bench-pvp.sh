@@ -7,7 +7,8 @@
 #   dpdk  DPDK's vhost PMD: a second testpmd, two net_vhost ports in io forwarding (a plain wire)
 #   ovs   Open vSwitch with DPDK (openvswitch-switch-dpdk), private instance, NORMAL (learning)
 #         bridge with two dpdkvhostuser ports, one PMD thread
-#   ours  vhost-virtio serve --socket-dir DIR --vfs 2 (learning switch, one worker core)
+#   ours  vhost-virtio serve --socket-dir DIR --vfs 2 --allow-unsealed-memory (learning switch,
+#         one worker core; the option because testpmd's --no-huge memfd cannot be sealed)
 # For each back end and packet size it prints the median of several samples of the packets per
 # second the front end receives (port 0 + port 1, testpmd's own Rx-pps), then ours/dpdk, ours/ovs.
 #
@@ -294,8 +295,9 @@ bench_ours() {
         daemon_built=1
     fi
     # The whole daemon on CPU 1: the front end has CPU 0.
+    # --allow-unsealed-memory: testpmd's --no-huge memory is a memfd that cannot be sealed.
     # OURS_ARGS: extra daemon options to try (e.g. --poll-us 200).
-    taskset -c 1 dotnet "$daemon_dll" serve --socket-dir "$d" --vfs 2 ${OURS_ARGS:-} </dev/null >>"$work/ours.log" 2>&1 &
+    taskset -c 1 dotnet "$daemon_dll" serve --socket-dir "$d" --vfs 2 --allow-unsealed-memory ${OURS_ARGS:-} </dev/null >>"$work/ours.log" 2>&1 &
     pid=$!; other_pids+=("$pid")
     if ! wait_sockets "$pid" "$d/vf1.sock" "$d/vf2.sock"; then
         # Today's daemon has no net devices: it rejects --vfs (or never creates the sockets).

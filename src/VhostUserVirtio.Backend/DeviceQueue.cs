@@ -1,5 +1,8 @@
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Interop;
+using VhostUserVirtio.Memory;
+using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.Backend;
@@ -9,19 +12,22 @@ namespace VhostUserVirtio.Backend;
 /// ring state (started/enabled). While started it belongs to one worker; the control loop changes it
 /// only through that worker (<see cref="Backend.Worker"/>) or while it is stopped.
 /// </summary>
-public sealed class DeviceQueue : IReadyHandler
+public sealed class DeviceQueue : IReadyHandler, IDeferredWork
 {
     private readonly IVirtioDevice _device;
     private readonly ILogger _logger;
+    private readonly LogRateLimit _faultLog;
     private ulong _kickToken;
     private bool _faultReported;
     private bool _wantsKicks = true;
+    private bool _deferred;
 
-    internal DeviceQueue(IVirtioDevice device, int index, ILogger logger)
+    internal DeviceQueue(IVirtioDevice device, int index, ILogger logger, LogRateLimit faultLog)
     {
         _device = device;
         Index = index;
         _logger = logger;
+        _faultLog = faultLog;
         Ring = new SplitQueue(device.MaxQueueSize);
     }
 
@@ -40,30 +46,101 @@ public sealed class DeviceQueue : IReadyHandler
     internal EventFd? Err { get; set; }
 
     /// <summary>Started = owned by a worker and processed. Changes only on the owning worker.</summary>
-    public bool Started { get; internal set; }
-    /// <summary>Enabled (SET_VRING_ENABLE, or implicitly without protocol features).</summary>
-    public bool Enabled { get; internal set; }
-    internal Worker? Owner { get; set; }
+    public bool Started { get; private set; }
+    /// <summary>Enabled (SET_VRING_ENABLE, or implicitly without protocol features, or by the owner's transport).</summary>
+    public bool Enabled { get; set; }
+    internal Worker? Owner { get; private set; }
 
     /// <summary>Set while the owner drives this queue (<see cref="IOwnerTransport"/>): it decides how the driver is interrupted.</summary>
-    internal IOwnerTransport? Transport { get; set; }
+    public IOwnerTransport? Transport { get; private set; }
 
     /// <summary>Used-buffer notifications sent.</summary>
     public ulong Notifications { get; private set; }
 
     /// <summary>
+    /// Starts the ring on <paramref name="worker"/>; call it on that worker. Places the ring in
+    /// <paramref name="memory"/>, resumes at <paramref name="nextAvail"/> and the used index found in
+    /// guest memory, tells the device, and listens for kicks. This is the one start sequence for every
+    /// driver of a device: its own front end and the group owner's transports. A running ring is
+    /// stopped first. Returns why the ring cannot start; it is then left stopped and unready.
+    /// </summary>
+    /// <param name="memory">A snapshot that stays mapped until this worker has moved to a newer one.</param>
+    /// <param name="transport">The owner's transport driving the ring, or null for the device's front end.</param>
+    public RingError? Start(Worker worker, GuestMemory memory, RingPlacement placement, ulong features, ushort nextAvail, IOwnerTransport? transport)
+    {
+        CheckOn(worker);
+        Stop();
+        Ring.Reset();
+        _faultReported = false;
+        Ring.EventIdx = VirtioFeature.Has(features, VirtioFeature.RingEventIdx);
+        Ring.IndirectAllowed = VirtioFeature.Has(features, VirtioFeature.RingIndirectDesc);
+        if (Ring.Configure(memory, placement) is { } error)
+            return error;
+        Ring.NextAvail = nextAvail;
+        Ring.SyncUsedIndex();
+        Transport = transport;
+        _device.QueueStarted(this);
+        Started = true;
+        AttachTo(worker);
+        return null;
+    }
+
+    /// <summary>Stops a running ring; call it on its worker. Returns the next avail index (the ring's base).</summary>
+    public ushort Stop()
+    {
+        if (!Started)
+            return Ring.NextAvail;
+        CheckOn(Owner!);
+        Detach();
+        Started = false;
+        Transport = null;
+        _device.QueueStopped(this);
+        return Ring.NextAvail;
+    }
+
+    /// <summary>
+    /// The ring could not start (control loop, ring stopped): mark it broken with why, log it and
+    /// signal the error descriptor, as a fault found while running would be.
+    /// </summary>
+    internal void FailToStart(RingError error)
+    {
+        Ring.Reset();
+        _faultReported = false;
+        Ring.Break(error);
+        ReportFault();
+    }
+
+    private static void CheckOn(Worker worker)
+    {
+        if (!worker.Loop.IsLoopThread)
+            throw new InvalidOperationException($"a ring starts and stops only on its worker ({worker.Loop.Name})");
+    }
+
+    /// <summary>
     /// Drains the ring through <paramref name="handler"/> (<see cref="SplitQueue.Drain{THandler}"/>),
-    /// reports a fault if the guest broke the ring, and notifies the driver if it wants it. The
-    /// common loop of every device.
+    /// reports a fault if the guest broke the ring, and notifies the driver if it wants it. When the
+    /// drain's budget ran out, the worker comes back to this ring on its next turn, after every other
+    /// ready ring and control-loop request had theirs. The common loop of every device.
     /// </summary>
     public void Drain<THandler>(ref THandler handler) where THandler : struct, IChainHandler
     {
         // A polling worker will look again soon: keep kicks suppressed until it goes to sleep (Rearm).
-        int handled = Ring.Drain(ref handler, rearm: Owner is not { Polling: true });
+        var result = Ring.Drain(ref handler, rearm: Owner is not { Polling: true });
         if (Ring.Fault != null)
             ReportFault();
-        if (handled > 0)
+        if (result.Handled > 0)
             NotifyIfNeeded();
+        if (result.BudgetSpent && !_deferred && Owner is { } worker)
+        {
+            _deferred = true;
+            worker.Loop.Defer(this);
+        }
+    }
+
+    void IDeferredWork.RunDeferred()
+    {
+        _deferred = false;
+        Process();
     }
 
     /// <summary>Signals the call descriptor if the driver has not suppressed notifications.</summary>
@@ -87,20 +164,22 @@ public sealed class DeviceQueue : IReadyHandler
         }
     }
 
-    /// <summary>Logs a broken ring once and signals the error descriptor, if the front end gave one.</summary>
+    /// <summary>
+    /// Logs a broken ring once per set-up (and at most at the device's rate limit however often a
+    /// front end sets it up again) and signals the error descriptor, if the front end gave one.
+    /// </summary>
     public void ReportFault()
     {
-        if (_faultReported || Ring.Fault == null)
+        if (_faultReported || Ring.Fault is not { } fault)
             return;
         _faultReported = true;
-        _logger.LogWarning("{Device} queue {Queue}: guest broke the ring rules, queue stopped: {Reason}", _device.Name, Index, Ring.Fault);
+        _logger.LogLimited(_faultLog, LogLevel.Warning, "{Device} queue {Queue}: guest broke the ring rules ({Kind}), queue stopped: {Reason}",
+            _device.Name, Index, fault.Kind, fault.Detail);
         Err?.Signal();
     }
 
-    internal void ClearFaultReport() => _faultReported = false;
-
     /// <summary>Worker side: start listening for kicks and process what is already there.</summary>
-    internal void AttachTo(Worker worker)
+    private void AttachTo(Worker worker)
     {
         Owner = worker;
         _wantsKicks = _device.WantsKicks(Index);
@@ -116,7 +195,7 @@ public sealed class DeviceQueue : IReadyHandler
     }
 
     /// <summary>Worker side: stop listening for kicks.</summary>
-    internal void Detach()
+    private void Detach()
     {
         if (Owner != null)
         {
@@ -127,6 +206,25 @@ public sealed class DeviceQueue : IReadyHandler
             Ring.EnableNotification();
         }
         Owner = null;
+    }
+
+    /// <summary>
+    /// Worker side: listens to a new kick descriptor (the doorbell changed while the ring runs). The
+    /// caller disposes the old one afterwards.
+    /// </summary>
+    internal EventFd? SwapKick(EventFd? kick)
+    {
+        var old = Kick;
+        if (!Started || Owner is not { } worker)
+        {
+            Kick = kick;
+            return old;
+        }
+        CheckOn(worker);
+        Detach();
+        Kick = kick;
+        AttachTo(worker);
+        return old;
     }
 
     /// <summary>Polling worker: processes the ring if the driver made buffers available. True if it did.</summary>
@@ -148,7 +246,8 @@ public sealed class DeviceQueue : IReadyHandler
         Process();
     }
 
-    internal void Process()
+    /// <summary>Processes the ring now (a kick, a start, an enable, a transport's notify); worker side.</summary>
+    public void Process()
     {
         if (!Started || !Ring.IsReady)
             return;

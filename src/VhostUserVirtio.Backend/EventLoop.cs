@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Interop;
 
 namespace VhostUserVirtio.Backend;
@@ -23,17 +24,34 @@ public interface IPollSource
     bool PrepareToSleep();
 }
 
+/// <summary>Work a loop runs again on its next turn, after other ready descriptors had theirs (a ring whose budget ran out).</summary>
+public interface IDeferredWork
+{
+    void RunDeferred();
+}
+
+/// <summary>A loop did not run work handed to it within its deadline: it is stuck (or gone).</summary>
+public sealed class LoopStuckException(string loop, string message) : Exception(message)
+{
+    public string Loop { get; } = loop;
+}
+
 /// <summary>
 /// One thread waiting on epoll. Registrations and their handlers belong to the loop thread; other
 /// threads reach it with <see cref="Post"/> (fire and forget) or <see cref="Invoke{T}"/> (wait for the
-/// result). A handler that throws is logged and the loop goes on.
-/// Rule that keeps this deadlock-free: the control loop may Invoke on a worker, never the reverse.
+/// result, with a deadline). A handler that throws is logged and the loop goes on.
+/// Rules that keep this deadlock-free and bounded: the control loop may Invoke on a worker, never the
+/// reverse; an Invoke waits at most <see cref="InvokeDeadline"/>, after which the loop is reported
+/// stuck and further Invokes fail at once until it runs again. Work posted to a stuck loop stays
+/// queued and still runs, in order, if it recovers: callers rely on that ordering (memory retirement).
 /// </summary>
 public sealed class EventLoop : IDisposable
 {
     private const ulong WakeToken = 0;
 
     private readonly ILogger _logger;
+    // Handlers run on what peers send: a failure a peer can repeat must not flood the log.
+    private readonly LogRateLimit _failures = new();
     private readonly Epoll _epoll = new();
     private readonly EventFd _wake = new();
     private readonly ConcurrentQueue<Action> _posted = new();
@@ -41,6 +59,10 @@ public sealed class EventLoop : IDisposable
     private readonly Thread _thread;
     private ulong _nextToken = 1;
     private volatile bool _stopping;
+    private List<IDeferredWork> _deferred = new();
+    private List<IDeferredWork> _deferredSpare = new();
+    // Environment.TickCount64 when an Invoke gave up on this loop; 0 while it is responsive.
+    private long _stuckSince;
 
     private readonly IPollSource? _pollSource;
     private readonly long _pollWindowTicks;
@@ -60,6 +82,19 @@ public sealed class EventLoop : IDisposable
     }
 
     public string Name { get; }
+
+    /// <summary>How long <see cref="Invoke{T}"/> waits for this loop before reporting it stuck.</summary>
+    public TimeSpan InvokeDeadline { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Whether an Invoke gave up on this loop and it has not run anything since.</summary>
+    public bool IsStuck => Volatile.Read(ref _stuckSince) != 0;
+
+    /// <summary>Runs <paramref name="work"/> on the loop's next turn (loop thread only). Pending work keeps the loop from sleeping.</summary>
+    public void Defer(IDeferredWork work)
+    {
+        AssertLoopThread();
+        _deferred.Add(work);
+    }
 
     public bool IsLoopThread => Thread.CurrentThread == _thread;
 
@@ -88,20 +123,57 @@ public sealed class EventLoop : IDisposable
         _wake.Signal();
     }
 
-    /// <summary>Runs <paramref name="func"/> on the loop thread and waits for its result (or exception).</summary>
+    /// <summary>
+    /// Runs <paramref name="func"/> on the loop thread and waits for its result (or exception), at most
+    /// <see cref="InvokeDeadline"/>. Throws <see cref="LoopStuckException"/> when the loop does not get
+    /// to it in time (the work stays queued and runs if the loop recovers), or at once while the loop is
+    /// known to be stuck.
+    /// </summary>
     public T Invoke<T>(Func<T> func)
     {
         if (IsLoopThread)
             return func();
+        return Await(Schedule(func));
+    }
+
+    /// <summary>
+    /// Hands <paramref name="func"/> to the loop and returns at once; <see cref="Await{T}"/> waits for
+    /// it. Lets a caller hand work to several loops first and then wait for all of them. Throws
+    /// <see cref="LoopStuckException"/> at once while the loop is known to be stuck.
+    /// </summary>
+    public Task<T> Schedule<T>(Func<T> func)
+    {
         if (_stopping)
             throw new ObjectDisposedException(Name);
+        long stuck = Volatile.Read(ref _stuckSince);
+        if (stuck != 0)
+            throw new LoopStuckException(Name, $"{Name} has not responded for {(Environment.TickCount64 - stuck) / 1000.0:0.#} s");
         var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
         Post(() =>
         {
             try { done.SetResult(func()); }
             catch (Exception e) { done.SetException(e); }
         });
-        return done.Task.GetAwaiter().GetResult();
+        return done.Task;
+    }
+
+    /// <summary>
+    /// Waits for work <see cref="Schedule{T}"/> handed to this loop, at most <see cref="InvokeDeadline"/>;
+    /// past it the loop is reported stuck and <see cref="LoopStuckException"/> thrown (the work stays
+    /// queued and runs if the loop recovers).
+    /// </summary>
+    public T Await<T>(Task<T> scheduled)
+    {
+        if (!scheduled.IsCompleted && Volatile.Read(ref _stuckSince) is long stuck and not 0)
+            throw new LoopStuckException(Name, $"{Name} has not responded for {(Environment.TickCount64 - stuck) / 1000.0:0.#} s");
+        if (!scheduled.Wait(InvokeDeadline))
+        {
+            if (Interlocked.CompareExchange(ref _stuckSince, Environment.TickCount64, 0) == 0)
+                _logger.LogCritical("{Loop} did not run work handed to it within {Deadline} s: reported stuck; callers fail instead of waiting until it runs again",
+                    Name, InvokeDeadline.TotalSeconds);
+            throw new LoopStuckException(Name, $"{Name} did not respond within {InvokeDeadline.TotalSeconds:0.#} s");
+        }
+        return scheduled.GetAwaiter().GetResult();
     }
 
     public void Invoke(Action action) => Invoke(() => { action(); return true; });
@@ -127,7 +199,7 @@ public sealed class EventLoop : IDisposable
             }
             try
             {
-                n = _epoll.Wait(ready, polling ? 0 : -1);
+                n = _epoll.Wait(ready, polling || _deferred.Count > 0 ? 0 : -1);
             }
             catch (Exception e)
             {
@@ -150,10 +222,11 @@ public sealed class EventLoop : IDisposable
                 }
                 catch (Exception e)
                 {
-                    _logger.LogError(e, "{Loop}: handler {Handler} failed", Name, handler);
+                    _logger.LogLimited(_failures, LogLevel.Error, e, "{Loop}: handler {Handler} failed", Name, handler);
                 }
             }
             RunPosted();
+            RunDeferred();
             if (_pollSource == null)
                 continue;
             if (n > 0)
@@ -167,6 +240,7 @@ public sealed class EventLoop : IDisposable
                     lastWork = System.Diagnostics.Stopwatch.GetTimestamp();
                 if (!_posted.IsEmpty)
                     RunPosted();
+                RunDeferred();
             } while (!_stopping && System.Diagnostics.Stopwatch.GetTimestamp() < sliceEnd &&
                      System.Diagnostics.Stopwatch.GetTimestamp() - lastWork < _pollWindowTicks);
         }
@@ -181,22 +255,51 @@ public sealed class EventLoop : IDisposable
         }
         catch (Exception e)
         {
-            _logger.LogError(e, "{Loop}: polling failed", Name);
+            _logger.LogLimited(_failures, LogLevel.Error, e, "{Loop}: polling failed", Name);
             return false;
         }
+    }
+
+    private void RunDeferred()
+    {
+        if (_deferred.Count == 0)
+            return;
+        // Swap first: work deferred again while running lands in the other list, for the next turn.
+        var batch = _deferred;
+        _deferred = _deferredSpare;
+        _deferredSpare = batch;
+        foreach (var work in batch)
+        {
+            try
+            {
+                work.RunDeferred();
+            }
+            catch (Exception e)
+            {
+                _logger.LogLimited(_failures, LogLevel.Error, e, "{Loop}: deferred work {Work} failed", Name, work);
+            }
+        }
+        batch.Clear();
     }
 
     private void RunPosted()
     {
         while (_posted.TryDequeue(out var action))
         {
+            // Running posted work again is what "responsive" means: the work that made a caller give up
+            // may be the very one that just finished.
+            if (Volatile.Read(ref _stuckSince) is long since and not 0)
+            {
+                Volatile.Write(ref _stuckSince, 0);
+                _logger.LogWarning("{Loop} runs again after being stuck for {Seconds:0.#} s", Name, (Environment.TickCount64 - since) / 1000.0);
+            }
             try
             {
                 action();
             }
             catch (Exception e)
             {
-                _logger.LogError(e, "{Loop}: posted work failed", Name);
+                _logger.LogLimited(_failures, LogLevel.Error, e, "{Loop}: posted work failed", Name);
             }
         }
     }

@@ -11,6 +11,9 @@ public interface IOwnerTransport
     /// <summary>A queue has used buffers the driver wants to hear about: raise the transport's interrupt.</summary>
     void Raise(DeviceQueue queue);
 
-    /// <summary>The member's front end reset the device or went away: the transport's state is void.</summary>
+    /// <summary>
+    /// The member's front end reset the device or went away: the transport stops the rings it started
+    /// and forgets its state; the back end then releases the device from the owner.
+    /// </summary>
     void FrontEndReset();
 }

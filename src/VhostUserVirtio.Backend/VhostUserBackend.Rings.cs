@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Protocol;
+using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.Backend;
 
@@ -12,13 +13,13 @@ public sealed partial class VhostUserBackend
     private DeviceQueue QueueAt(uint index) =>
         index < (uint)_queues.Length
             ? _queues[index]
-            : throw new VhostUserException($"queue index {index} is out of range (device has {_queues.Length} queues)");
+            : throw new VhostUserException(MessageErrorKind.IndexOutOfRange, $"queue index {index} is out of range (device has {_queues.Length} queues)");
 
     private void SetVringNum(VringState state)
     {
         var q = QueueAt(state.Index);
         if (q.Started)
-            throw new VhostUserException($"queue {state.Index} is running; stop it before resizing");
+            throw new VhostUserException(MessageErrorKind.InvalidState, $"queue {state.Index} is running; stop it before resizing");
         if (state.Num == 0 || state.Num > (uint)_device.MaxQueueSize || (state.Num & (state.Num - 1)) != 0)
             throw new VhostUserException($"queue size {state.Num} is not a power of two in 1..{_device.MaxQueueSize}");
         q.Size = (int)state.Num;
@@ -28,7 +29,7 @@ public sealed partial class VhostUserBackend
     {
         var q = QueueAt(state.Index);
         if (q.Started)
-            throw new VhostUserException($"queue {state.Index} is running; stop it before setting its base");
+            throw new VhostUserException(MessageErrorKind.InvalidState, $"queue {state.Index} is running; stop it before setting its base");
         if (state.Num > ushort.MaxValue)
             throw new VhostUserException($"split-ring base 0x{state.Num:x} has reserved bits set");
         q.Base = (ushort)state.Num;
@@ -80,7 +81,8 @@ public sealed partial class VhostUserBackend
         switch (m.Request)
         {
             case FrontendRequest.SetVringKick when OwnerDriven:
-                SetOwnerDoorbell(q, fd);
+                // The member's doorbell (LEGACY_NOTIFY_INFO): a running owner-driven ring listens to the new one.
+                ReplaceOnWorker(q, () => q.SwapKick(fd));
                 break;
             case FrontendRequest.SetVringKick:
                 if (q.Started)
@@ -93,27 +95,23 @@ public sealed partial class VhostUserBackend
                     TryStart(q);
                 break;
             case FrontendRequest.SetVringCall:
-                ReplaceOnOwner(q, fd, isCall: true);
+                ReplaceOnWorker(q, () => { var old = q.Call; q.Call = fd; return old; });
                 break;
             default:
-                ReplaceOnOwner(q, fd, isCall: false);
+                ReplaceOnWorker(q, () => { var old = q.Err; q.Err = fd; return old; });
                 break;
         }
     }
 
-    /// <summary>Swaps a call or err descriptor; a running ring swaps it on its worker, between two kicks.</summary>
-    private static void ReplaceOnOwner(DeviceQueue q, EventFd? fd, bool isCall)
+    /// <summary>
+    /// Swaps one of a ring's descriptors where the ring's users are: on its worker while it runs (or
+    /// the pinned worker, where owner-driven rings and other ports' deliveries run), else here. The
+    /// old descriptor is closed afterwards, once nothing can use it.
+    /// </summary>
+    private void ReplaceOnWorker(DeviceQueue q, Func<EventFd?> swap)
     {
-        EventFd? old = null;
-        void Swap()
-        {
-            old = isCall ? q.Call : q.Err;
-            if (isCall) q.Call = fd; else q.Err = fd;
-        }
-        if (q.Owner != null)
-            q.Owner.Loop.Invoke(Swap);
-        else
-            Swap();
+        var worker = q.Owner ?? _pinnedWorker;
+        var old = worker != null ? worker.Loop.Invoke(swap) : swap();
         old?.Dispose();
     }
 
@@ -127,8 +125,8 @@ public sealed partial class VhostUserBackend
 
     private void SetEnabled(DeviceQueue q, bool enabled)
     {
-        if (q.Owner != null)
-            q.Owner.Loop.Invoke(() =>
+        if (q.Owner is { } worker)
+            worker.Loop.Invoke(() =>
             {
                 q.Enabled = enabled;
                 if (enabled)
@@ -138,7 +136,12 @@ public sealed partial class VhostUserBackend
             q.Enabled = enabled;
     }
 
-    /// <summary>Starts the ring if it has everything it needs; otherwise it waits for the missing piece.</summary>
+    /// <summary>
+    /// Starts the ring if it has everything it needs (size, addresses, kick, memory); otherwise it
+    /// waits for the missing piece. The start itself runs on the worker (<see cref="DeviceQueue.Start"/>,
+    /// the same sequence the owner's transports use), with the current snapshot: a later memory change
+    /// is posted to that worker after this, so the snapshot stays mapped while the ring uses it.
+    /// </summary>
     private void TryStart(DeviceQueue q)
     {
         if (OwnerDriven || q.Started || q.Kick == null || q.UserAddresses is not { } ua || q.Size == 0)
@@ -146,51 +149,35 @@ public sealed partial class VhostUserBackend
         var memory = _memory.Current;
         if (memory.Regions.Count == 0)
             return; // SET_MEM_TABLE has not come yet; PublishMemory retries
-        var ring = q.Ring;
-        ring.Reset();
-        q.ClearFaultReport();
-        ring.EventIdx = VirtioFeature.Has(_ackedFeatures, VirtioFeature.RingEventIdx);
-        ring.IndirectAllowed = VirtioFeature.Has(_ackedFeatures, VirtioFeature.RingIndirectDesc);
-        string? error = null;
+        if (!TryDriveFromFrontEnd())
+            return; // the owner claimed the device meanwhile
         if (!memory.TryUserToGuest(ua.Desc, out ulong desc) || !memory.TryUserToGuest(ua.Avail, out ulong avail) ||
             !memory.TryUserToGuest(ua.Used, out ulong used))
-            error = $"ring addresses (desc 0x{ua.Desc:x}, avail 0x{ua.Avail:x}, used 0x{ua.Used:x}) are not in the memory table";
-        else
-            error = ring.Configure(memory, q.Size, desc, avail, used);
-        if (error != null)
         {
-            ring.Break(error);
-            q.ReportFault();
+            q.FailToStart(new RingError(RingErrorKind.RingOutsideMemory,
+                $"ring addresses (desc 0x{ua.Desc:x}, avail 0x{ua.Avail:x}, used 0x{ua.Used:x}) are not in the memory table"));
             return;
         }
-        ring.NextAvail = q.Base;
-        ring.SyncUsedIndex();
-        _device.QueueStarted(q);
+        var placement = new RingPlacement(q.Size, desc, avail, used);
         var worker = _pinnedWorker ?? _workers.Next();
-        // Started flips on the worker: from then on only the worker touches the ring.
-        worker.Loop.Invoke(() =>
+        ulong features = _ackedFeatures;
+        ushort nextAvail = q.Base;
+        if (worker.Loop.Invoke(() => q.Start(worker, memory, placement, features, nextAvail, transport: null)) is { } error)
         {
-            q.Started = true;
-            q.AttachTo(worker);
-        });
-        _logger.LogDebug("{Device}: queue {Queue} started on {Worker} (size {Size}, avail {Avail}, used {Used})",
-            _device.Name, q.Index, worker.Loop.Name, q.Size, ring.NextAvail, ring.NextUsed);
+            q.FailToStart(error);
+            return;
+        }
+        _logger.LogDebug("{Device}: queue {Queue} started on {Worker} ({Placement}, avail {Avail})",
+            _device.Name, q.Index, worker.Loop.Name, placement, nextAvail);
     }
 
     /// <summary>Takes a running ring back from its worker; returns the next avail index.</summary>
     private ushort StopQueue(DeviceQueue q)
     {
-        if (!q.Started)
+        if (!q.Started || q.Owner is not { } worker)
             return q.Base;
         // Stopped on the worker, so no delivery can touch the ring after its base was read.
-        ushort next = q.Owner!.Loop.Invoke(() =>
-        {
-            q.Detach();
-            q.Started = false;
-            return q.Ring.NextAvail;
-        });
-        _device.QueueStopped(q);
-        return next;
+        return worker.Loop.Invoke(q.Stop);
     }
 
     private void ResetQueue(DeviceQueue q)

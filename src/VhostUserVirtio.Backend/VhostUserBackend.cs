@@ -1,11 +1,17 @@
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Memory;
 using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.Backend;
 
-/// <summary>A front-end request that is well formed but cannot be honoured; the message says why.</summary>
-public sealed class VhostUserException(string message) : Exception(message);
+/// <summary>A front-end request that is well formed but cannot be honoured; the kind and message say why.</summary>
+public sealed class VhostUserException(MessageErrorKind kind, string message) : Exception(message)
+{
+    public VhostUserException(string message) : this(MessageErrorKind.InvalidValue, message) { }
+
+    public MessageErrorKind Kind { get; } = kind;
+}
 
 /// <summary>What the endpoint should do after a message was handled.</summary>
 public readonly record struct HandleResult(byte[]? Reply, bool CloseConnection)
@@ -31,7 +37,12 @@ public sealed partial class VhostUserBackend : IDisposable
     private readonly WorkerPool _workers;
     private readonly ILogger _logger;
     private readonly DeviceQueue[] _queues;
-    private readonly GuestMemoryTable _memory = new();
+    private readonly GuestMemoryTable _memory;
+    // One limit per kind of peer-triggered warning, per device: a front end that repeats a refused
+    // message (or rebuilds a broken ring) in a loop cannot flood the log or stall the control loop.
+    private readonly LogRateLimit _refusalLog = new();
+    private readonly LogRateLimit _faultLog = new();
+    private readonly Dictionary<MessageErrorKind, long> _rejections = new();
 
     private ulong _ackedFeatures;
     private bool _featuresSet;
@@ -45,14 +56,25 @@ public sealed partial class VhostUserBackend : IDisposable
     /// The worker every ring of this device runs on, when devices share data-path state (a switch's
     /// ports); null spreads rings over the pool.
     /// </param>
-    public VhostUserBackend(IVirtioDevice device, WorkerPool workers, ILogger logger, Worker? pinnedWorker = null)
+    /// <param name="memoryPolicy">What guest memory the front end may hand over; <see cref="MemoryPolicy.Default"/> when null.</param>
+    public VhostUserBackend(IVirtioDevice device, WorkerPool workers, ILogger logger, Worker? pinnedWorker = null, MemoryPolicy? memoryPolicy = null)
     {
+        _memory = new GuestMemoryTable(memoryPolicy);
         _device = device;
         _workers = workers;
         _pinnedWorker = pinnedWorker;
         _logger = logger;
-        _queues = Enumerable.Range(0, device.QueueCount).Select(i => new DeviceQueue(device, i, logger)).ToArray();
+        _queues = Enumerable.Range(0, device.QueueCount).Select(i => new DeviceQueue(device, i, logger, _faultLog)).ToArray();
     }
+
+    /// <summary>The worker every ring of this device runs on, when pinned (device groups).</summary>
+    public Worker? PinnedWorker => _pinnedWorker;
+
+    /// <summary>The last refused message (control loop), for diagnostics and tests.</summary>
+    public MessageError? LastRejection { get; private set; }
+
+    /// <summary>Messages refused so far with this kind (control loop).</summary>
+    public long Rejections(MessageErrorKind kind) => _rejections.GetValueOrDefault(kind);
 
     public IVirtioDevice Device => _device;
     public IReadOnlyList<DeviceQueue> Queues => _queues;
@@ -83,28 +105,37 @@ public sealed partial class VhostUserBackend : IDisposable
                     message.Payload.Length, message.FdCount, message.Header.NeedsReply ? ", need reply" : "");
 
             if (!MessageRules.TryGet(request, out var rule))
-                return Reject(message, default, $"unsupported request {message.Header.Request} ({request})");
-            string? malformed = MessageRules.Validate(request, rule, message.Payload, message.FdCount);
-            if (malformed != null)
-                return Reject(message, rule, $"malformed {request}: {malformed}");
+                return Reject(message, default, new(MessageErrorKind.UnknownRequest, $"unsupported request {message.Header.Request} ({request})"));
+            if (MessageRules.Validate(request, rule, message.Payload, message.FdCount) is { } malformed)
+                return Reject(message, rule, malformed with { Detail = $"malformed {request}: {malformed.Detail}" });
             if (rule.Gate != ProtocolFeatures.None && (_ackedProtocol & rule.Gate) == 0)
-                return Reject(message, rule, $"{request} needs protocol feature {rule.Gate}, which was not negotiated");
+                return Reject(message, rule, new(MessageErrorKind.NotNegotiated, $"{request} needs protocol feature {rule.Gate}, which was not negotiated"));
             if (OwnerDriven && DrivesTheDevice(request))
-                return Reject(message, rule, $"{request} refused: the group owner drives this device (legacy interface); its front end supplies memory, call and kick descriptors only");
+                return Reject(message, rule, new(MessageErrorKind.InvalidState,
+                    $"{request} refused: the group owner drives this device; its front end supplies memory, call and kick descriptors only"));
 
             byte[]? reply;
             try
             {
                 reply = Dispatch(message);
             }
-            catch (Exception e) when (e is VhostUserException or GuestMemoryException)
+            catch (VhostUserException e)
             {
-                return Reject(message, rule, $"{request} refused: {e.Message}");
+                return Reject(message, rule, new(e.Kind, $"{request} refused: {e.Message}"));
+            }
+            catch (GuestMemoryException e)
+            {
+                return Reject(message, rule, new(MessageErrorKind.BadMemory, $"{request} refused: {e.Message}"));
+            }
+            catch (LoopStuckException e)
+            {
+                // The data path did not take the change: what the front end asked for did not happen.
+                return Reject(message, rule, new(MessageErrorKind.WorkerStuck, $"{request} not carried out: {e.Message}"));
             }
             catch (Exception e)
             {
-                _logger.LogError(e, "{Device}: {Request} failed", _device.Name, request);
-                return Reject(message, rule, $"{request} failed: {e.Message}");
+                _logger.LogLimited(_refusalLog, LogLevel.Error, e, "{Device}: {Request} failed", _device.Name, request);
+                return Reject(message, rule, new(MessageErrorKind.Internal, $"{request} failed: {e.Message}"));
             }
 
             if (reply != null)
@@ -122,14 +153,17 @@ public sealed partial class VhostUserBackend : IDisposable
     /// for (REPLY_ACK), the defined error form for GET_CONFIG, and for other requests whose reply the front end
     /// is waiting on, dropping the connection (no reply body can express failure).
     /// </summary>
-    private HandleResult Reject(Message message, RequestRule rule, string reason)
+    private HandleResult Reject(Message message, RequestRule rule, MessageError error)
     {
-        _logger.LogWarning("{Device}: {Reason}", _device.Name, reason);
+        LastRejection = error;
+        _rejections[error.Kind] = _rejections.GetValueOrDefault(error.Kind) + 1;
+        _logger.LogLimited(_refusalLog, LogLevel.Warning, "{Device}: {Reason} ({Kind})", _device.Name, error.Detail, error.Kind);
         if (message.Request == FrontendRequest.GetConfig && rule.HasReplyBody)
             return new HandleResult(Array.Empty<byte>(), false);
         if (rule.HasReplyBody)
         {
-            _logger.LogWarning("{Device}: closing the connection: {Request} expects a reply that cannot express failure", _device.Name, message.Request);
+            _logger.LogLimited(_refusalLog, LogLevel.Warning, "{Device}: closing the connection: {Request} expects a reply that cannot express failure",
+                _device.Name, message.Request);
             return HandleResult.Close;
         }
         if (message.Header.NeedsReply && ReplyAckNegotiated)
@@ -212,7 +246,7 @@ public sealed partial class VhostUserBackend : IDisposable
                     throw new VhostUserException($"MTU {m.PayloadU64} is not acceptable to the device");
                 return null;
             default:
-                throw new VhostUserException($"{m.Request} is not handled by this back end");
+                throw new VhostUserException(MessageErrorKind.UnknownRequest, $"{m.Request} is not handled by this back end");
         }
     }
 
@@ -220,19 +254,46 @@ public sealed partial class VhostUserBackend : IDisposable
     private INetDeviceControl NetControl(FrontendRequest request) =>
         _device as INetDeviceControl ?? throw new VhostUserException($"{request} is not supported by a {_device.GetType().Name}");
 
+    /// <summary>
+    /// Feature bits a front end may flip while rings run (QEMU toggles dirty logging, VHOST_F_LOG_ALL,
+    /// around a migration); every other bit is fixed once a ring runs. None is offered yet.
+    /// </summary>
+    private const ulong RuntimeFeatures = 0;
+
     private void SetFeatures(ulong features)
     {
         ulong unknown = features & ~OfferedFeatures;
         if (unknown != 0)
             throw new VhostUserException($"features 0x{features:x} include bits never offered (0x{unknown:x})");
+        // The worker reads the negotiated features (header size, mergeable buffers) for every frame:
+        // changing them under a running ring would corrupt what it writes into the guest.
+        ulong changed = (features ^ _ackedFeatures) & ~RuntimeFeatures;
+        if (_featuresSet && changed != 0 && _queues.Any(q => q.Started))
+            throw new VhostUserException(MessageErrorKind.InvalidState,
+                $"features 0x{features:x} change bits 0x{changed:x} while rings run; stop the rings (GET_VRING_BASE) or reset the device first");
+        if (!TryDriveFromFrontEnd())
+            throw new VhostUserException(MessageErrorKind.InvalidState, "the group owner drives this device");
         _ackedFeatures = features;
         _featuresSet = true;
-        _device.SetDriverFeatures(features & ~VirtioFeature.Mask(VirtioFeature.VhostUserProtocolFeatures));
+        ulong deviceFeatures = features & ~VirtioFeature.Mask(VirtioFeature.VhostUserProtocolFeatures);
+        OnDataPath(() => _device.SetDriverFeatures(deviceFeatures));
         // Without PROTOCOL_FEATURES there is no SET_VRING_ENABLE: rings are enabled at once.
         if (!VirtioFeature.Has(features, VirtioFeature.VhostUserProtocolFeatures))
             foreach (var q in _queues)
                 SetEnabled(q, true);
         _logger.LogDebug("{Device}: features 0x{Features:x} accepted", _device.Name, features);
+    }
+
+    /// <summary>
+    /// Runs device-state changes where the data path reads that state: on the pinned worker when the
+    /// device has one (other ports of its switch deliver into it from there), else here.
+    /// </summary>
+    private void OnDataPath(Action action)
+    {
+        if (_pinnedWorker != null)
+            _pinnedWorker.Loop.Invoke(action);
+        else
+            action();
     }
 
     private void SetProtocolFeatures(ProtocolFeatures features)
@@ -291,17 +352,28 @@ public sealed partial class VhostUserBackend : IDisposable
         _ackedFeatures = 0;
         _featuresSet = false;
         _status = 0;
-        _device.Reset();
+        ReleaseFrontEndDrive();
+        OnDataPath(_device.Reset);
     }
 
-    /// <summary>The front end went away: reset, forget the negotiation and unmap its memory.</summary>
+    /// <summary>
+    /// The front end went away: reset, forget the negotiation and retire its memory. Never throws: a
+    /// stuck worker is reported and the memory is unmapped only once every worker has moved past it.
+    /// </summary>
     public void Disconnected()
     {
-        ResetDevice();
+        try
+        {
+            ResetDevice();
+        }
+        catch (LoopStuckException e)
+        {
+            _logger.LogError("{Device}: reset after the front end left is incomplete: {Error}; its memory stays mapped until the worker runs again",
+                _device.Name, e.Message);
+        }
         _ackedProtocol = ProtocolFeatures.None;
         _owned = false;
-        foreach (var r in _memory.Clear())
-            r.Dispose();
+        RetireMemory(_memory.Clear());
     }
 
     public void Dispose() => Disconnected();

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Memory;
 
 namespace VhostUserVirtio.Backend;
 
@@ -13,15 +14,18 @@ public sealed class VhostUserServer : IDisposable
     private readonly object _gate = new();
 
     /// <param name="pollWindow">How long workers keep busy-polling after the last work (adaptive polling); zero: never poll.</param>
-    public VhostUserServer(ILoggerFactory loggers, int workerCount = 1, TimeSpan pollWindow = default)
+    /// <param name="memoryPolicy">What guest memory each connection may hand over; <see cref="MemoryPolicy.Default"/> when null.</param>
+    public VhostUserServer(ILoggerFactory loggers, int workerCount = 1, TimeSpan pollWindow = default, MemoryPolicy? memoryPolicy = null)
     {
         _loggers = loggers;
+        MemoryPolicy = memoryPolicy ?? MemoryPolicy.Default;
         Control = new EventLoop("control", loggers.CreateLogger<EventLoop>());
         Workers = new WorkerPool(workerCount, loggers, pollWindow);
     }
 
     public EventLoop Control { get; }
     public WorkerPool Workers { get; }
+    public MemoryPolicy MemoryPolicy { get; }
 
     public IReadOnlyList<VhostUserEndpoint> Endpoints
     {
@@ -43,7 +47,7 @@ public sealed class VhostUserServer : IDisposable
     private VhostUserEndpoint ServeCore(IVirtioDevice device, string socketPath, bool clientMode, Interop.UnixSocket? listener, Worker? pinnedWorker)
     {
         var logger = _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name);
-        var backend = new VhostUserBackend(device, Workers, logger, pinnedWorker);
+        var backend = new VhostUserBackend(device, Workers, logger, pinnedWorker, MemoryPolicy);
         var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger, adoptedListener: listener);
         endpoint.Start();
         lock (_gate)

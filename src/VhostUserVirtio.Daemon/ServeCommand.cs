@@ -40,7 +40,9 @@ internal static class ServeCommand
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
 
-        var server = new VhostUserServer(loggers, settings.Workers, TimeSpan.FromMicroseconds(settings.PollMicroseconds));
+        if (settings.Memory.AllowUnsealed)
+            log.LogWarning("unsealed guest memory allowed (--allow-unsealed-memory): a front end that truncates its memory file crashes the daemon; serve only trusted front ends");
+        var server = new VhostUserServer(loggers, settings.Workers, TimeSpan.FromMicroseconds(settings.PollMicroseconds), settings.Memory);
         DeviceGroup? group = null;
         try
         {
@@ -68,7 +70,13 @@ internal static class ServeCommand
     private static ILoggerFactory CreateLoggers(LogLevel level) =>
         LoggerFactory.Create(b => b
             .SetMinimumLevel(level)
-            .AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace) // all logs on stderr; stdout is for output
+            .AddConsole(o =>
+            {
+                o.LogToStandardErrorThreshold = LogLevel.Trace; // all logs on stderr; stdout is for output
+                // A full log queue drops lines instead of blocking the thread that logs (the control
+                // loop, a worker): a slow reader of stderr must not stall the daemon.
+                o.QueueFullMode = ConsoleLoggerQueueFullMode.DropWrite;
+            })
             .AddSimpleConsole(o =>
             {
                 o.SingleLine = true;

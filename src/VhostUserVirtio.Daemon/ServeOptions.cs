@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Memory;
 
 namespace VhostUserVirtio.Daemon;
 
@@ -18,6 +19,7 @@ internal sealed record DaemonSettings(
     string? SocketPath,
     int? Fd,
     bool PrintCapabilities,
+    MemoryPolicy Memory,
     int MaxMacsPerPort,
     bool TrustVfs);
 
@@ -125,6 +127,19 @@ internal sealed class ServeOptions
         HelpName = "FDNUM",
     };
 
+    private readonly Option<bool> _allowUnsealedMemory = new("--allow-unsealed-memory")
+    {
+        Description = "Accept guest memory whose file cannot be sealed against shrinking (e.g. DPDK virtio-user's --no-huge memory). " +
+            "Only for trusted front ends: a front end that truncates such a file crashes the daemon. Each such region is logged as a warning.",
+    };
+
+    private readonly Option<string> _maxGuestMemory = new("--max-guest-memory")
+    {
+        Description = "Most guest memory one front end may map into the daemon (bytes, or with a K, M, G or T suffix: powers of 1024); larger memory tables are refused.",
+        HelpName = "SIZE",
+        DefaultValueFactory = _ => "256G",
+    };
+
     private readonly Option<bool> _printCapabilities = new("--print-capabilities")
     {
         Description = "Print the vhost-user.json capability document and exit.",
@@ -150,7 +165,14 @@ internal sealed class ServeOptions
                 r.AddError("--socket-path must not be empty.");
         });
 
-        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _workers, _pollUs, _client, _logLevel, _socketPath, _fd, _printCapabilities })
+        _maxGuestMemory.Validators.Add(r =>
+        {
+            if (ParseSize(r.GetValueOrDefault<string>()) is not >= MinGuestMemory)
+                r.AddError($"--max-guest-memory must be a size of at least 1M, like 512M, 64G or 1T (got '{r.GetValueOrDefault<string>()}').");
+        });
+
+        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _workers, _pollUs, _client,
+                     _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
     }
@@ -177,6 +199,22 @@ internal sealed class ServeOptions
 
     private static bool Given(CommandResult r, Option option) => r.GetResult(option) is { Implicit: false };
 
+    private const ulong MinGuestMemory = 1 << 20;
+
+    /// <summary>"4096", "512M", "64G", "1T" (K/M/G/T are powers of 1024, either case); null when malformed or over 2^64.</summary>
+    internal static ulong? ParseSize(string? text)
+    {
+        if (string.IsNullOrWhiteSpace(text))
+            return null;
+        text = text.Trim();
+        int shift = char.ToUpperInvariant(text[^1]) switch { 'K' => 10, 'M' => 20, 'G' => 30, 'T' => 40, _ => 0 };
+        var digits = shift == 0 ? text : text[..^1];
+        if (!ulong.TryParse(digits, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong n)
+            || n > ulong.MaxValue >> shift)
+            return null;
+        return n << shift;
+    }
+
     public DaemonSettings Bind(ParseResult r) => new(
         SocketDirectory: Path.GetFullPath(r.GetValue(_socketDir)!),
         Vfs: r.GetValue(_socketPath) != null || r.GetValue(_fd) != null ? 0 : r.GetValue(_vfs),
@@ -190,6 +228,11 @@ internal sealed class ServeOptions
         SocketPath: r.GetValue(_socketPath) is { } p ? Path.GetFullPath(p) : null,
         Fd: r.GetValue(_fd),
         PrintCapabilities: r.GetValue(_printCapabilities),
+        Memory: new MemoryPolicy
+        {
+            AllowUnsealed = r.GetValue(_allowUnsealedMemory),
+            MaxMappedBytes = ParseSize(r.GetValue(_maxGuestMemory))!.Value,
+        },
         MaxMacsPerPort: r.GetValue(_maxMacsPerPort),
         TrustVfs: r.GetValue(_trustVfs));
 }

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.InteropServices;
 
 namespace VhostUserVirtio.Interop;
@@ -28,12 +29,18 @@ public sealed class FileDescriptor : SafeHandle
         new(NativeException.Check(Libc.Fcntl(Number, Libc.F_DUPFD_CLOEXEC, 0), "fcntl(F_DUPFD_CLOEXEC)"));
 
     /// <summary>Size of the file in bytes (fstat st_size).</summary>
-    public unsafe long GetFileSize()
+    public long GetFileSize() => GetStatus().Size;
+
+    /// <summary>fstat: size, preferred block size and type of the file.</summary>
+    public unsafe FileStatus GetStatus()
     {
         Libc.StatBuffer st;
         NativeException.Check(Libc.Fstat(Number, &st), "fstat");
-        return st.Size;
+        return new FileStatus(st.Size, st.BlockSize, st.Mode);
     }
+
+    /// <summary>Sets the file's size (ftruncate). Fails with EPERM on a memfd sealed against the change.</summary>
+    public void SetLength(long length) => NativeException.Check(Libc.Ftruncate(Number, length), "ftruncate");
 
     /// <summary>Clears or sets close-on-exec, e.g. to hand a listening socket to a child process (libvirt's --fd).</summary>
     public void SetInheritable(bool inheritable) =>
@@ -48,16 +55,41 @@ public sealed class FileDescriptor : SafeHandle
     }
 
     /// <summary>
-    /// Makes sure a shared-memory file can no longer shrink under our mapping (a shrink would turn
-    /// later accesses into SIGBUS). Returns false when the file cannot be sealed (not a memfd, or
-    /// created without MFD_ALLOW_SEALING and not already sealed).
+    /// Makes sure a shared-memory file can no longer shrink under a mapping (a shrink would turn later
+    /// accesses into SIGBUS); a file already sealed so counts (QEMU's memfd backend seals with
+    /// F_SEAL_SEAL too, so adding would fail). False when the file cannot be sealed, with the reason:
+    /// only memfds take seals, and only those made with MFD_ALLOW_SEALING.
     /// </summary>
-    public bool TrySealAgainstShrink()
+    public bool TrySealAgainstShrink([NotNullWhen(false)] out string? reason)
     {
-        int seals = Libc.Fcntl(Number, Libc.F_GET_SEALS, 0);
-        if (seals >= 0 && (seals & Libc.F_SEAL_SHRINK) != 0)
+        reason = null;
+        if (IsSealedAgainstShrink)
             return true;
-        return Libc.Fcntl(Number, Libc.F_ADD_SEALS, Libc.F_SEAL_SHRINK) == 0;
+        if (Libc.Fcntl(Number, Libc.F_ADD_SEALS, Libc.F_SEAL_SHRINK) == 0)
+            return true;
+        int errno = Libc.Errno;
+        // Someone else may have sealed it meanwhile, F_SEAL_SEAL included.
+        if (IsSealedAgainstShrink)
+            return true;
+        int seals = Libc.Fcntl(Number, Libc.F_GET_SEALS, 0);
+        reason = errno switch
+        {
+            Libc.EINVAL => "its file type cannot be sealed (only memfds can)",
+            Libc.EPERM when seals > Libc.F_SEAL_SEAL => "its file was sealed (F_SEAL_SEAL) without F_SEAL_SHRINK",
+            Libc.EPERM => "its file takes no seals (a memfd created without MFD_ALLOW_SEALING, or a tmpfs or hugetlbfs file that is not a memfd)",
+            _ => new NativeException("fcntl(F_ADD_SEALS)", errno).Message,
+        };
+        return false;
+    }
+
+    /// <summary>True when the file carries F_SEAL_SHRINK: it can never again be smaller than it is now.</summary>
+    public bool IsSealedAgainstShrink
+    {
+        get
+        {
+            int seals = Libc.Fcntl(Number, Libc.F_GET_SEALS, 0);
+            return seals >= 0 && (seals & Libc.F_SEAL_SHRINK) != 0;
+        }
     }
 
     /// <summary>Waits until the descriptor is readable (or hung up). Returns false on timeout.</summary>
@@ -79,3 +111,7 @@ public sealed class FileDescriptor : SafeHandle
         }
     }
 }
+
+/// <summary>What fstat says about a file.</summary>
+/// <param name="BlockSize">st_blksize: the preferred I/O (and mapping) granule; hugetlbfs reports its huge page size here.</param>
+public readonly record struct FileStatus(long Size, long BlockSize, uint Mode);

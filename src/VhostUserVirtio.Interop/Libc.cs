@@ -109,10 +109,15 @@ internal static unsafe partial class Libc
     internal const int F_DUPFD_CLOEXEC = 1030;
     internal const int F_SETFD = 2;
     internal const int FD_CLOEXEC = 1;
+    internal const int O_NONBLOCK = 0x800;
+
+    // Guest memory files: sealing (memfd) and the errno values that explain why a file cannot be sealed.
     internal const int F_ADD_SEALS = 1033;
     internal const int F_GET_SEALS = 1034;
+    internal const int F_SEAL_SEAL = 0x1;
     internal const int F_SEAL_SHRINK = 0x2;
-    internal const int O_NONBLOCK = 0x800;
+    internal const int EPERM = 1;
+    internal const int EINVAL = 22;
 
     internal const int PROT_READ = 0x1;
     internal const int PROT_WRITE = 0x2;

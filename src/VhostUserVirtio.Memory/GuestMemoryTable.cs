@@ -3,18 +3,24 @@ using VhostUserVirtio.Interop;
 namespace VhostUserVirtio.Memory;
 
 /// <summary>
-/// The mutable memory table of one connection (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG). Every
-/// change publishes a new <see cref="GuestMemory"/> snapshot and returns the regions it retired; the
-/// caller disposes those only after every queue has switched to the new snapshot.
+/// The mutable memory table of one connection (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG), mapped under
+/// a <see cref="MemoryPolicy"/>. Every change publishes a new <see cref="GuestMemory"/> snapshot and
+/// returns the regions it retired; the caller disposes those only after every queue has switched to
+/// the new snapshot.
 /// </summary>
-public sealed class GuestMemoryTable : IDisposable
+public sealed class GuestMemoryTable(MemoryPolicy? policy = null) : IDisposable
 {
     /// <summary>Memory slots offered with CONFIGURE_MEM_SLOTS (GET_MAX_MEM_SLOTS). Must never decrease.</summary>
     public const int MaxSlots = 32;
 
     private readonly List<MemoryRegion> _regions = new();
 
+    public MemoryPolicy Policy { get; } = policy ?? MemoryPolicy.Default;
+
     public GuestMemory Current { get; private set; } = GuestMemory.Empty;
+
+    /// <summary>Address space the current regions take (what <see cref="MemoryPolicy.MaxMappedBytes"/> limits).</summary>
+    public ulong MappedBytes => Sum(_regions);
 
     /// <summary>
     /// Replaces the whole table. Validates everything before mapping anything, so a bad table leaves
@@ -25,11 +31,16 @@ public sealed class GuestMemoryTable : IDisposable
         var mapped = new List<MemoryRegion>();
         try
         {
+            // The new table replaces the old one, so only its own size counts against the limit.
+            ulong total = 0;
+            foreach (var r in regions)
+                total = r.Size > ulong.MaxValue - total ? ulong.MaxValue : total + r.Size;
+            CheckLimit(total, 0, "memory table");
             for (int i = 0; i < regions.Count; i++)
             {
                 var (gpa, size, uva, off) = regions[i];
                 CheckNoOverlap(gpa, size, uva, mapped, $"region {i}");
-                mapped.Add(MemoryRegion.Map(gpa, size, uva, off, fds[i]));
+                mapped.Add(MemoryRegion.Map(gpa, size, uva, off, fds[i], Policy, Policy.MaxMappedBytes - Sum(mapped)));
             }
         }
         catch
@@ -48,22 +59,26 @@ public sealed class GuestMemoryTable : IDisposable
         return retired;
     }
 
-    /// <summary>Adds one region (ADD_MEM_REG). Consumes the descriptor.</summary>
-    public void Add(ulong gpa, ulong size, ulong userAddress, ulong mmapOffset, FileDescriptor fd)
+    /// <summary>Adds one region (ADD_MEM_REG) and returns it. Consumes the descriptor.</summary>
+    public MemoryRegion Add(ulong gpa, ulong size, ulong userAddress, ulong mmapOffset, FileDescriptor fd)
     {
+        ulong mappedBytes = MappedBytes;
         try
         {
             if (_regions.Count >= MaxSlots)
                 throw new GuestMemoryException($"all {MaxSlots} memory slots are in use");
             CheckNoOverlap(gpa, size, userAddress, _regions, "new region");
+            CheckLimit(size, mappedBytes, "new region");
         }
         catch
         {
             fd.Dispose();
             throw;
         }
-        _regions.Add(MemoryRegion.Map(gpa, size, userAddress, mmapOffset, fd));
+        var region = MemoryRegion.Map(gpa, size, userAddress, mmapOffset, fd, Policy, Policy.MaxMappedBytes - mappedBytes);
+        _regions.Add(region);
         Publish();
+        return region;
     }
 
     /// <summary>Removes the region matching gpa, size and user address (REM_MEM_REG); returns it for retirement.</summary>
@@ -100,6 +115,24 @@ public sealed class GuestMemoryTable : IDisposable
             if (r.OverlapsUser(uva, size))
                 throw new GuestMemoryException($"{what} (uva 0x{uva:x} size 0x{size:x}) overlaps {r} in front-end address space");
         }
+    }
+
+    /// <summary>Refuses, before anything is mapped, <paramref name="size"/> more bytes that would not fit beside <paramref name="mapped"/>.</summary>
+    private void CheckLimit(ulong size, ulong mapped, string what)
+    {
+        ulong limit = Policy.MaxMappedBytes;
+        if (mapped > limit || size > limit - mapped)
+            throw new GuestMemoryException(
+                $"{what} of {Bytes.Format(size)} does not fit this connection's limit of {Bytes.Format(limit)} of mapped guest memory " +
+                $"({(mapped > 0 ? Bytes.Format(mapped) + " already mapped; " : "")}memory policy)", GuestMemoryError.OverLimit);
+    }
+
+    private static ulong Sum(IEnumerable<MemoryRegion> regions)
+    {
+        ulong sum = 0;
+        foreach (var r in regions)
+            sum += r.MappedLength; // each was fitted into what the limit left, so no overflow
+        return sum;
     }
 
     private void Publish() => Current = new GuestMemory(_regions.ToArray());

@@ -62,14 +62,14 @@ public static class MessageRules
 
     /// <summary>
     /// Checks size and descriptor count of a request against its rule. Returns null when the message is
-    /// well formed, otherwise the reason. Protocol-feature gating is the caller's (it knows what was negotiated).
+    /// well formed, otherwise why not. Protocol-feature gating is the caller's (it knows what was negotiated).
     /// </summary>
-    public static string? Validate(FrontendRequest request, in RequestRule rule, ReadOnlySpan<byte> payload, int fdCount)
+    public static MessageError? Validate(FrontendRequest request, in RequestRule rule, ReadOnlySpan<byte> payload, int fdCount)
     {
         if (payload.Length < rule.MinSize || payload.Length > rule.MaxSize)
-            return rule.MinSize == rule.MaxSize
+            return new(MessageErrorKind.MalformedPayload, rule.MinSize == rule.MaxSize
                 ? $"payload is {payload.Length} bytes, {request} takes {rule.MinSize}"
-                : $"payload is {payload.Length} bytes, {request} takes {rule.MinSize}..{rule.MaxSize}";
+                : $"payload is {payload.Length} bytes, {request} takes {rule.MinSize}..{rule.MaxSize}");
 
         int expectedFds;
         switch (rule.Fds)
@@ -77,7 +77,7 @@ public static class MessageRules
             case FdRule.None: expectedFds = 0; break;
             case FdRule.One: expectedFds = 1; break;
             case FdRule.AtMostOne:
-                return fdCount <= 1 ? null : $"{fdCount} descriptors attached, {request} takes at most 1";
+                return fdCount <= 1 ? null : new(MessageErrorKind.WrongDescriptorCount, $"{fdCount} descriptors attached, {request} takes at most 1");
             case FdRule.VringFile:
                 ulong value = BitConverter.ToUInt64(payload);
                 expectedFds = (value & VringFile.NoFdFlag) != 0 ? 0 : 1;
@@ -87,6 +87,6 @@ public static class MessageRules
                 break;
             default: expectedFds = 0; break;
         }
-        return fdCount == expectedFds ? null : $"{fdCount} descriptors attached, {request} takes {expectedFds}";
+        return fdCount == expectedFds ? null : new(MessageErrorKind.WrongDescriptorCount, $"{fdCount} descriptors attached, {request} takes {expectedFds}");
     }
 }

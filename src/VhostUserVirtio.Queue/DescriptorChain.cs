@@ -76,25 +76,25 @@ public sealed class DescriptorChain
         ReadableLength = WritableLength = 0;
     }
 
-    /// <summary>Appends a segment; returns an error text when it breaks ordering or size rules.</summary>
-    internal string? Add(ulong address, uint length, bool writable)
+    /// <summary>Appends a segment; returns the error when it breaks ordering or size rules.</summary>
+    internal RingError? Add(ulong address, uint length, bool writable)
     {
         int count = ReadableCount + WritableCount;
         if (count >= _segments.Length)
-            return "descriptor chain longer than the queue size";
+            return new(RingErrorKind.ChainTooLong, "descriptor chain longer than the queue size");
         if (writable)
         {
             if (WritableLength + (ulong)length > uint.MaxValue)
-                return "writable part of the chain exceeds 4 GiB";
+                return new(RingErrorKind.ChainTooLarge, "writable part of the chain exceeds 4 GiB");
             WritableLength += length;
             WritableCount++;
         }
         else
         {
             if (WritableCount > 0)
-                return "readable descriptor after a writable one";
+                return new(RingErrorKind.ReadableAfterWritable, "readable descriptor after a writable one");
             if (ReadableLength + (ulong)length > uint.MaxValue)
-                return "readable part of the chain exceeds 4 GiB";
+                return new(RingErrorKind.ChainTooLarge, "readable part of the chain exceeds 4 GiB");
             ReadableLength += length;
             ReadableCount++;
         }

@@ -46,7 +46,7 @@ public sealed unsafe class SplitQueue
     public bool IndirectAllowed { get; set; }
 
     /// <summary>Why the queue is broken, or null while it is healthy.</summary>
-    public string? Fault { get; private set; }
+    public RingError? Fault { get; private set; }
     public bool IsReady => _desc != null && Fault == null;
 
     /// <summary>Chains popped since the queue was set up.</summary>
@@ -56,23 +56,25 @@ public sealed unsafe class SplitQueue
     /// Places the rings. Checks size, alignment, and that each ring part lies inside one mapped region.
     /// On failure the queue is left unready and the reason returned.
     /// </summary>
-    public string? Configure(GuestMemory memory, int size, ulong descTable, ulong availRing, ulong usedRing)
+    public RingError? Configure(GuestMemory memory, int size, ulong descTable, ulong availRing, ulong usedRing) =>
+        Configure(memory, new RingPlacement(size, descTable, availRing, usedRing));
+
+    /// <inheritdoc cref="Configure(GuestMemory, int, ulong, ulong, ulong)"/>
+    public RingError? Configure(GuestMemory memory, RingPlacement placement)
     {
         _desc = _avail = _used = null;
-        if (!SplitRing.IsValidSize(size))
-            return $"queue size {size} is not a power of two in 1..{SplitRing.MaxQueueSize}";
-        if (descTable % SplitRing.DescriptorAlignment != 0 || availRing % SplitRing.AvailableAlignment != 0 || usedRing % SplitRing.UsedAlignment != 0)
-            return $"misaligned ring (desc 0x{descTable:x}, avail 0x{availRing:x}, used 0x{usedRing:x})";
-        _size = (ushort)size;
-        DescriptorTable = descTable;
-        AvailableRing = availRing;
-        UsedRing = usedRing;
-        _chain.EnsureCapacity(size);
+        if (placement.Check(memory) is { } error)
+            return error;
+        _size = (ushort)placement.Size;
+        DescriptorTable = placement.Descriptors;
+        AvailableRing = placement.Available;
+        UsedRing = placement.Used;
+        _chain.EnsureCapacity(placement.Size);
         return Remap(memory);
     }
 
     /// <summary>Re-resolves the ring pointers against a new memory snapshot (after a memory table change).</summary>
-    public string? Remap(GuestMemory memory)
+    public RingError? Remap(GuestMemory memory)
     {
         _memory = memory;
         int size = _size;
@@ -82,7 +84,8 @@ public sealed unsafe class SplitQueue
         if (_desc == null || _avail == null || _used == null)
         {
             _desc = _avail = _used = null;
-            return $"ring outside mapped memory (desc 0x{DescriptorTable:x}, avail 0x{AvailableRing:x}, used 0x{UsedRing:x}, size {size})";
+            return new(RingErrorKind.RingOutsideMemory,
+                $"ring outside mapped memory (desc 0x{DescriptorTable:x}, avail 0x{AvailableRing:x}, used 0x{UsedRing:x}, size {size})");
         }
         return null;
     }
@@ -96,7 +99,9 @@ public sealed unsafe class SplitQueue
     }
 
     /// <summary>Marks the queue broken; it stays broken until reconfigured.</summary>
-    public void Break(string reason) => Fault ??= reason;
+    public void Break(RingError reason) => Fault ??= reason;
+
+    public void Break(RingErrorKind kind, string detail) => Break(new RingError(kind, detail));
 
     /// <summary>Clears a fault and the pointers; used when the front end sets the ring up anew.</summary>
     public void Reset()
@@ -127,19 +132,18 @@ public sealed unsafe class SplitQueue
             return null;
         if (pending > _size)
         {
-            Break($"avail index moved {pending} entries ahead, more than the queue size {_size}");
+            Break(RingErrorKind.AvailIndexOutOfRange, $"avail index moved {pending} entries ahead, more than the queue size {_size}");
             return null;
         }
         ushort head = BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(_avail + 4 + 2 * (NextAvail & (_size - 1)), 2));
         if (head >= _size)
         {
-            Break($"available head {head} is not below the queue size {_size}");
+            Break(RingErrorKind.HeadOutOfRange, $"available head {head} is not below the queue size {_size}");
             return null;
         }
-        string? error = WalkChain(head);
-        if (error != null)
+        if (WalkChain(head) is { } error)
         {
-            Break($"chain at head {head}: {error}");
+            Break(error.Kind, $"chain at head {head}: {error.Detail}");
             return null;
         }
         NextAvail++;
@@ -147,7 +151,7 @@ public sealed unsafe class SplitQueue
         return _chain;
     }
 
-    private string? WalkChain(ushort head)
+    private RingError? WalkChain(ushort head)
     {
         var chain = _chain;
         chain.Begin(head, _memory);
@@ -161,7 +165,7 @@ public sealed unsafe class SplitQueue
         while (true)
         {
             if (--budget < 0)
-                return inIndirect ? "indirect chain longer than its table (loop?)" : "chain longer than the queue size (loop?)";
+                return new(RingErrorKind.ChainTooLong, inIndirect ? "indirect chain longer than its table (loop?)" : "chain longer than the queue size (loop?)");
             // One read of the descriptor from shared memory; everything below uses the copy.
             new ReadOnlySpan<byte>(table + SplitRing.DescriptorSize * index, SplitRing.DescriptorSize).CopyTo(copy);
             ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(copy);
@@ -172,19 +176,19 @@ public sealed unsafe class SplitQueue
             if ((flags & SplitRing.DescIndirect) != 0)
             {
                 if (inIndirect)
-                    return "indirect descriptor inside an indirect table";
+                    return new(RingErrorKind.NestedIndirect, "indirect descriptor inside an indirect table");
                 if (!IndirectAllowed)
-                    return "indirect descriptor without VIRTIO_F_INDIRECT_DESC";
+                    return new(RingErrorKind.IndirectNotNegotiated, "indirect descriptor without VIRTIO_F_INDIRECT_DESC");
                 if ((flags & SplitRing.DescNext) != 0)
-                    return "indirect descriptor with NEXT set";
+                    return new(RingErrorKind.IndirectWithNext, "indirect descriptor with NEXT set");
                 if (len == 0 || len % SplitRing.DescriptorSize != 0)
-                    return $"indirect table length {len} is not a non-zero multiple of {SplitRing.DescriptorSize}";
+                    return new(RingErrorKind.IndirectTableLength, $"indirect table length {len} is not a non-zero multiple of {SplitRing.DescriptorSize}");
                 int entries = (int)(len / SplitRing.DescriptorSize);
                 if (entries > _size)
-                    return $"indirect table of {entries} entries exceeds the queue size {_size}";
+                    return new(RingErrorKind.IndirectTableLength, $"indirect table of {entries} entries exceeds the queue size {_size}");
                 byte* t = _memory.GetPointer(addr, len);
                 if (t == null)
-                    return $"indirect table at 0x{addr:x} (+{len}) is not inside one mapped region";
+                    return new(RingErrorKind.IndirectTableOutsideMemory, $"indirect table at 0x{addr:x} (+{len}) is not inside one mapped region");
                 table = t;
                 tableSize = entries;
                 inIndirect = true;
@@ -194,43 +198,50 @@ public sealed unsafe class SplitQueue
             }
 
             if (len != 0 && !_memory.IsRangeMapped(addr, len))
-                return $"buffer 0x{addr:x} (+{len}) is outside guest memory";
-            string? error = chain.Add(addr, len, (flags & SplitRing.DescWrite) != 0);
-            if (error != null)
+                return new(RingErrorKind.BufferOutsideMemory, $"buffer 0x{addr:x} (+{len}) is outside guest memory");
+            if (chain.Add(addr, len, (flags & SplitRing.DescWrite) != 0) is { } error)
                 return error;
 
             if ((flags & SplitRing.DescNext) == 0)
                 return null;
             if (next >= tableSize)
-                return $"next index {next} is not below {(inIndirect ? "the indirect table size" : "the queue size")} {tableSize}";
+                return new(RingErrorKind.NextOutOfRange, $"next index {next} is not below {(inIndirect ? "the indirect table size" : "the queue size")} {tableSize}");
             index = next;
         }
     }
 
+    /// <summary>Chains one <see cref="Drain{THandler}"/> call handles at most (DPDK dequeues bursts of 32).</summary>
+    public const int DefaultBudget = 64;
+
     /// <summary>
-    /// Pops every available chain through <paramref name="handler"/> and returns each with the length
-    /// the handler wrote. Driver kicks are suppressed while draining and re-enabled with a re-check, so
-    /// a buffer made available meanwhile is never left without a kick. Returns the chains handled;
-    /// the caller decides about notifying (<see cref="NeedsNotification"/>). Allocates nothing.
+    /// Pops available chains through <paramref name="handler"/>, at most <paramref name="budget"/> of
+    /// them, and returns each with the length the handler wrote. The budget keeps a driver that never
+    /// stops adding buffers from holding the thread: when it runs out, kicks stay suppressed and the
+    /// caller must come back (<see cref="DrainResult.BudgetSpent"/>). Otherwise driver kicks are
+    /// re-enabled with a re-check, so a buffer made available meanwhile is never left without a kick.
+    /// The caller decides about notifying (<see cref="NeedsNotification"/>). Allocates nothing.
     /// </summary>
     /// <param name="rearm">
     /// Re-enable kicks when done (the normal case). A busy-polling caller passes false and calls
     /// <see cref="EnableNotification"/> itself before it sleeps.
     /// </param>
-    public int Drain<THandler>(ref THandler handler, bool rearm = true) where THandler : struct, IChainHandler
+    public DrainResult Drain<THandler>(ref THandler handler, bool rearm = true, int budget = DefaultBudget) where THandler : struct, IChainHandler
     {
         int handled = 0;
         DisableNotification();
-        do
+        while (true)
         {
             DescriptorChain? chain;
-            while ((chain = Pop()) != null)
+            while (handled < budget && (chain = Pop()) != null)
             {
                 PushUsed(chain.Head, handler.Handle(chain));
                 handled++;
             }
-        } while (rearm && EnableNotification());
-        return handled;
+            if (handled >= budget && IsReady)
+                return new DrainResult(handled, BudgetSpent: true);
+            if (!rearm || !EnableNotification())
+                return new DrainResult(handled, BudgetSpent: false);
+        }
     }
 
     /// <summary>True when the driver has published buffers not yet popped (a cheap look for pollers).</summary>
@@ -305,6 +316,11 @@ public sealed unsafe class SplitQueue
         return ReadAvailIndex() != NextAvail;
     }
 }
+
+/// <summary>What one <see cref="SplitQueue.Drain{THandler}"/> call did.</summary>
+/// <param name="Handled">Chains handled (and returned to the driver).</param>
+/// <param name="BudgetSpent">The budget ran out: more may be waiting, kicks are still suppressed, come back.</param>
+public readonly record struct DrainResult(int Handled, bool BudgetSpent);
 
 /// <summary>Handles one chain and returns the number of bytes written into it (the used length).</summary>
 public interface IChainHandler

@@ -53,3 +53,30 @@ public static class SplitRing
     public static bool NeedEvent(ushort eventIndex, ushort newIndex, ushort oldIndex) =>
         (ushort)(newIndex - eventIndex - 1) < (ushort)(newIndex - oldIndex);
 }
+
+/// <summary>
+/// Where a split ring lies in guest physical memory, and its size: what a driver tells the device
+/// (SET_VRING_NUM/ADDR translated, a legacy queue PFN, or a transport's queue set-up).
+/// </summary>
+public readonly record struct RingPlacement(int Size, ulong Descriptors, ulong Available, ulong Used)
+{
+    /// <summary>
+    /// Why the ring cannot lie there (size, alignment, each part inside one mapped region), or null.
+    /// Touches no ring: callers check before stopping a ring that is running.
+    /// </summary>
+    public RingError? Check(Memory.GuestMemory memory)
+    {
+        if (!SplitRing.IsValidSize(Size))
+            return new(RingErrorKind.InvalidSize, $"queue size {Size} is not a power of two in 1..{SplitRing.MaxQueueSize}");
+        if (Descriptors % SplitRing.DescriptorAlignment != 0 || Available % SplitRing.AvailableAlignment != 0 || Used % SplitRing.UsedAlignment != 0)
+            return new(RingErrorKind.MisalignedRing, $"misaligned ring (desc 0x{Descriptors:x}, avail 0x{Available:x}, used 0x{Used:x})");
+        if (!memory.TryGetSpan(Descriptors, (int)SplitRing.DescriptorTableSize(Size), out _) ||
+            !memory.TryGetSpan(Available, (int)SplitRing.AvailableRingSize(Size), out _) ||
+            !memory.TryGetSpan(Used, (int)SplitRing.UsedRingSize(Size), out _))
+            return new(RingErrorKind.RingOutsideMemory,
+                $"ring outside mapped memory (desc 0x{Descriptors:x}, avail 0x{Available:x}, used 0x{Used:x}, size {Size})");
+        return null;
+    }
+
+    public override string ToString() => $"size {Size}, desc 0x{Descriptors:x}, avail 0x{Available:x}, used 0x{Used:x}";
+}

@@ -48,7 +48,7 @@ public sealed class HostileChainTests : IDisposable
         _q.WriteDescriptor(0, _buf, 64, Next, 1);
         _q.WriteDescriptor(1, _buf + 64, 64, Next, 0);
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "loop", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.ChainTooLong, "loop", _other);
     }
 
     [Fact]
@@ -58,7 +58,7 @@ public sealed class HostileChainTests : IDisposable
         for (ushort i = 0; i < 8; i++)
             _q.WriteDescriptor(i, _buf + i * 16u, 16, Next, (ushort)((i + 1) % 8));
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "longer than the queue size", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.ChainTooLong, "longer than the queue size", _other);
     }
 
     [Fact]
@@ -67,7 +67,7 @@ public sealed class HostileChainTests : IDisposable
         _q.WriteDescriptor(0, _buf, 64, Next, 1);
         _q.WriteDescriptor(1, 0xdead_0000_0000, 64, Write, 0);
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "outside guest memory", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.BufferOutsideMemory, "outside guest memory", _other);
     }
 
     [Fact]
@@ -76,7 +76,7 @@ public sealed class HostileChainTests : IDisposable
         var region = _victim.Ram.Regions[0];
         _q.WriteDescriptor(0, region.Gpa + region.Size - 16, 64, 0, 0);
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "outside guest memory", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.BufferOutsideMemory, "outside guest memory", _other);
     }
 
     [Fact]
@@ -88,7 +88,7 @@ public sealed class HostileChainTests : IDisposable
         _q.WriteDescriptorAt(outer, inner, 16, Indirect, 0);
         _q.WriteDescriptor(0, outer, 16, Indirect, 0);
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "indirect descriptor inside an indirect table", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.NestedIndirect, "indirect descriptor inside an indirect table", _other);
     }
 
     [Fact]
@@ -98,7 +98,7 @@ public sealed class HostileChainTests : IDisposable
         _q.WriteDescriptorAt(table, _buf, 64, 0, 0);
         _q.WriteDescriptor(0, table, 20, Indirect, 0);
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "not a non-zero multiple of 16", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.IndirectTableLength, "not a non-zero multiple of 16", _other);
     }
 
     [Fact]
@@ -106,7 +106,7 @@ public sealed class HostileChainTests : IDisposable
     {
         _q.WriteDescriptor(0, 0x7777_0000_0000, 64, Indirect, 0);
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "not inside one mapped region", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.IndirectTableOutsideMemory, "not inside one mapped region", _other);
     }
 
     [Fact]
@@ -117,7 +117,7 @@ public sealed class HostileChainTests : IDisposable
         _q.WriteDescriptorAt(table + 16, _buf, 16, Next, 0);
         _q.WriteDescriptor(0, table, 32, Indirect, 0);
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "indirect chain longer than its table", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.ChainTooLong, "indirect chain longer than its table", _other);
     }
 
     [Fact]
@@ -126,14 +126,14 @@ public sealed class HostileChainTests : IDisposable
         _q.WriteDescriptor(0, _buf, 64, Next | Write, 1);
         _q.WriteDescriptor(1, _buf + 64, 64, 0, 0);
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "readable descriptor after a writable one", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.ReadableAfterWritable, "readable descriptor after a writable one", _other);
     }
 
     [Fact]
     public void Head_index_beyond_the_queue_breaks_only_that_queue()
     {
         Submit(200);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "is not below the queue size", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.HeadOutOfRange, "is not below the queue size", _other);
     }
 
     [Fact]
@@ -141,7 +141,7 @@ public sealed class HostileChainTests : IDisposable
     {
         _q.WriteDescriptor(0, _buf, 64, Next, 99);
         Submit(0);
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "next index 99", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.NextOutOfRange, "next index 99", _other);
     }
 
     [Fact]
@@ -149,7 +149,7 @@ public sealed class HostileChainTests : IDisposable
     {
         _q.SetAvailIndex(100);
         _q.Notify();
-        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, "more than the queue size", _other);
+        Hostile.AssertOnlyThatQueueBroke(_backend, _victim, 0, RingErrorKind.AvailIndexOutOfRange, "more than the queue size", _other);
     }
 
     [Fact]

@@ -41,6 +41,12 @@ public sealed class HostileMessageTests : IDisposable
         return BinaryPrimitives.ReadUInt64LittleEndian(body);
     }
 
+    private Backend.VhostUserBackend Refusing => _backend.Endpoints[0].Backend;
+
+    /// <summary>The refused device's last refusal was of this kind.</summary>
+    private void AssertRefusedAs(MessageErrorKind kind) =>
+        Assert.True(EchoBackend.WaitUntil(() => Refusing.LastRejection?.Kind == kind), $"last refusal: {Refusing.LastRejection}");
+
     private void AssertStillServing()
     {
         var payload = Echo.Text("refused device still runs");
@@ -61,6 +67,7 @@ public sealed class HostileMessageTests : IDisposable
     {
         Assert.NotEqual(0UL, SendForAck(FrontendRequest.SetVringNum, new byte[4]));
         Assert.True(_backend.Logs.WaitForWarning("malformed SetVringNum"));
+        AssertRefusedAs(MessageErrorKind.MalformedPayload);
         AssertStillServing();
     }
 
@@ -116,6 +123,7 @@ public sealed class HostileMessageTests : IDisposable
         b.Release();
         Assert.True(a.WaitClosed() && b.WaitClosed(), "descriptors attached to a refused message were not closed");
         Assert.True(_backend.Logs.WaitForWarning("2 descriptors attached"));
+        AssertRefusedAs(MessageErrorKind.WrongDescriptorCount);
         AssertStillServing();
     }
 
@@ -133,6 +141,8 @@ public sealed class HostileMessageTests : IDisposable
         probe.Release();
         Assert.True(probe.WaitClosed(), "kick descriptor for a bad index was not closed");
         Assert.True(_backend.Logs.WaitForWarning("queue index 99 is out of range"));
+        AssertRefusedAs(MessageErrorKind.IndexOutOfRange);
+        Assert.Equal(5, Refusing.Rejections(MessageErrorKind.IndexOutOfRange));
         AssertStillServing();
     }
 
@@ -156,6 +166,7 @@ public sealed class HostileMessageTests : IDisposable
         });
         Assert.NotEqual(0UL, SendForAck(FrontendRequest.SetMemTable, table, new[] { r.Fd.Number, r.Fd.Number }));
         Assert.True(_backend.Logs.WaitForWarning("overlaps"));
+        AssertRefusedAs(MessageErrorKind.BadMemory);
         AssertStillServing();
     }
 
@@ -197,6 +208,8 @@ public sealed class HostileMessageTests : IDisposable
         Assert.NotEqual(0UL, SendForAck(FrontendRequest.SendRarp, new byte[8]));
         Assert.True(_backend.Logs.WaitForWarning("unsupported request 99"));
         Assert.True(_backend.Logs.WaitForWarning("needs protocol feature Rarp"));
+        AssertRefusedAs(MessageErrorKind.NotNegotiated);
+        Assert.Equal(2, Refusing.Rejections(MessageErrorKind.UnknownRequest)); // request 99 and SET_LOG_BASE
         AssertStillServing();
     }
 
@@ -205,6 +218,46 @@ public sealed class HostileMessageTests : IDisposable
     {
         Assert.NotEqual(0UL, SendForAck(FrontendRequest.SetFeatures, BitConverter.GetBytes(1UL << 60)));
         Assert.True(_backend.Logs.WaitForWarning("bits never offered"));
+        AssertRefusedAs(MessageErrorKind.InvalidValue);
+        AssertStillServing();
+    }
+
+    [Fact]
+    public void Features_cannot_change_while_rings_run_but_the_same_features_again_are_accepted()
+    {
+        // The device's data path reads the negotiated features for every chain (a net device's header
+        // size and mergeable buffers): a change under a running ring would corrupt what it writes.
+        ulong features = _s.Features;
+        ulong flipped = features ^ (1UL << VirtioFeature.RingEventIdx);
+        Assert.NotEqual(0UL, SendForAck(FrontendRequest.SetFeatures, BitConverter.GetBytes(flipped)));
+        Assert.True(_backend.Logs.WaitForWarning("while rings run"));
+        AssertRefusedAs(MessageErrorKind.InvalidState);
+        Assert.Equal(0UL, SendForAck(FrontendRequest.SetFeatures, BitConverter.GetBytes(features)));
+        AssertStillServing();
+    }
+
+    [Fact]
+    public async Task A_flood_of_refused_messages_logs_a_bounded_number_of_lines_and_other_devices_stay_served()
+    {
+        int Warnings() => _backend.Logs.Lines.Count(l => l.Level >= Microsoft.Extensions.Logging.LogLevel.Warning);
+        int before = Warnings();
+        var flood = new byte[20 * 20_000];
+        for (int i = 0; i < 20_000; i++)
+        {
+            var m = flood.AsSpan(i * 20);
+            new MessageHeader((uint)FrontendRequest.SetVringNum, MessageHeader.Version, 8).Write(m);
+            new VringState(99, 256).Write(m[12..]);   // out of range: refused, no reply asked
+        }
+        var sender = Task.Run(() => _s.Connection.SendBytes(flood));
+        await sender.WaitAsync(TimeSpan.FromSeconds(60)); // a back end that stopped reading the flood times out here
+        Assert.True(EchoBackend.WaitUntil(() => Refusing.Rejections(MessageErrorKind.IndexOutOfRange) == 20_000, 30_000),
+            $"only {Refusing.Rejections(MessageErrorKind.IndexOutOfRange)} of 20000 refusals counted");
+        int logged = Warnings() - before;
+        // Ten lines a second per kind, plus one "suppressed" line per window: a flood that takes a
+        // few seconds logs tens of lines, not twenty thousand.
+        Assert.True(logged < 500, $"{logged} log lines for 20000 refused messages");
+        Assert.True(_backend.Logs.Lines.Any(l => l.Text.Contains("suppressed by the rate limit")) || logged < 20,
+            "refusals were dropped without saying how many");
         AssertStillServing();
     }
 

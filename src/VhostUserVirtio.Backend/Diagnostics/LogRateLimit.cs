@@ -63,14 +63,18 @@ public static class RateLimitedLogging
     /// Logs through <paramref name="limit"/>: dropped when over the limit, and preceded by a count of
     /// what was dropped since the last message that got through.
     /// </summary>
-    public static void LogLimited(this ILogger logger, LogRateLimit limit, LogLevel level, string message, params object?[] args)
+    public static void LogLimited(this ILogger logger, LogRateLimit limit, LogLevel level, string message, params object?[] args) =>
+        logger.LogLimited(limit, level, null, message, args);
+
+    /// <summary>As <see cref="LogLimited(ILogger, LogRateLimit, LogLevel, string, object?[])"/>, with the exception that caused it.</summary>
+    public static void LogLimited(this ILogger logger, LogRateLimit limit, LogLevel level, Exception? exception, string message, params object?[] args)
     {
         if (!logger.IsEnabled(level) || !limit.Allow(out long suppressed))
             return;
 #pragma warning disable CA2254 // the template is the caller's constant; this only forwards it
         if (suppressed > 0)
             logger.Log(level, "({Suppressed} similar message(s) suppressed by the rate limit)", suppressed);
-        logger.Log(level, message, args);
+        logger.Log(level, exception, message, args);
 #pragma warning restore CA2254
     }
 }

@@ -154,13 +154,17 @@ public sealed class AdminCommandProcessor
                 return AdminOutcome.Ok();
             case AdminOpcode.LegacyCommonCfgRead:
             case AdminOpcode.LegacyDevCfgRead:
-                // Data: u8 offset. Length: the result room the driver supplied.
-                return _group.LegacyOf(member)!.Read(opcode == (ushort)AdminOpcode.LegacyCommonCfgRead, data.IsEmpty ? 0 : data[0], result[..resultRoom]);
+                // Data: u8 offset. Length: the result room the driver supplied. The member is looked up
+                // once: VFs may be disabled by the control loop between the check above and here.
+                return _group.LegacyOf(member) is { } reader
+                    ? reader.Read(opcode == (ushort)AdminOpcode.LegacyCommonCfgRead, data.IsEmpty ? 0 : data[0], result[..resultRoom])
+                    : AdminOutcome.Invalid(AdminQualifier.InvalidMember);
             case AdminOpcode.LegacyCommonCfgWrite:
             case AdminOpcode.LegacyDevCfgWrite:
                 // Data: u8 offset; u8 reserved[7]; u8 data[].
-                return _group.LegacyOf(member)!.Write(opcode == (ushort)AdminOpcode.LegacyCommonCfgWrite, data.IsEmpty ? 0 : data[0],
-                    data.Length > 8 ? data[8..] : default);
+                return _group.LegacyOf(member) is { } writer
+                    ? writer.Write(opcode == (ushort)AdminOpcode.LegacyCommonCfgWrite, data.IsEmpty ? 0 : data[0], data.Length > 8 ? data[8..] : default)
+                    : AdminOutcome.Invalid(AdminQualifier.InvalidMember);
             case AdminOpcode.LegacyNotifyInfo:
                 return Legacy.LegacyNetInterface.NotifyInfo(result);
             case AdminOpcode.NetMemberCtrl:

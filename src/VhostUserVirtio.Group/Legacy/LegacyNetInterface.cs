@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Group.Admin;
 using VhostUserVirtio.Protocol;
@@ -17,11 +18,11 @@ namespace VhostUserVirtio.Group.Legacy;
 /// vhost-user front end keeps supplying memory, call descriptors (interrupts) and kick descriptors
 /// (doorbells). All data is little-endian. Runs on the group's worker, like the admin queue.
 /// </summary>
-public sealed class LegacyNetInterface : IOwnerTransport
+public sealed class LegacyNetInterface
 {
     private readonly int _memberId;
     private readonly NetDevice _net;
-    private readonly VhostUserBackend _backend;
+    private readonly OwnerDrivenMember _member;
     private readonly Func<int> _vectorCount;
     private readonly ILogger _logger;
     private readonly uint[] _queueAddress;
@@ -32,12 +33,14 @@ public sealed class LegacyNetInterface : IOwnerTransport
     private byte _status;
     private byte _isr;
     private ushort _configVector = LegacyLayout.NoVector;
+    // Every refusal comes from an admin command the owner's driver sent: bounded, however many it sends.
+    private readonly LogRateLimit _refusals = new();
 
     internal LegacyNetInterface(int memberId, NetDevice net, VhostUserBackend backend, Func<int> vectorCount, ILogger logger)
     {
         _memberId = memberId;
         _net = net;
-        _backend = backend;
+        _member = new OwnerDrivenMember(backend, Raise, FrontEndReset, logger);
         _vectorCount = vectorCount;
         _logger = logger;
         _queueAddress = new uint[net.QueueCount];
@@ -123,7 +126,7 @@ public sealed class LegacyNetInterface : IOwnerTransport
             case LegacyLayout.QueueNotify: BinaryPrimitives.WriteUInt16LittleEndian(v, _lastNotify); break;
             case LegacyLayout.DeviceStatus:
                 // A ring the driver broke makes the device ask for a reset, as a device would.
-                v[0] = (byte)(_status | (_backend.OwnerRingFaulted ? 0x40 : 0));
+                v[0] = (byte)(_status | (_member.Faulted ? 0x40 : 0));
                 break;
             case LegacyLayout.IsrStatus: v[0] = _isr; break;
             case LegacyLayout.ConfigVector: BinaryPrimitives.WriteUInt16LittleEndian(v, _configVector); break;
@@ -145,7 +148,7 @@ public sealed class LegacyNetInterface : IOwnerTransport
                     return busy;
                 uint features = BinaryPrimitives.ReadUInt32LittleEndian(v) & HostFeatures;
                 _guestFeatures = features;
-                _backend.SetOwnerFeatures(features);
+                _member.SetFeatures(features);
                 return AdminOutcome.Ok();
             }
             case LegacyLayout.QueueAddress:
@@ -156,12 +159,12 @@ public sealed class LegacyNetInterface : IOwnerTransport
                     return busy;
                 uint pfn = BinaryPrimitives.ReadUInt32LittleEndian(v);
                 if (pfn == 0)
-                    _backend.StopOwnerRing(q);
+                    _member.StopRing(q);
                 else
                 {
                     ulong desc = (ulong)pfn << SplitRing.LegacyAddressShift;
                     var (avail, used, _) = SplitRing.LegacyLayout(QueueEntries);
-                    if (_backend.StartOwnerRing(q, QueueEntries, desc, desc + avail, desc + used) is { } error)
+                    if (_member.StartRing(q, new RingPlacement(QueueEntries, desc, desc + avail, desc + used)) is { } error)
                         return Refuse(true, f.Offset, f.Size, "write", $"queue {q} address 0x{desc:x}: {error}");
                 }
                 _queueAddress[q] = pfn;
@@ -176,7 +179,7 @@ public sealed class LegacyNetInterface : IOwnerTransport
                 if (index >= _queueAddress.Length)
                     return Refuse(true, f.Offset, f.Size, "write", $"notifies queue {index}, which does not exist");
                 _lastNotify = index;
-                _backend.NotifyOwnerRing(index); // a queue that is not running has nothing to do
+                _member.Notify(index); // a queue that is not running has nothing to do
                 return AdminOutcome.Ok();
             }
             case LegacyLayout.DeviceStatus:
@@ -227,16 +230,16 @@ public sealed class LegacyNetInterface : IOwnerTransport
     /// <summary>The first write that drives the device takes it over from the member's own front end.</summary>
     private AdminOutcome? Claim()
     {
-        if (_backend.ClaimForOwner(this) is not { } refused)
+        if (_member.Claim() is not { } refused)
             return null;
-        _logger.LogWarning("vf{Member}: legacy access refused: {Reason}", _memberId, refused);
+        _logger.LogLimited(_refusals, LogLevel.Warning, "vf{Member}: legacy access refused: {Reason}", _memberId, refused);
         return new AdminOutcome(AdminStatus.Ebusy, AdminQualifier.InvalidCommand);
     }
 
     /// <summary>Status 0: device reset. Rings stop, registers return to their initial values.</summary>
     private void Reset()
     {
-        _backend.ReleaseFromOwner();
+        _member.Release();
         ClearRegisters();
         _logger.LogDebug("vf{Member}: legacy reset", _memberId);
     }
@@ -255,14 +258,14 @@ public sealed class LegacyNetInterface : IOwnerTransport
 
     private AdminOutcome Refuse(bool common, int offset, int length, string what, string why)
     {
-        _logger.LogWarning("vf{Member}: legacy {Block} {What} of {Length} byte(s) at offset {Offset} refused: it {Why}",
+        _logger.LogLimited(_refusals, LogLevel.Warning, "vf{Member}: legacy {Block} {What} of {Length} byte(s) at offset {Offset} refused: it {Why}",
             _memberId, common ? "common" : "device config", what, length, offset, why);
         return AdminOutcome.Invalid(AdminQualifier.InvalidField);
     }
 
-    // ---- IOwnerTransport (worker) ----
+    // ---- callbacks of the owner-driven member (worker) ----
 
-    void IOwnerTransport.Raise(DeviceQueue queue)
+    private void Raise(DeviceQueue queue)
     {
         // QEMU's habit, kept here: the queue bit is set whether or not MSI-X delivers the interrupt.
         _isr |= LegacyLayout.IsrQueue;
@@ -270,7 +273,7 @@ public sealed class LegacyNetInterface : IOwnerTransport
             queue.SignalCall();
     }
 
-    void IOwnerTransport.FrontEndReset()
+    private void FrontEndReset()
     {
         if (_status != 0)
             _logger.LogInformation("vf{Member}: the member's front end reset or left; legacy state reset", _memberId);

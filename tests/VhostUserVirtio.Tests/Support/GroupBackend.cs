@@ -8,13 +8,15 @@ namespace VhostUserVirtio.Tests.Support;
 public sealed class GroupBackend : IDisposable
 {
     /// <param name="directory">Socket folder; a fresh temp folder when null. A given folder is not deleted on dispose.</param>
-    public GroupBackend(int vfs = 2, Func<DeviceGroupOptions, DeviceGroupOptions>? configure = null, string? directory = null)
+    /// <param name="memoryPolicy">What guest memory front ends may hand over (DPDK's needs AllowUnsealed); the default when null.</param>
+    public GroupBackend(int vfs = 2, Func<DeviceGroupOptions, DeviceGroupOptions>? configure = null, string? directory = null,
+        Memory.MemoryPolicy? memoryPolicy = null)
     {
         _ownsDirectory = directory == null;
         Directory = directory ?? Path.Combine(Path.GetTempPath(), "vuvg-" + Guid.NewGuid().ToString("N")[..12]);
         Logs = new CapturingLoggerProvider();
         Loggers = LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Debug));
-        Server = new VhostUserServer(Loggers);
+        Server = new VhostUserServer(Loggers, memoryPolicy: memoryPolicy);
         var options = new DeviceGroupOptions { SocketDirectory = Directory, Vfs = vfs };
         Group = new DeviceGroup(Server, configure?.Invoke(options) ?? options, Loggers);
         try

@@ -34,9 +34,8 @@ public sealed class InThreadEchoRing : IDisposable
         var r = _ram.Regions[0];
         _table.Replace([(r.Gpa, r.Size, r.UserAddress, r.MmapOffset)], [r.Fd.Duplicate()]);
         Device = new SplitQueue(queueSize) { EventIdx = eventIdx };
-        string? error = Device.Configure(_table.Current, queueSize, Driver.DescriptorTable, Driver.AvailableRing, Driver.UsedRing);
-        if (error != null)
-            throw new InvalidOperationException(error);
+        if (Device.Configure(_table.Current, queueSize, Driver.DescriptorTable, Driver.AvailableRing, Driver.UsedRing) is { } error)
+            throw new InvalidOperationException(error.Detail);
 
         _buffers = new BufferSpec[2 * chains];
         for (int i = 0; i < chains; i++)
@@ -74,7 +73,7 @@ public sealed class InThreadEchoRing : IDisposable
     public int DeviceDrain()
     {
         var handler = new EchoDevice.EchoHandler(null);
-        int echoed = Device.Drain(ref handler);
+        int echoed = Device.Drain(ref handler, budget: int.MaxValue).Handled;
         if (Device.Fault != null)
             throw new InvalidOperationException("device side broke the ring: " + Device.Fault);
         if (echoed > 0 && Device.NeedsNotification())

@@ -40,7 +40,8 @@ public sealed record TestPmdOptions
         yield return "-l"; yield return Lcores;
         yield return "--main-lcore"; yield return MainLcore.ToString(CultureInfo.InvariantCulture);
         // No hugepages on the test machines: DPDK 22.11 backs this memory with a memfd that
-        // virtio-user can share with the back end.
+        // virtio-user can share with the back end. It is made without MFD_ALLOW_SEALING, so our
+        // back end takes it only with --allow-unsealed-memory (MemoryPolicy.AllowUnsealed).
         yield return "--no-huge"; yield return "-m"; yield return MemoryMb.ToString(CultureInfo.InvariantCulture);
         yield return "--no-pci";
         foreach (var v in Vdevs) { yield return "--vdev"; yield return v; }

@@ -68,7 +68,8 @@ public sealed class DpdkVhostSwitch : IVhostSwitch
 /// <summary>
 /// Our daemon as a switch: <c>serve --socket-dir DIR --vfs 2</c> creates pf.sock, vf1.sock and
 /// vf2.sock joined by a learning L2 switch; the test's ports are vf1 and vf2. It forwards by
-/// itself, so start and stop are no-ops.
+/// itself, so start and stop are no-ops. <c>--allow-unsealed-memory</c>: DPDK's --no-huge memory is
+/// a memfd that cannot be sealed, which the daemon otherwise refuses.
 /// </summary>
 public sealed class DaemonSwitch : IVhostSwitch
 {
@@ -78,7 +79,7 @@ public sealed class DaemonSwitch : IVhostSwitch
     public DaemonSwitch(string directory)
     {
         _sockets = [Path.Combine(directory, "vf1.sock"), Path.Combine(directory, "vf2.sock")];
-        _daemon = DaemonProcess.Start(["serve", "--socket-dir", directory, "--vfs", "2"]);
+        _daemon = DaemonProcess.Start(["serve", "--socket-dir", directory, "--vfs", "2", "--allow-unsealed-memory"]);
         _daemon.WaitUntil(() => _sockets.All(File.Exists), TestPmd.DefaultTimeout, "vf1.sock and vf2.sock");
     }
 
@@ -91,11 +92,12 @@ public sealed class DaemonSwitch : IVhostSwitch
 
 /// <summary>
 /// Our device group served inside the test process, so the test can compare the switch's per-port
-/// counters with what the DPDK front ends counted.
+/// counters with what the DPDK front ends counted. Unsealed memory allowed, as for the daemon.
 /// </summary>
 public sealed class InProcessGroupSwitch : IVhostSwitch
 {
-    public InProcessGroupSwitch(string directory) => Backend = new GroupBackend(vfs: 2, directory: directory);
+    public InProcessGroupSwitch(string directory) =>
+        Backend = new GroupBackend(vfs: 2, directory: directory, memoryPolicy: new Memory.MemoryPolicy { AllowUnsealed = true });
 
     public GroupBackend Backend { get; }
     public string Name => "ours-in-process";

@@ -1,0 +1,139 @@
+using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend;
+using VhostUserVirtio.Queue;
+
+namespace VhostUserVirtio.Group;
+
+/// <summary>
+/// A member device driven by the group owner rather than by its own front end: the owner's transport
+/// (the legacy interface today; the transport virtqueue and migration next) negotiates features and
+/// places rings by guest physical address in the member's own memory table, while the member's
+/// front end keeps supplying that memory, its interrupts (call descriptors) and doorbells (kicks).
+///
+/// Everything runs on the member's pinned worker, the thread that owns its rings: rings start in the
+/// memory snapshot the control loop published to that worker (<see cref="VhostUserBackend.WorkerMemory"/>),
+/// which stays mapped until the worker itself moves on, so a memory table change cannot unmap memory
+/// a ring is being placed in. Rings start and stop through the one sequence every driver uses
+/// (<see cref="DeviceQueue.Start"/>).
+/// </summary>
+public sealed class OwnerDrivenMember : IOwnerTransport
+{
+    private readonly VhostUserBackend _backend;
+    private readonly Action<DeviceQueue> _raise;
+    private readonly Action _frontEndReset;
+    private readonly ILogger _logger;
+    private ulong _features;
+
+    /// <param name="raise">A ring has used buffers the driver wants to hear about: raise the transport's interrupt.</param>
+    /// <param name="frontEndReset">The member's front end reset the device or left: the transport's own state is void.</param>
+    public OwnerDrivenMember(VhostUserBackend backend, Action<DeviceQueue> raise, Action frontEndReset, ILogger logger)
+    {
+        _backend = backend;
+        _raise = raise;
+        _frontEndReset = frontEndReset;
+        _logger = logger;
+    }
+
+    private Worker Worker => _backend.PinnedWorker ?? throw new InvalidOperationException("an owner-driven member needs a pinned worker");
+
+    /// <summary>Whether the owner drives the member through this transport now.</summary>
+    public bool Claimed => _backend.OwnerTransport == this;
+
+    /// <summary>Takes the member over (returns why not: its own front end drives it).</summary>
+    public string? Claim() => _backend.ClaimForOwner(this);
+
+    /// <summary>Owner-side device reset: every ring stopped, the device reset, its front end free to drive it again.</summary>
+    public void Release()
+    {
+        if (_backend.Driver != DeviceDriver.Owner)
+            return;
+        StopAll();
+        _backend.Device.Reset();
+        _backend.ReleaseFromOwner(this);
+    }
+
+    /// <summary>The owner's driver accepted these features (ring features included).</summary>
+    public void SetFeatures(ulong features)
+    {
+        _features = features;
+        _backend.Device.SetDriverFeatures(features);
+    }
+
+    /// <summary>
+    /// Starts ring <paramref name="index"/> at <paramref name="placement"/> in the member's memory; a
+    /// running one is restarted there. Returns why it cannot start; a refused placement changes nothing.
+    /// </summary>
+    public string? StartRing(int index, RingPlacement placement)
+    {
+        var queues = _backend.Queues;
+        if ((uint)index >= (uint)queues.Count)
+            return $"queue {index} does not exist";
+        if (placement.Size > _backend.Device.MaxQueueSize)
+            return $"queue size {placement.Size} exceeds the device's {_backend.Device.MaxQueueSize}";
+        var memory = _backend.WorkerMemory;
+        if (memory.Regions.Count == 0)
+            return "the member's front end has given no memory table (no DMA space)";
+        // Checked before the running ring is touched: a refused placement changes nothing.
+        if (placement.Check(memory) is { } refused)
+            return refused.Detail;
+        var q = queues[index];
+        StopRing(index);
+        if (q.Start(Worker, memory, placement, _features, nextAvail: 0, transport: this) is { } error)
+        {
+            q.Ring.Reset();
+            return error.Detail;
+        }
+        q.Enabled = true;
+        _logger.LogDebug("{Device}: owner started queue {Queue} ({Placement})", _backend.Device.Name, index, placement);
+        return null;
+    }
+
+    /// <summary>Stops an owner-driven ring (queue address 0, or reset).</summary>
+    public void StopRing(int index)
+    {
+        var queues = _backend.Queues;
+        if ((uint)index >= (uint)queues.Count || queues[index] is not { Started: true } q || q.Transport != this)
+            return;
+        q.Stop();
+        q.Enabled = false;
+        q.Ring.Reset();
+    }
+
+    /// <summary>A driver notification for an owner-driven ring: process it now. False if the ring is not running.</summary>
+    public bool Notify(int index)
+    {
+        var queues = _backend.Queues;
+        if ((uint)index >= (uint)queues.Count || queues[index] is not { Started: true } q || q.Transport != this)
+            return false;
+        q.Process();
+        return true;
+    }
+
+    /// <summary>Whether an owner-driven ring broke the ring rules (the device then needs a reset).</summary>
+    public bool Faulted
+    {
+        get
+        {
+            var queues = _backend.Queues;
+            for (int i = 0; i < queues.Count; i++) // not foreach: read per legacy status access, allocation-free
+                if (queues[i].Transport == this && queues[i].Ring.Fault != null)
+                    return true;
+            return false;
+        }
+    }
+
+    private void StopAll()
+    {
+        for (int i = 0; i < _backend.Queues.Count; i++)
+            StopRing(i);
+        _features = 0;
+    }
+
+    void IOwnerTransport.Raise(DeviceQueue queue) => _raise(queue);
+
+    void IOwnerTransport.FrontEndReset()
+    {
+        StopAll();
+        _frontEndReset();
+    }
+}
