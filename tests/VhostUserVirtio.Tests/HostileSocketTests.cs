@@ -168,6 +168,8 @@ public sealed class HostileSocketTests : IDisposable
             var other = Task.Factory.StartNew(() =>
             {
                 using var s = FrontEndSession.Start(backend.SocketPath(1));
+                for (int i = 0; i < 30; i++)
+                    s.Connection.GetFeatures();
                 var payload = Echo.Text("served while the hog sits on its replies");
                 Assert.Equal(payload, Echo.RoundTrip(s, 0, payload));
             }, TaskCreationOptions.LongRunning);
