@@ -11,7 +11,7 @@ namespace VhostUserVirtio.Interop;
 /// kernel's own signal path instead, which never blocks and saturates a full counter: a Linux AIO poll
 /// on a private, always-readable eventfd, submitted with IOCB_FLAG_RESFD and the peer's eventfd as
 /// aio_resfd. The poll completes inside io_submit, and its completion signals the peer's eventfd
-/// (eventfd_signal). About 1.7 µs against 0.3 µs for a plain write.</item>
+/// (eventfd_signal). About 1.2 µs against 0.45 µs for a plain write (completions reaped in batches).</item>
 /// </list>
 /// Kernels without these fall back to a poll-guarded non-blocking call, which a peer that clears
 /// O_NONBLOCK between the poll and the call can still block; <see cref="FallbackReason"/> says so.
