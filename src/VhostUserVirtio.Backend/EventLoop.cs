@@ -56,6 +56,10 @@ public sealed class EventLoop : IDisposable
     private readonly EventFd _wake = new();
     private readonly ConcurrentQueue<Action> _posted = new();
     private readonly Dictionary<ulong, IReadyHandler> _handlers = new();
+    // Delayed work (loop thread only), kept in the loop rather than on a Timer: a timer callback may
+    // need a new thread-pool thread, and creating a thread needs a descriptor, which is exactly what
+    // is missing when accepting fails with EMFILE; the runtime aborts when it cannot create one.
+    private readonly List<(long Due, Action Action)> _scheduled = new();
     private readonly Thread _thread;
     private ulong _nextToken = 1;
     private volatile bool _stopping;
@@ -108,12 +112,62 @@ public sealed class EventLoop : IDisposable
         return token;
     }
 
+    /// <summary>Changes what a registration waits for (loop thread only), e.g. writability instead of input.</summary>
+    public void Modify(FileDescriptor fd, ulong token, EpollEvents events)
+    {
+        AssertLoopThread();
+        _epoll.Modify(fd, events, token);
+    }
+
     /// <summary>Removes a registration (loop thread only). Safe to call for a closed descriptor.</summary>
     public void Unregister(FileDescriptor fd, ulong token)
     {
         AssertLoopThread();
         _epoll.Remove(fd);
         _handlers.Remove(token);
+    }
+
+    /// <summary>Runs <paramref name="action"/> on the loop thread after <paramref name="delay"/> (loop thread only).</summary>
+    public void RunAfter(TimeSpan delay, Action action)
+    {
+        AssertLoopThread();
+        _scheduled.Add((Environment.TickCount64 + (long)Math.Ceiling(delay.TotalMilliseconds), action));
+    }
+
+    /// <summary>Milliseconds until the next scheduled action is due (0 if one is), or -1 when none is scheduled.</summary>
+    private int WaitTimeout()
+    {
+        if (_scheduled.Count == 0)
+            return -1;
+        long next = long.MaxValue;
+        foreach (var (due, _) in _scheduled)
+            next = Math.Min(next, due);
+        return (int)Math.Clamp(next - Environment.TickCount64, 0, int.MaxValue);
+    }
+
+    private void RunScheduled()
+    {
+        if (_scheduled.Count == 0)
+            return;
+        long now = Environment.TickCount64;
+        for (int i = 0; i < _scheduled.Count;)
+        {
+            if (_scheduled[i].Due > now)
+            {
+                i++;
+                continue;
+            }
+            var action = _scheduled[i].Action;
+            _scheduled.RemoveAt(i);
+            try
+            {
+                action();
+            }
+            catch (Exception e)
+            {
+                _logger.LogError(e, "{Loop}: scheduled work failed", Name);
+            }
+        }
     }
 
     /// <summary>Runs <paramref name="action"/> on the loop thread soon.</summary>
@@ -199,7 +253,7 @@ public sealed class EventLoop : IDisposable
             }
             try
             {
-                n = _epoll.Wait(ready, polling || _deferred.Count > 0 ? 0 : -1);
+                n = _epoll.Wait(ready, polling || _deferred.Count > 0 ? 0 : WaitTimeout());
             }
             catch (Exception e)
             {
@@ -227,6 +281,7 @@ public sealed class EventLoop : IDisposable
             }
             RunPosted();
             RunDeferred();
+            RunScheduled();
             if (_pollSource == null)
                 continue;
             if (n > 0)

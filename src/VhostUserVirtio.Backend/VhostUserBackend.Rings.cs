@@ -76,7 +76,7 @@ public sealed partial class VhostUserBackend
         if (problem != null)
             throw new VhostUserException(problem);
         var q = QueueAt((uint)(value & VringFile.IndexMask));
-        EventFd? fd = (value & VringFile.NoFdFlag) != 0 ? null : new EventFd(m.TakeFd(0));
+        EventFd? fd = (value & VringFile.NoFdFlag) != 0 ? null : EventFd.AdoptPeer(m.TakeFd(0), out string? refusal) ?? throw new VhostUserException(refusal!);
 
         switch (m.Request)
         {

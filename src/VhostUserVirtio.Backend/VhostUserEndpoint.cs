@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Protocol;
 
@@ -8,8 +9,11 @@ namespace VhostUserVirtio.Backend;
 /// The socket side of one served device: listens on a path (server mode) or connects to a path
 /// where the front end listens, retrying (client mode). One front end at a time; after a disconnect
 /// the device is reset and the endpoint accepts (or reconnects) again. All of it runs on the control
-/// loop, so a slow or stalled front end only delays its own messages. A listening socket made by
-/// someone else (libvirt's --fd) can be adopted instead; its path is then not ours to remove.
+/// loop and nothing here waits for a peer: replies a front end does not read are queued and its
+/// further requests wait until it does, failed accepts (descriptors exhausted) back off instead of
+/// spinning, and whatever a peer can trigger repeatedly is logged through a rate limit. So a slow,
+/// stalled or hostile front end only delays its own messages. A listening socket made by someone
+/// else (libvirt's --fd) can be adopted instead; its path is then not ours to remove.
 /// </summary>
 public sealed class VhostUserEndpoint : IDisposable
 {
@@ -21,6 +25,9 @@ public sealed class VhostUserEndpoint : IDisposable
     private readonly UnixSocket? _adopted;
     private UnixSocket? _listener;
     private ulong _listenerToken;
+    private bool _listenerArmed;
+    // Accepting failed (e.g. EMFILE): the listener is out of epoll for this long, doubling up to the maximum.
+    private TimeSpan _acceptDelay;
     private Connection? _connection;
     private Timer? _retryTimer;
     // A front end that arrived while another was connected, waiting for it to go (see OnAcceptReady).
@@ -29,7 +36,17 @@ public sealed class VhostUserEndpoint : IDisposable
 
     /// <summary>How long a newcomer waits for the connected front end to go before it is refused.</summary>
     public static readonly TimeSpan HandOverGrace = TimeSpan.FromSeconds(2);
+    /// <summary>First and longest pause in accepting after accept failed; reset by a successful accept.</summary>
+    public static readonly TimeSpan AcceptBackOffMin = TimeSpan.FromMilliseconds(100), AcceptBackOffMax = TimeSpan.FromSeconds(2);
     private volatile bool _disposed;
+
+    // One limit per kind: a peer that reconnects, refuses to read or corrupts its stream in a loop
+    // cannot flood the log or keep the control loop busy formatting it.
+    private readonly LogRateLimit _sessionLog = new();
+    private readonly LogRateLimit _refusedLog = new();
+    private readonly LogRateLimit _corruptLog = new();
+    private readonly LogRateLimit _acceptLog = new(burst: 3);
+    private static int _peerIoFallbackLogged;
 
     public VhostUserEndpoint(string socketPath, bool clientMode, VhostUserBackend backend, EventLoop control, ILogger logger,
         TimeSpan? retryInterval = null, UnixSocket? adoptedListener = null)
@@ -64,9 +81,28 @@ public sealed class VhostUserEndpoint : IDisposable
         _control.Invoke(() =>
         {
             _listener = _adopted ?? UnixSocket.Listen(SocketPath);
-            _listenerToken = _control.Register(_listener.Descriptor, EpollEvents.In, new ListenHandler(this));
+            ArmListener();
         });
         _logger.LogInformation("{Device}: listening on {Path}", _backend.Device.Name, SocketPath);
+        if (EventFd.PeerFallbackReason is { } reason && Interlocked.Exchange(ref _peerIoFallbackLogged, 1) == 0)
+            _logger.LogWarning("Front-end eventfds are read and written with poll-guarded calls ({Reason}): a front end " +
+                "that clears O_NONBLOCK on its own copy could block a worker", reason);
+    }
+
+    private void ArmListener()
+    {
+        if (_listener == null || _listenerArmed)
+            return;
+        _listenerToken = _control.Register(_listener.Descriptor, EpollEvents.In, new ListenHandler(this));
+        _listenerArmed = true;
+    }
+
+    private void DisarmListener()
+    {
+        if (_listener == null || !_listenerArmed)
+            return;
+        _control.Unregister(_listener.Descriptor, _listenerToken);
+        _listenerArmed = false;
     }
 
     /// <summary>Closes the current connection as if the front end had gone (e.g. the device is being removed).</summary>
@@ -94,8 +130,21 @@ public sealed class VhostUserEndpoint : IDisposable
 
     private void OnAcceptReady()
     {
-        while (_listener?.Accept() is { } socket)
+        while (_listener != null)
         {
+            UnixSocket? socket;
+            try
+            {
+                socket = _listener.Accept();
+            }
+            catch (NativeException e)
+            {
+                BackOffAccepting(e);
+                return;
+            }
+            if (socket == null)
+                return;
+            _acceptDelay = TimeSpan.Zero;
             // The previous front end may have closed just before this one connected, with its end
             // of stream still unread: read it now so a quick reconnect is not refused.
             if (_connection != null)
@@ -126,6 +175,27 @@ public sealed class VhostUserEndpoint : IDisposable
         }
     }
 
+    /// <summary>
+    /// Accept failed: out of descriptors (EMFILE, ENFILE), memory (ENOBUFS, ENOMEM) or the like. The
+    /// pending connection stays queued and the listener readable, so retrying at once would spin the
+    /// control loop; instead the listener leaves epoll for a while, and a descriptor freed meanwhile
+    /// (a front end leaving) lets the next try succeed.
+    /// </summary>
+    private void BackOffAccepting(NativeException e)
+    {
+        _acceptDelay = _acceptDelay == TimeSpan.Zero ? AcceptBackOffMin
+            : TimeSpan.FromTicks(Math.Min(_acceptDelay.Ticks * 2, AcceptBackOffMax.Ticks));
+        _logger.LogLimited(_acceptLog, LogLevel.Warning, "{Device}: accepting a front end on {Path} failed: {Error}; next try in {Delay} ms",
+            _backend.Device.Name, SocketPath, e.Message, (long)_acceptDelay.TotalMilliseconds);
+        DisarmListener();
+        // On the loop, not a Timer: short of descriptors, the runtime cannot start a thread-pool thread.
+        _control.RunAfter(_acceptDelay, () =>
+        {
+            if (!_disposed)
+                ArmListener();
+        });
+    }
+
     private void RefuseWaiting()
     {
         var socket = _waiting;
@@ -137,7 +207,7 @@ public sealed class VhostUserEndpoint : IDisposable
 
     private void Refuse(UnixSocket socket, string why)
     {
-        _logger.LogWarning("{Device}: refused a second front end on {Path}; {Why}", _backend.Device.Name, SocketPath, why);
+        _logger.LogLimited(_refusedLog, LogLevel.Warning, "{Device}: refused a second front end on {Path}; {Why}", _backend.Device.Name, SocketPath, why);
         socket.Dispose();
     }
 
@@ -145,8 +215,8 @@ public sealed class VhostUserEndpoint : IDisposable
     {
         ConnectionCount++;
         _connection = new Connection(this, socket);
-        _connection.Token = _control.Register(socket.Descriptor, EpollEvents.In | EpollEvents.ReadHangUp, _connection);
-        _logger.LogInformation("{Device}: front end connected on {Path}", _backend.Device.Name, SocketPath);
+        _connection.Token = _control.Register(socket.Descriptor, ConnectionEvents, _connection);
+        _logger.LogLimited(_sessionLog, LogLevel.Information, "{Device}: front end connected on {Path}", _backend.Device.Name, SocketPath);
     }
 
     private void CloseConnection(string reason)
@@ -158,7 +228,7 @@ public sealed class VhostUserEndpoint : IDisposable
         _control.Unregister(c.Socket.Descriptor, c.Token);
         c.Dispose();
         _backend.Disconnected();
-        _logger.LogInformation("{Device}: front end disconnected ({Reason}); device reset", _backend.Device.Name, reason);
+        _logger.LogLimited(_sessionLog, LogLevel.Information, "{Device}: front end disconnected ({Reason}); device reset", _backend.Device.Name, reason);
         if (_clientMode && !_disposed)
             _retryTimer?.Change(_retryInterval, Timeout.InfiniteTimeSpan);
         if (_waiting is { } next)
@@ -175,11 +245,25 @@ public sealed class VhostUserEndpoint : IDisposable
     /// <summary>Messages handled per wake-up before other sockets get their turn (epoll is level-triggered).</summary>
     private const int MessagesPerWakeup = 64;
 
-    /// <summary>How long a reply may wait for room in the socket before the front end is deemed stuck.</summary>
-    private const int ReplyTimeoutMs = 2000;
-
     private void OnConnectionReady(Connection c, EpollEvents events)
     {
+        // Replies first: while the front end leaves some unread, its further requests wait in its
+        // socket (it stalls only itself), and we wait for room with EPOLLOUT, not on this thread.
+        if (c.AwaitingRoom)
+        {
+            try
+            {
+                if (!c.Replies.Flush())
+                    return;
+            }
+            catch (NativeException e)
+            {
+                CloseConnection($"sending a reply failed: {e.Message}");
+                return;
+            }
+            c.AwaitingRoom = false;
+            _control.Modify(c.Socket.Descriptor, c.Token, ConnectionEvents);
+        }
         for (int handled = 0; _connection == c && handled < MessagesPerWakeup; handled++)
         {
             MessageReader.Status status;
@@ -202,7 +286,7 @@ public sealed class VhostUserEndpoint : IDisposable
                     CloseConnection("end of stream");
                     return;
                 case MessageReader.Status.Corrupt:
-                    _logger.LogWarning("{Device}: corrupt message stream: {Error}", _backend.Device.Name, error);
+                    _logger.LogLimited(_corruptLog, LogLevel.Warning, "{Device}: corrupt message stream: {Error}", _backend.Device.Name, error);
                     CloseConnection("corrupt message stream");
                     return;
             }
@@ -212,7 +296,11 @@ public sealed class VhostUserEndpoint : IDisposable
             {
                 try
                 {
-                    MessageWriter.Reply(c.Socket, request, result.Reply, ReplyTimeoutMs);
+                    if (!c.Replies.Enqueue(request, result.Reply))
+                    {
+                        CloseConnection($"it leaves more than {ReplyQueue.DefaultCapacity} bytes of replies unread");
+                        return;
+                    }
                 }
                 catch (NativeException e)
                 {
@@ -225,8 +313,17 @@ public sealed class VhostUserEndpoint : IDisposable
                 CloseConnection($"after refusing {request}");
                 return;
             }
+            if (!c.Replies.IsEmpty)
+            {
+                c.AwaitingRoom = true;
+                _control.Modify(c.Socket.Descriptor, c.Token, EpollEvents.Out);
+                return;
+            }
         }
     }
+
+    /// <summary>What a connection waits for while it is read (while replies wait for room: only Out).</summary>
+    private const EpollEvents ConnectionEvents = EpollEvents.In | EpollEvents.ReadHangUp;
 
     public void Dispose()
     {
@@ -242,7 +339,7 @@ public sealed class VhostUserEndpoint : IDisposable
                 CloseConnection("back end shutting down");
                 if (_listener != null)
                 {
-                    _control.Unregister(_listener.Descriptor, _listenerToken);
+                    DisarmListener();
                     _listener.Dispose();
                     _listener = null;
                 }
@@ -267,7 +364,10 @@ public sealed class VhostUserEndpoint : IDisposable
     {
         public UnixSocket Socket { get; } = socket;
         public MessageReader Reader { get; } = new(socket);
+        public ReplyQueue Replies { get; } = new(socket);
         public ulong Token { get; set; }
+        /// <summary>Replies are queued: the socket is watched for room only, and requests are not read.</summary>
+        public bool AwaitingRoom { get; set; }
 
         public void OnReady(EpollEvents events) => owner.OnConnectionReady(this, events);
 

@@ -92,6 +92,23 @@ public sealed class FileDescriptor : SafeHandle
         }
     }
 
+    /// <summary>What the kernel says this descriptor is (readlink of /proc/self/fd/N): "pipe:[123]",
+    /// "socket:[456]", "anon_inode:[eventfd]", a path… Null if it cannot be read.</summary>
+    public unsafe string? KernelName()
+    {
+        const int Size = 256;
+        byte* buf = stackalloc byte[Size];
+        nint n = Libc.Readlink($"/proc/self/fd/{Number}", buf, Size);
+        return n < 0 ? null : System.Text.Encoding.UTF8.GetString(buf, (int)n);
+    }
+
+    /// <summary>
+    /// Whether this is an eventfd. The kernel names every eventfd "anon_inode:[eventfd]"; nothing a
+    /// peer can create or name looks like that (files are paths, pipes and sockets are "pipe:[N]" and
+    /// "socket:[N]", other anonymous inodes carry their own names).
+    /// </summary>
+    public bool IsEventFd() => KernelName() == "anon_inode:[eventfd]";
+
     /// <summary>Waits until the descriptor is readable (or hung up). Returns false on timeout.</summary>
     public unsafe bool WaitReadable(int timeoutMs) => PollFor(1, timeoutMs);
 

@@ -148,6 +148,66 @@ internal static unsafe partial class Libc
     internal const int MSG_CMSG_CLOEXEC = 0x40000000;
     internal const int SHUT_RDWR = 2;
 
+    // ---- Descriptors a peer supplies: what they are, and eventfd I/O that never blocks ----
+
+    [LibraryImport(Lib, EntryPoint = "readlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial nint Readlink(string path, byte* buf, nuint size);
+
+    [LibraryImport(Lib, EntryPoint = "preadv2", SetLastError = true)]
+    internal static partial nint Preadv2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
+
+    /// <summary>syscall(2) for the Linux AIO calls, which glibc does not wrap.</summary>
+    [LibraryImport(Lib, EntryPoint = "syscall", SetLastError = true)]
+    internal static partial long Syscall(long number, long a1, long a2, long a3);
+
+    [LibraryImport(Lib, EntryPoint = "syscall", SetLastError = true)]
+    internal static partial long Syscall(long number, long a1, long a2, long a3, long a4, long a5);
+
+    /// <summary>Numbers of io_setup, io_submit and io_getevents on this architecture; null where not known.</summary>
+    internal static (long Setup, long Submit, long GetEvents)? AioSyscalls => RuntimeInformation.ProcessArchitecture switch
+    {
+        Architecture.X64 => (206, 209, 208),
+        Architecture.Arm64 => (0, 2, 4),
+        _ => null,
+    };
+
+    internal const int EOPNOTSUPP = 95;
+    internal const int EFD_SEMAPHORE = 0x1;
+    internal const int RWF_NOWAIT = 0x8;
+    internal const short POLLIN = 0x1;
+    internal const short POLLOUT = 0x4;
+    internal const ushort IOCB_CMD_POLL = 5;
+    internal const uint IOCB_FLAG_RESFD = 0x1;
+
+    /// <summary>struct iocb (64 bytes, little endian: aio_key before aio_rw_flags).</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 64)]
+    internal struct IoCb
+    {
+        [FieldOffset(0)] public ulong Data;
+        [FieldOffset(16)] public ushort Opcode;
+        [FieldOffset(20)] public uint FileDescriptor;
+        [FieldOffset(24)] public ulong Buffer;
+        [FieldOffset(56)] public uint Flags;
+        [FieldOffset(60)] public uint ResultFd;
+    }
+
+    /// <summary>struct io_event (32 bytes).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct IoEvent
+    {
+        public ulong Data;
+        public ulong Object;
+        public long Result;
+        public long Result2;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct TimeSpec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
     [StructLayout(LayoutKind.Sequential, Pack = 4)]
     internal struct EpollEvent
     {

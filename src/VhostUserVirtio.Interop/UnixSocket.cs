@@ -8,7 +8,7 @@ namespace VhostUserVirtio.Interop;
 /// </summary>
 public sealed unsafe class UnixSocket : IDisposable
 {
-    /// <summary>Control buffer room for this many received descriptors; more is reported as truncated.</summary>
+    /// <summary>Most descriptors one <see cref="Receive"/> makes room for; more is reported as truncated.</summary>
     public const int MaxReceivedFds = 32;
 
     private const int SunPathLength = 108;
@@ -151,6 +151,7 @@ public sealed unsafe class UnixSocket : IDisposable
     /// <summary>
     /// Sends all of <paramref name="data"/>, attaching <paramref name="fds"/> to the first segment.
     /// On a non-blocking socket it waits up to <paramref name="timeoutMs"/> for room, then throws.
+    /// For clients (front ends, tools); a server answering peers uses <see cref="TrySend"/>.
     /// </summary>
     public void Send(ReadOnlySpan<byte> data, ReadOnlySpan<int> fds = default, int timeoutMs = 5000)
     {
@@ -197,22 +198,61 @@ public sealed unsafe class UnixSocket : IDisposable
     }
 
     /// <summary>
+    /// Sends as much of <paramref name="data"/> as the socket takes now and returns how much that was
+    /// (0 when it has no room). Never waits, whatever the socket's flags (MSG_DONTWAIT). Throws
+    /// NativeException when the connection is gone (EPIPE, ECONNRESET).
+    /// </summary>
+    public int TrySend(ReadOnlySpan<byte> data)
+    {
+        int sent = 0;
+        fixed (byte* p = data)
+        {
+            while (sent < data.Length)
+            {
+                var iov = new Libc.IoVec { Base = p + sent, Length = (nuint)(data.Length - sent) };
+                var msg = new Libc.MsgHdr { Iov = &iov, IovLength = 1 };
+                nint r = Libc.SendMsg(Descriptor.Number, &msg, Libc.MSG_NOSIGNAL | Libc.MSG_DONTWAIT);
+                if (r >= 0)
+                {
+                    sent += (int)r;
+                    continue;
+                }
+                int errno = Libc.Errno;
+                if (errno == Libc.EINTR)
+                    continue;
+                if (errno == Libc.EAGAIN)
+                    break;
+                throw new NativeException("sendmsg", errno);
+            }
+        }
+        return sent;
+    }
+
+    /// <summary>
     /// Receives up to buffer.Length bytes and any descriptors that came with them (appended to
     /// <paramref name="fds"/>, each owned from now on). Returns the byte count, 0 at end of stream,
-    /// or -1 when a non-blocking socket has nothing to read. <paramref name="truncated"/> reports that
-    /// the peer sent more descriptors than fit (the kernel closed the excess).
+    /// or -1 when a non-blocking socket has nothing to read. Room is made for at most
+    /// <paramref name="maxFds"/> descriptors (0: none); <paramref name="truncated"/> reports that the
+    /// peer sent more than fit, and the kernel closed the excess without ever installing it here.
     /// </summary>
-    public int Receive(Span<byte> buffer, List<FileDescriptor> fds, out bool truncated)
+    public int Receive(Span<byte> buffer, List<FileDescriptor> fds, out bool truncated, int maxFds = MaxReceivedFds)
     {
-        int controlLength = CmsgSpace(MaxReceivedFds * sizeof(int));
-        byte* control = stackalloc byte[controlLength];
+        ArgumentOutOfRangeException.ThrowIfNegative(maxFds);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxFds, MaxReceivedFds);
+        int controlLength = maxFds == 0 ? 0 : CmsgSpace(maxFds * sizeof(int));
+        byte* control = stackalloc byte[Math.Max(controlLength, 1)];
         truncated = false;
         fixed (byte* p = buffer)
         {
             while (true)
             {
                 var iov = new Libc.IoVec { Base = p, Length = (nuint)buffer.Length };
-                var msg = new Libc.MsgHdr { Iov = &iov, IovLength = 1, Control = control, ControlLength = (nuint)controlLength };
+                var msg = new Libc.MsgHdr { Iov = &iov, IovLength = 1 };
+                if (controlLength > 0)
+                {
+                    msg.Control = control;
+                    msg.ControlLength = (nuint)controlLength;
+                }
                 nint r = Libc.RecvMsg(Descriptor.Number, &msg, Libc.MSG_CMSG_CLOEXEC);
                 if (r < 0)
                 {

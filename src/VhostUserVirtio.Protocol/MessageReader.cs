@@ -6,6 +6,10 @@ namespace VhostUserVirtio.Protocol;
 /// Reassembles messages from a non-blocking stream socket. It never reads past the end of the current
 /// message, so descriptors (which travel with a message's first bytes) always land on the right
 /// message. A stalled peer costs nothing: the reader just keeps its partial state.
+/// Only the read that takes a message's first bytes makes room for descriptors, and for exactly
+/// <see cref="MessageHeader.MaxFds"/>: descriptors sent with any later byte are dropped by the kernel
+/// (never installed in this process) and the stream is corrupt. So one message can never make this
+/// process hold more than that many, however the peer splits it.
 /// </summary>
 public sealed class MessageReader : IDisposable
 {
@@ -16,7 +20,6 @@ public sealed class MessageReader : IDisposable
     private int _payloadFilled;
     private MessageHeader _current;
     private List<FileDescriptor> _fds = new();
-    private bool _fdsTruncated;
 
     public MessageReader(UnixSocket socket) => _socket = socket;
 
@@ -42,12 +45,20 @@ public sealed class MessageReader : IDisposable
         error = null;
         while (_headerFilled < MessageHeader.Length)
         {
-            int n = _socket.Receive(_header.AsSpan(_headerFilled), _fds, out bool truncated);
-            _fdsTruncated |= truncated;
+            bool first = _headerFilled == 0;
+            int n = _socket.Receive(_header.AsSpan(_headerFilled), _fds, out bool truncated, first ? MessageHeader.MaxFds : 0);
             if (n < 0)
                 return Status.WouldBlock;
             if (n == 0)
                 return Status.Closed;
+            if (truncated)
+            {
+                error = first
+                    ? $"a message carried more than {MessageHeader.MaxFds} descriptors"
+                    : "descriptors were sent after the first bytes of a message";
+                Reset();
+                return Status.Corrupt;
+            }
             _headerFilled += n;
             if (_headerFilled == MessageHeader.Length)
             {
@@ -62,27 +73,24 @@ public sealed class MessageReader : IDisposable
 
         while (_payloadFilled < _payload!.Length)
         {
-            int n = _socket.Receive(_payload.AsSpan(_payloadFilled), _fds, out bool truncated);
-            _fdsTruncated |= truncated;
+            int n = _socket.Receive(_payload.AsSpan(_payloadFilled), _fds, out bool truncated, maxFds: 0);
             if (n < 0)
                 return Status.WouldBlock;
             if (n == 0)
                 return Status.Closed;
+            if (truncated)
+            {
+                error = $"descriptors were sent after the first bytes of a {(FrontendRequest)_current.Request} message";
+                Reset();
+                return Status.Corrupt;
+            }
             _payloadFilled += n;
-        }
-
-        if (_fdsTruncated || _fds.Count > MessageHeader.MaxFds)
-        {
-            error = $"{(FrontendRequest)_current.Request} carried more than {MessageHeader.MaxFds} descriptors";
-            Reset();
-            return Status.Corrupt;
         }
 
         message = new Message(_current, _payload, _fds);
         _fds = new List<FileDescriptor>();
         _headerFilled = 0;
         _payload = null;
-        _fdsTruncated = false;
         return Status.Message;
     }
 
@@ -93,7 +101,6 @@ public sealed class MessageReader : IDisposable
         _fds.Clear();
         _headerFilled = 0;
         _payload = null;
-        _fdsTruncated = false;
     }
 
     public void Dispose() => Reset();

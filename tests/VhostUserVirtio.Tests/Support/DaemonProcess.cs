@@ -118,6 +118,26 @@ public sealed partial class DaemonProcess : IDisposable
     [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static partial int Kill(int pid, int signal);
 
+    /// <summary>
+    /// Sets the daemon's descriptor limit (soft RLIMIT_NOFILE; the hard limit stays, so it can be
+    /// raised again) while it runs, as prlimit(1) would: descriptors already open stay, new ones must
+    /// be numbered below <paramref name="limit"/>.
+    /// </summary>
+    public unsafe void SetDescriptorLimit(int limit)
+    {
+        ulong* old = stackalloc ulong[2];
+        Assert.True(Prlimit(_process.Id, RLIMIT_NOFILE, null, old) == 0, $"prlimit failed: errno {Marshal.GetLastPInvokeError()}");
+        ulong* rlimit = stackalloc ulong[2];
+        rlimit[0] = (ulong)limit;
+        rlimit[1] = old[1];
+        Assert.True(Prlimit(_process.Id, RLIMIT_NOFILE, rlimit, null) == 0, $"prlimit failed: errno {Marshal.GetLastPInvokeError()}");
+    }
+
+    private const int RLIMIT_NOFILE = 7;
+
+    [LibraryImport("libc", EntryPoint = "prlimit", SetLastError = true)]
+    private static unsafe partial int Prlimit(int pid, int resource, ulong* newLimit, ulong* oldLimit);
+
     public void Dispose()
     {
         try
