@@ -53,13 +53,16 @@ public sealed class GuestNetworkTests(ITestOutputHelper output) : IDisposable
             output.WriteLine($"ping {p.From} -> {p.To}: {p.Received}/{p.Transmitted}, rtt min/avg/max {p.MinMs}/{p.AvgMs}/{p.MaxMs} ms");
 
         // What the guest's driver sent is what the switch took from that port, and what it
-        // received is what the switch delivered to it.
+        // received is what the switch delivered to it. The guest reads its counters while its
+        // network still lives: a neighbour probe sent after that read, or a completion the driver
+        // has not reaped yet, is counted by the switch only. So the switch may be up to two ahead,
+        // never behind: a frame the guest counts but the switch does not would be a lost frame.
         foreach (var (mac, port) in new[] { (MacA, "vf1"), (MacB, "vf2") })
         {
             var guestSide = report.StatsOf(mac);
             var daemonSide = ports.Single(p => p.Name == port).Counters;
-            Assert.True(guestSide.TxPackets == daemonSide.TxPackets, $"{port}: guest sent {guestSide.TxPackets}, switch took {daemonSide.TxPackets}");
-            Assert.True(guestSide.RxPackets == daemonSide.RxPackets, $"{port}: guest received {guestSide.RxPackets}, switch delivered {daemonSide.RxPackets}");
+            Assert.True(daemonSide.TxPackets - guestSide.TxPackets is >= 0 and <= 2, $"{port}: guest sent {guestSide.TxPackets}, switch took {daemonSide.TxPackets}");
+            Assert.True(daemonSide.RxPackets - guestSide.RxPackets is >= 0 and <= 2, $"{port}: guest received {guestSide.RxPackets}, switch delivered {daemonSide.RxPackets}");
         }
         Assert.Contains(backend.Group.Status().MacTable, e => e.Mac == MacA && e.Port == "vf1");
     }
