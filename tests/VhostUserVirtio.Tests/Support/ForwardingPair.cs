@@ -2,7 +2,6 @@ using System.Buffers.Binary;
 using VhostUserVirtio.Devices.Switch;
 using VhostUserVirtio.FrontEnd;
 using VhostUserVirtio.Protocol;
-using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.Tests.Support;
 

@@ -25,7 +25,7 @@ public sealed class GroupUnderAttack : IDisposable
     /// the GC may map a few heap areas. Guest memory gets no slack at all (see ProcCounters), and a
     /// leak of one descriptor or mapping per hostile connection exceeds this many times over.
     /// </summary>
-    public static readonly ProcCounters.Slack Noise = new(Fds: 4, Threads: 4, Maps: 64, VmSizeKb: 64 << 10);
+    public static readonly ProcCounters.Slack Noise = new(Fds: 4, Threads: 6, Maps: 64, VmSizeKb: 64 << 10);
 
     private readonly string _dir = Path.Combine(Path.GetTempPath(), "vuv-h-" + Guid.NewGuid().ToString("N")[..12]);
     private readonly FrontEndSession _vf1, _vf2;

@@ -32,6 +32,7 @@ public sealed class HostileExecutor(string socket, HostileRam ram, int answerTim
         {
             if (sequence.BringUp && BringUp(fe, fds) is { } stalled)
                 return stalled;
+            ushort txAvail = 0; // the bring-up starts the transmit ring at avail index 0
             for (int i = 0; i < sequence.Steps.Length && !fe.PeerClosed; i++)
             {
                 LastStep = i;
@@ -45,6 +46,9 @@ public sealed class HostileExecutor(string socket, HostileRam ram, int answerTim
                         break;
                     case RingScribble s:
                         Scribble(s, fds);
+                        break;
+                    case Transmit t:
+                        Send(t, fds, ref txAvail);
                         break;
                 }
             }
@@ -109,6 +113,27 @@ public sealed class HostileExecutor(string socket, HostileRam ram, int answerTim
         }
         for (int i = 0; i < s.Heads.Length; i++)
             ram.Publish(s.Queue, (ushort)(s.AvailIndex - s.Heads.Length + i), s.Heads[i], s.AvailIndex);
+        foreach (var doorbell in fds.Doorbells)
+            doorbell.Signal();
+    }
+
+    /// <summary>Well-formed frames on queue 1 (as the bring-up placed it, size 256), published in order, then kicks.</summary>
+    private void Send(Transmit t, HostileFds fds, ref ushort availIndex)
+    {
+        const int Header = 12, Length = 60;
+        for (int i = 0; i < t.Frames; i++, availIndex++)
+        {
+            int slot = availIndex % 256;
+            ulong buffer = HostileRam.BufferArea + (ulong)slot * 128;
+            var frame = ram.Span(buffer, Header + Length);
+            frame.Clear();
+            (t.DestinationVf < 0 ? Devices.Switch.Mac.Broadcast : GroupUnderAttack.MacOf(t.DestinationVf)).Write(frame[Header..]);
+            GroupUnderAttack.MacOf(t.SourceVf).Write(frame[(Header + 6)..]);
+            frame[Header + 12] = 0x88;
+            frame[Header + 13] = 0xb6;
+            ram.WriteDescriptor(1, slot, buffer, Header + Length, 0, 0);
+            ram.Publish(1, (ushort)slot, (ushort)slot, (ushort)(availIndex + 1));
+        }
         foreach (var doorbell in fds.Doorbells)
             doorbell.Signal();
     }

@@ -46,6 +46,16 @@ public sealed record RingScribble(int Queue, (ulong Address, uint Length, ushort
         $", heads [{string.Join(",", Heads)}], avail idx {AvailIndex}, kick";
 }
 
+/// <summary>
+/// Well-formed frames on its transmit ring (queue 1), then a kick: from its own MAC or another
+/// member's (<paramref name="SourceVf"/>), to a member or to everyone (<paramref name="DestinationVf"/> -1).
+/// </summary>
+public sealed record Transmit(int Frames, int SourceVf, int DestinationVf) : HostileStep
+{
+    public override string ToString() =>
+        $"transmit {Frames} frame(s) from VF{SourceVf}'s MAC to {(DestinationVf < 0 ? "broadcast" : $"VF{DestinationVf}'s MAC")}, kick";
+}
+
 /// <summary>One connection's worth of hostility: optionally a proper bring-up first, then the steps.</summary>
 public sealed record HostileSequence(bool BringUp, HostileStep[] Steps)
 {
@@ -299,9 +309,17 @@ public static class HostileMessages
         Gen.Frequency((6, Gen.UShort[0, 16]), (1, Gen.UShort)),
         (q, d, h, idx) => new RingScribble(q, d, h, idx));
 
+    /// <summary>Mostly its own MAC as source (0 is the owner's); sometimes another member's.</summary>
+    public static readonly Gen<Transmit> Frames = Gen.Select(
+        Gen.Int[1, 8],
+        Gen.Frequency((4, Gen.Const(GroupUnderAttack.HostileVf)), (1, Gen.Int[0, GroupUnderAttack.Vfs])),
+        Gen.Int[-1, GroupUnderAttack.Vfs],
+        (n, src, dst) => new Transmit(n, src, dst));
+
     public static readonly Gen<HostileStep> Step = Gen.Frequency(
-        (6, Message.Select(m => (HostileStep)m)),
-        (1, Scribble.Select(s => (HostileStep)s)));
+        (12, Message.Select(m => (HostileStep)m)),
+        (2, Scribble.Select(s => (HostileStep)s)),
+        (1, Frames.Select(t => (HostileStep)t)));
 
     private static readonly FrontendRequest[] Unimplemented =
         Requests.Where(r => r != FrontendRequest.None && !MessageRules.TryGet(r, out _)).ToArray();
