@@ -80,7 +80,9 @@ public sealed class GroupUnderAttack : IDisposable
         // Frames that arrive from now on, not ones counted before: a hostile act that blocks the data
         // path takes effect a moment after the step that did it.
         if (!Pair.WaitForMoreThan(Pair.Delivered + FreshFrames, Deadline))
-            Fail(Pair.Problems.Count > 0
+            Fail(Daemon.WaitForExit(TimeSpan.FromSeconds(2))
+                ? $"the daemon died (exit code {Daemon.ExitCode}) by {step}"
+                : Pair.Problems.Count > 0
                 ? $"forwarding between VF1 and VF2 went wrong by {step}"
                 : $"forwarding between VF1 and VF2 stopped by {step}: fewer than {FreshFrames} frames in {Deadline.TotalSeconds:0} s");
     }
