@@ -25,6 +25,12 @@ public sealed partial class DaemonProcess : IDisposable
 
     /// <summary>stdout and stderr as captured so far, interleaved by arrival.</summary>
     public string Output { get { lock (_output) return _output.ToString(); } }
+    /// <summary>Characters captured so far (an offset for <see cref="OutputFrom"/>).</summary>
+    public int OutputLength { get { lock (_output) return _output.Length; } }
+
+    /// <summary>What was captured from offset <paramref name="start"/> on (cheaper than <see cref="Output"/> on a long log).</summary>
+    public string OutputFrom(int start) { lock (_output) return _output.ToString(start, _output.Length - start); }
+
     /// <summary>stdout alone (the daemon logs to stderr, so this is its real output).</summary>
     public string StandardOutput { get { lock (_output) return _stdout.ToString(); } }
 
