@@ -81,7 +81,22 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         Transport = transport;
         _device.QueueStarted(this);
         Started = true;
-        AttachTo(worker);
+        try
+        {
+            AttachTo(worker);
+        }
+        catch (NativeException e)
+        {
+            // Listening for kicks failed (epoll refused the descriptor, or is out of memory): undo the
+            // start completely rather than leave a ring the device thinks runs but nobody serves.
+            Owner = null;
+            Started = false;
+            Transport = null;
+            _device.QueueStopped(this);
+            Ring.Reset();
+            return new RingError(RingErrorKind.SetupFailed, $"cannot listen for kicks: {e.Message}");
+        }
+        Process(); // buffers the driver made available before the start
         return null;
     }
 
@@ -178,7 +193,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         Err?.Signal();
     }
 
-    /// <summary>Worker side: start listening for kicks and process what is already there.</summary>
+    /// <summary>Worker side: start listening for kicks (the caller processes what is already there).</summary>
     private void AttachTo(Worker worker)
     {
         Owner = worker;
@@ -191,7 +206,6 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         if (Kick != null)
             _kickToken = worker.Loop.Register(Kick.Descriptor, EpollEvents.In, this);
         worker.Add(this);
-        Process();
     }
 
     /// <summary>Worker side: stop listening for kicks.</summary>
@@ -224,6 +238,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         Detach();
         Kick = kick;
         AttachTo(worker);
+        Process();
         return old;
     }
 

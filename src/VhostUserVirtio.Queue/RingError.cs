@@ -33,6 +33,8 @@ public enum RingErrorKind
     IndirectTableLength,
     /// <summary>An indirect table not inside one mapped region.</summary>
     IndirectTableOutsideMemory,
+    /// <summary>The device side could not set the ring up (e.g. its doorbell could not be watched).</summary>
+    SetupFailed,
 }
 
 /// <summary>
