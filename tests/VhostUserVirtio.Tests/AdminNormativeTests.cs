@@ -91,6 +91,25 @@ public sealed class AdminNormativeTests : IDisposable
     }
 
     [Fact]
+    public void List_commands_taken_out_of_use_by_a_list_use_come_back_with_the_next_device_reset()
+    {
+        var o = Connect();
+        try
+        {
+            AssertOk(Run(o, AdminOpcode.ListUse, data: Bitmap(AdminOpcode.MemberResource), result: 0));
+            AssertInvalidOpcode(Run(o, AdminOpcode.ListQuery));
+            AssertOk(Run(o, AdminOpcode.MemberResource, member: 1, data: MemberResourceQuery));
+            o = Reconnect(o);
+            AssertOk(Run(o, AdminOpcode.ListQuery));
+            AssertInvalidOpcode(Run(o, AdminOpcode.MemberResource, member: 1, data: MemberResourceQuery));
+        }
+        finally
+        {
+            o.Dispose();
+        }
+    }
+
+    [Fact]
     public void After_device_reset_the_device_accepts_the_same_list_use_again()
     {
         var o = Connect();

@@ -118,11 +118,15 @@ public sealed class AdminQueueTests() : OwnerTest(useAllCommands: false)
     }
 
     [Fact]
-    public void List_use_without_bits_0_and_1_as_linux_sends_it_is_accepted_and_list_commands_keep_working()
+    public void List_use_without_bits_0_and_1_as_linux_sends_it_is_accepted_and_takes_the_list_commands_out_of_use()
     {
-        AssertStatus(Run(AdminOpcode.ListUse, data: new byte[8]), AdminStatus.Ok, AdminQualifier.Ok);
-        AssertStatus(Run(AdminOpcode.ListQuery), AdminStatus.Ok, AdminQualifier.Ok);
-        AssertStatus(Run(AdminOpcode.ListUse, data: Bitmap(AdminOpcode.ListQuery, AdminOpcode.ListUse)), AdminStatus.Ok, AdminQualifier.Ok);
+        // What Linux sends after its LIST_QUERY: every command it will use, without the list commands.
+        AssertStatus(Run(AdminOpcode.ListUse, data: Bitmap(AdminOpcode.LegacyCommonCfgRead, AdminOpcode.MemberResource)), AdminStatus.Ok, AdminQualifier.Ok);
+        AssertStatus(Run(AdminOpcode.LegacyCommonCfgRead, member: 1, data: [0], result: 4), AdminStatus.Ok, AdminQualifier.Ok);
+        // The in-use list is exactly that bitmap now: the list commands fail until the next reset.
+        AssertStatus(Run(AdminOpcode.ListQuery), AdminStatus.Einval, AdminQualifier.InvalidOpcode);
+        AssertStatus(Run(AdminOpcode.ListUse, data: Bitmap(AdminOpcode.ListQuery, AdminOpcode.ListUse)), AdminStatus.Einval, AdminQualifier.InvalidOpcode);
+        AssertStatus(Run(AdminOpcode.LegacyCommonCfgRead, member: 1, data: [0], result: 4), AdminStatus.Ok, AdminQualifier.Ok);
     }
 
     [Fact]

@@ -126,11 +126,12 @@ public sealed class AdminCommandProcessor
                 return AdminOutcome.Invalid(AdminQualifier.InvalidGroup);
         }
 
-        // 2. Opcode: supported for this group and in use. LIST_QUERY/LIST_USE stay usable even after a
-        //    LIST_USE without bits 0/1, which is what Linux sends.
+        // 2. Opcode: supported for this group and in use. The in-use list is exactly what the last
+        //    LIST_USE said: one that clears bits 0 and 1 (Linux sends that, and then never sends the
+        //    list commands again) takes LIST_QUERY and LIST_USE out of use until the next reset.
         bool listCommand = opcode is (ushort)AdminOpcode.ListQuery or (ushort)AdminOpcode.ListUse;
         bool groupWide = listCommand || opcode == (ushort)AdminOpcode.MemberResourceAttrs;
-        if (!supported.Contains(opcode) || !(inUse || listCommand))
+        if (!supported.Contains(opcode) || !inUse)
             return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
 
         // 3. Member (only commands that address one; the list commands do not). NET_MEMBER_CTRL may
