@@ -46,13 +46,14 @@ public sealed class AdminFuzzTests() : OwnerTest(useAllCommands: true)
         Gen.Frequency((10, Gen.Const(1UL)), (1, Gen.Const(0UL)), (1, Gen.ULong[3, ulong.MaxValue])),
         Gen.Frequency((4, LegacyData), (1, Gen.Byte.Array[0, 64])),
         Gen.Frequency((4, Gen.Int[0, 8]), (1, Gen.Int[9, 200])),
-        // A LIST_USE keeps the list commands in use: one that clears them locks the driver out of
-        // them until a reset (tested on its own), and this test re-uses everything between batches.
-        (op, group, member, data, room) => new Command(op, group, member, op == (ushort)AdminOpcode.ListUse && data.Length > 0 ? KeepListCommands(data) : data, room));
+        // A LIST_USE keeps the list commands in use: one that clears them (an empty bitmap reads as
+        // all zeros) locks the driver out of them until a reset, which is tested on its own; this
+        // test re-uses everything between batches.
+        (op, group, member, data, room) => new Command(op, group, member, op == (ushort)AdminOpcode.ListUse ? KeepListCommands(data) : data, room));
 
     private static byte[] KeepListCommands(byte[] data)
     {
-        var d = (byte[])data.Clone();
+        var d = data.Length > 0 ? (byte[])data.Clone() : new byte[1];
         d[0] |= 0b11;
         return d;
     }
