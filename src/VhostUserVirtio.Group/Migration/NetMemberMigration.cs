@@ -144,6 +144,23 @@ public static class NetMemberMigration
         return null;
     }
 
+    /// <summary>
+    /// Reads a parts stream for this member and applies it: the whole stream is checked first, so a
+    /// truncated, reordered or foreign stream changes nothing. Returns the state applied.
+    /// </summary>
+    public static DeviceStateError? Restore(in ReadOnlySequence<byte> stream, NetDevice net, IReadOnlyList<DeviceQueue> queues, MemberVectors vectors,
+        out NetMemberState? state)
+    {
+        if (DevicePartsReader.TryRead(stream, NetMemberShape.Of(net, vectors.Max), out state) is { } refused)
+            return refused;
+        if (Apply(state!, net, queues, vectors) is { } notApplied)
+        {
+            state = null;
+            return notApplied;
+        }
+        return null;
+    }
+
     /// <summary>Everything <see cref="Apply"/> needs to hold, checked before any change.</summary>
     private static DeviceStateError? Check(NetMemberState state, NetDevice net, IReadOnlyList<DeviceQueue> queues, MemberVectors vectors)
     {
