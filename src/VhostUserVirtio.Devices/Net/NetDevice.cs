@@ -82,6 +82,10 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     public int Mtu { get; private set; }
     public Mac? Mac => _mac;
     public bool LinkUp => (_status & VirtioNet.StatusLinkUp) != 0;
+    /// <summary>The features the driver accepted (from its front end or the owner's transport).</summary>
+    public ulong DriverFeatures => _driverFeatures;
+    /// <summary>Queue pairs in use (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET), at most <see cref="NetDeviceOptions.QueuePairs"/>.</summary>
+    public int ActivePairs => _activePairs;
     private int ControlQueueIndex => Options.ControlQueue ? 2 * Options.QueuePairs : -1;
 
     public ulong Features

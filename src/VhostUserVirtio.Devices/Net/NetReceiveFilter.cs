@@ -24,6 +24,11 @@ public sealed class NetReceiveFilter
     /// <summary>The device's own MAC, when one is set (config, admin or VIRTIO_NET_CTRL_MAC_ADDR_SET).</summary>
     public Mac? Address { get; set; }
 
+    /// <summary>The unicast MAC table (MAC_TABLE_SET), MACs in <see cref="Mac.Value"/> form.</summary>
+    public ReadOnlySpan<ulong> UnicastTable => _unicast;
+    /// <summary>The multicast MAC table (MAC_TABLE_SET).</summary>
+    public ReadOnlySpan<ulong> MulticastTable => _multicast;
+
     public bool Accepts(Mac dst)
     {
         if (Promiscuous)

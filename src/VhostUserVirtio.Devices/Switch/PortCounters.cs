@@ -64,6 +64,9 @@ public sealed class PortCounters
 
     public void Drop(DropReason reason) => _drops[(int)reason]++;
 
+    /// <summary>Sets one drop counter (a migrated member resumes its counts); on the data-path worker.</summary>
+    public void SetDrops(DropReason reason, long count) => _drops[(int)reason] = count;
+
     /// <summary>Non-zero drop counters, for status output.</summary>
     public IEnumerable<(DropReason Reason, long Count)> NonZeroDrops() =>
         Enum.GetValues<DropReason>().Select(r => (r, Drops(r))).Where(d => d.Item2 != 0);

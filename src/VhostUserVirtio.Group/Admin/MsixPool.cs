@@ -27,10 +27,13 @@ public sealed class MsixPool
     /// <summary>Vectors of VF <paramref name="index"/> (0-based); its MSI-X table size.</summary>
     public int Assigned(int index) => _assigned[index];
 
+    /// <summary>Whether the pool could cover <paramref name="count"/> vectors for a VF (checked before anything changes).</summary>
+    public bool CanAssign(int index, int count) => AssignedTotal - _assigned[index] + count <= Total;
+
     /// <summary>Assigns <paramref name="count"/> vectors to a VF; false if the pool cannot cover it (nothing changes).</summary>
     public bool TryAssign(int index, int count)
     {
-        if (AssignedTotal - _assigned[index] + count > Total)
+        if (!CanAssign(index, count))
             return false;
         _assigned[index] = count;
         return true;
