@@ -1,0 +1,133 @@
+using VhostUserVirtio.Devices.Net;
+using VhostUserVirtio.Devices.Switch;
+using VhostUserVirtio.FrontEnd.Owner;
+using VhostUserVirtio.Protocol;
+using VhostUserVirtio.Tests.Support;
+using Xunit.Abstractions;
+
+namespace VhostUserVirtio.Tests;
+
+/// <summary>
+/// Live migration of a real Linux guest between two QEMUs whose NICs are different VFs of one group,
+/// while it pings a second guest on a third VF. Deadlines are minutes: QEMU emulates the CPU and the
+/// machine is shared.
+/// </summary>
+public sealed class GuestMigrationTests(ITestOutputHelper output) : IDisposable
+{
+    private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);
+    private static readonly TimeSpan MigrationDeadline = TimeSpan.FromMinutes(2);
+    private static readonly TimeSpan ScriptDeadline = TimeSpan.FromMinutes(3);
+    private static readonly TimeSpan QmpDeadline = TimeSpan.FromSeconds(30);
+    // The migrating guest's MAC is VF1's own; the partner is on VF2 with VF2's.
+    private const string GuestMac = "02:56:56:00:00:01", PartnerMac = "02:56:56:00:00:02";
+    private const string GuestIp = "10.0.0.1", PartnerIp = "10.0.0.2";
+    private const int Pings = 150;
+    private const double PingInterval = 0.1;
+
+    private readonly string _dir = Directory.CreateTempSubdirectory("vuv-mig-").FullName;
+
+    public void Dispose()
+    {
+        try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
+    }
+
+    /// <summary>
+    /// The guest keeps its MAC when it moves to VF3, and the switch must deliver its traffic there
+    /// after the move: QEMU's announcement (the guest's own gratuitous ARP when it negotiated
+    /// GUEST_ANNOUNCE, otherwise SEND_RARP to the back end) teaches the switch the new port. The
+    /// guest's pings span the migration; the longest run of unanswered ones must stay within a second.
+    /// </summary>
+    [Fact]
+    public void A_guest_pinging_every_100_ms_live_migrates_to_a_qemu_on_another_vf_losing_at_most_a_second_of_pings()
+    {
+        using var backend = new GroupBackend(vfs: 3);
+        // As a management stack does before it migrates a guest onto a VF: the owner gives the
+        // destination VF the guest's MAC. Trusting VF3 instead would let it send from that MAC, but
+        // its receive filter would still take only 02:56:56:00:00:03, and spoof checking would be off.
+        SetVfMac(backend, 3, GuestMac);
+        Assert.Equal(GuestMac, backend.Member(3).Device.Mac?.ToString());
+
+        var source = new GuestOptions
+        {
+            Name = "source",
+            Memory = "256M",
+            Nics = [new GuestNic(backend.Socket(1), GuestMac)],
+            TestScript = GuestScripts.PingThroughMigration(GuestMac, GuestIp, PartnerIp, Pings, PingInterval),
+            QmpSocket = Path.Combine(_dir, "source.qmp"),
+            ConsoleLogPath = Path.Combine(_dir, "source.log"),
+            Log = output.WriteLine,
+        };
+        var incoming = "unix:" + Path.Combine(_dir, "migration.sock");
+        var destination = source.MigrationTarget("destination", [new GuestNic(backend.Socket(3), GuestMac)], incoming,
+            Path.Combine(_dir, "destination.qmp"), Path.Combine(_dir, "destination.log"));
+
+        using var partner = QemuGuest.Start(new GuestOptions
+        {
+            Name = "partner",
+            Memory = "256M",
+            Nics = [new GuestNic(backend.Socket(2), PartnerMac)],
+            TestScript = GuestScripts.PingPartner(PartnerMac, PartnerIp),
+            ConsoleLogPath = Path.Combine(_dir, "partner.log"),
+            Log = output.WriteLine,
+        });
+        using var src = QemuGuest.Start(source);
+        using var dst = QemuGuest.Start(destination);
+        using var srcQmp = QmpClient.Connect(source.QmpSocket!, QmpDeadline);
+        using var dstQmp = QmpClient.Connect(destination.QmpSocket!, QmpDeadline);
+        output.WriteLine($"QEMU {srcQmp.Version}; destination run state {dstQmp.RunState()}");
+
+        partner.WaitForLine(GuestScripts.PartnerReadyMarker, BootDeadline);
+        src.WaitForLine(GuestScripts.PingStartMarker, BootDeadline);
+        // A few seconds of pings before the move, so loss at the switch-over is told from loss at the start.
+        Thread.Sleep(TimeSpan.FromSeconds(3));
+
+        srcQmp.SetMigrationParameters(new Dictionary<string, object> { ["max-bandwidth"] = 1L << 30 });
+        try
+        {
+            srcQmp.Migrate(incoming);
+        }
+        catch (QmpException e)
+        {
+            Assert.Fail($"QEMU refused to migrate: {e.Description}. Query-migrate: {srcQmp.QueryMigrate()}");
+        }
+        var migration = srcQmp.WaitForMigration(MigrationDeadline, output.WriteLine);
+        output.WriteLine($"migration: {migration}");
+        Assert.True(migration.Completed, $"migration did not complete: {migration}\n{migration.Raw}\n{QemuGuest.DescribeAcross(src, dst)}");
+        output.WriteLine($"source run state {srcQmp.RunState()}, destination {dstQmp.RunState()}");
+
+        int status = dst.WaitForTestExit(ScriptDeadline);
+        var console = QemuGuest.ConsoleAcross(src, dst);
+        var loss = GuestScripts.ParsePingLoss(console);
+        Assert.True(loss != null, $"no ping summary. {QemuGuest.DescribeAcross(src, dst)}");
+        var macTable = backend.Group.Status().MacTable;
+        var announced = backend.Logs.Lines.Count(l => l.Text.Contains("announcing", StringComparison.Ordinal));
+        output.WriteLine($"downtime {migration.DowntimeMs} ms, total-time {migration.TotalTimeMs} ms, setup-time {migration.SetupTimeMs} ms");
+        output.WriteLine($"pings: {loss.Received}/{loss.Transmitted} answered, {loss.Lost} lost, longest gap {loss.LongestGap} " +
+            $"(from seq {loss.FirstOfLongestGap}), missing [{string.Join(' ', loss.Missing)}]");
+        output.WriteLine($"SEND_RARP announcements by the back end: {announced}; MAC table: {string.Join(", ", macTable)}");
+
+        Assert.True(status == 0, $"script exit {status}. {QemuGuest.DescribeAcross(src, dst)}");
+        Assert.Equal(Pings, loss.Transmitted);
+        Assert.True(loss.LongestGap * PingInterval <= 1.0,
+            $"{loss.LongestGap} pings in a row unanswered (from seq {loss.FirstOfLongestGap}); missing [{string.Join(' ', loss.Missing)}]");
+        Assert.True(loss.Lost * PingInterval <= 1.0, $"{loss.Lost} pings lost: [{string.Join(' ', loss.Missing)}]");
+        Assert.Contains(macTable, e => e.Mac == GuestMac && e.Port == "vf3");
+        Assert.True(backend.Member(3).Device.Counters.TxPackets > 0, "the destination VF carried none of the guest's traffic");
+
+        srcQmp.Execute("quit");
+        Assert.True(src.WaitForExit(TimeSpan.FromSeconds(30)), "the source QEMU did not quit");
+    }
+
+    /// <summary>NET_MEMBER_CTRL, MAC class, ADDR_SET on <paramref name="vf"/> through the owner's admin queue.</summary>
+    private static void SetVfMac(GroupBackend backend, int vf, string mac)
+    {
+        using var owner = OwnerDriver.Connect(backend.Socket(0));
+        owner.UseAllCommands();
+        var payload = new byte[8 + 6];
+        payload[0] = VirtioNet.CtrlMac;
+        payload[1] = VirtioNet.CtrlMacAddrSet;
+        Mac.Parse(mac).Write(payload.AsSpan(8));
+        var reply = owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, (ushort)AdminGroupType.SrIov, (ulong)vf, payload, 0);
+        Assert.True(reply.Ok, $"NET_MEMBER_CTRL set-mac on VF{vf}: {reply.Describe()}");
+    }
+}
