@@ -119,6 +119,65 @@ public sealed class GuestMigrationTests(ITestOutputHelper output) : IDisposable
         AssertAtMostASecondLost(run);
     }
 
+    [Fact]
+    public void A_migration_target_keeps_the_machine_and_adds_incoming_and_qmp_to_the_command_line()
+    {
+        var source = new GuestOptions
+        {
+            Memory = "256M",
+            Nics = [new GuestNic("/s/vf1.sock", GuestMac)],
+            TestScript = "true",
+            QmpSocket = "/s/source.qmp",
+        };
+        var target = source.MigrationTarget("destination", [new GuestNic("/s/vf3.sock", GuestMac)], "unix:/s/mig.sock", "/s/dest.qmp");
+        var a = QemuGuest.BuildArguments(source, "k", "i");
+        var b = QemuGuest.BuildArguments(target, "k", "i");
+
+        Assert.Equal(target.TestScript, source.TestScript);
+        Assert.Equal(["-incoming", "unix:/s/mig.sock"], b.SkipWhile(x => x != "-incoming").Take(2));
+        Assert.Equal(["-qmp", "unix:/s/dest.qmp,server=on,wait=off"], b.SkipWhile(x => x != "-qmp").Take(2));
+        Assert.DoesNotContain("-incoming", a);
+        // Everything but the NIC's socket, the QMP socket and -incoming is the same machine.
+        string[] Machine(IReadOnlyList<string> args) => [.. args.Where(x => !x.Contains("/s/", StringComparison.Ordinal) && x != "-incoming")];
+        Assert.Equal(Machine(a), Machine(b));
+        Assert.Throws<ArgumentException>(() => source.MigrationTarget("d", [new GuestNic("/s/vf3.sock", PartnerMac)], "unix:/s/m", null));
+        Assert.Throws<ArgumentException>(() => source.MigrationTarget("d", [], "unix:/s/m", null));
+    }
+
+    [Fact]
+    public void Ping_loss_counts_unanswered_sequence_numbers_and_the_longest_run_of_them()
+    {
+        string[] console =
+        [
+            "PING-START to=10.0.0.2 count=12 interval=0.1",
+            "[   12.5] virtio_net virtio0: some kernel noise",
+            "PING-RESULT from=10.0.0.1 to=10.0.0.2 transmitted=12 received=8 min=0.5 avg=1.0 max=9.1",
+            "PING-SEQS 0 1 2 3 4 8 9 11 ",
+        ];
+        var loss = GuestScripts.ParsePingLoss(console)!;
+        Assert.Equal((12, 8, 4), (loss.Transmitted, loss.Received, loss.Lost));
+        Assert.Equal([5, 6, 7, 10], loss.Missing);
+        Assert.Equal((3, 5), (loss.LongestGap, loss.FirstOfLongestGap));
+        Assert.Null(GuestScripts.ParsePingLoss(console[..3]));
+    }
+
+    [Fact]
+    public void A_query_migrate_answer_gives_status_times_and_error()
+    {
+        using var done = System.Text.Json.JsonDocument.Parse("""
+            {"status": "completed", "setup-time": 2, "downtime": 153, "total-time": 926,
+             "ram": {"transferred": 95420416, "total": 285220864, "dirty-sync-count": 3}}
+            """);
+        var info = MigrationInfo.Parse(done.RootElement);
+        Assert.True(info.Completed && info.Ended);
+        Assert.Equal((153L, 926L, 2L, 3L), (info.DowntimeMs!.Value, info.TotalTimeMs!.Value, info.SetupTimeMs!.Value, info.DirtySyncCount!.Value));
+        using var failed = System.Text.Json.JsonDocument.Parse("""{"status": "failed", "error-desc": "Unable to write to socket"}""");
+        info = MigrationInfo.Parse(failed.RootElement);
+        Assert.True(info.Ended && !info.Completed);
+        Assert.Equal("Unable to write to socket", info.Error);
+        Assert.Equal("none", MigrationInfo.Parse(default).Status);
+    }
+
     private sealed record MigrationRun(MigrationInfo Migration, GuestScripts.PingLoss Loss, IReadOnlyList<string> SourceConsole,
         IReadOnlyList<string> DestinationConsole);
 
