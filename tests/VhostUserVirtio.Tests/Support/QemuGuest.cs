@@ -28,7 +28,7 @@ public enum MsixWorkaround
     None,
 }
 
-public sealed class GuestOptions
+public sealed record GuestOptions
 {
     /// <summary>Names the guest in progress messages and failure text.</summary>
     public string Name { get; init; } = "guest";
@@ -51,6 +51,31 @@ public sealed class GuestOptions
     public Action<string>? Log { get; init; }
     /// <summary>Also send every console line to <see cref="Log"/>.</summary>
     public bool EchoConsole { get; init; }
+    /// <summary>A QMP monitor on this Unix socket (QEMU listens, never waits); talk to it with <see cref="QmpClient"/>.</summary>
+    public string? QmpSocket { get; init; }
+    /// <summary>
+    /// -incoming URI (e.g. unix:/path): QEMU starts paused, waiting for a migration stream, instead of
+    /// booting. Its console then continues the migrated guest's, from the moment the guest resumes.
+    /// </summary>
+    public string? Incoming { get; init; }
+
+    /// <summary>
+    /// The options for the destination of a live migration of a guest started with these options:
+    /// the same machine, memory, kernel line and test files (the guest's RAM and device state must fit
+    /// them), NICs in the same order on other back-end sockets, listening on <paramref name="incoming"/>.
+    /// </summary>
+    public GuestOptions MigrationTarget(string name, IReadOnlyList<GuestNic> nics, string incoming, string? qmpSocket, string? consoleLogPath = null)
+    {
+        ArgumentNullException.ThrowIfNull(nics);
+        if (nics.Count != Nics.Count)
+            throw new ArgumentException($"the destination needs {Nics.Count} vhost-user NICs, as the source has", nameof(nics));
+        for (var i = 0; i < nics.Count; i++)
+        {
+            if (!nics[i].Mac.Equals(Nics[i].Mac, StringComparison.OrdinalIgnoreCase))
+                throw new ArgumentException($"NIC {i}: the guest keeps its MAC {Nics[i].Mac} when it migrates", nameof(nics));
+        }
+        return this with { Name = name, Nics = nics, Incoming = incoming, QmpSocket = qmpSocket, ConsoleLogPath = consoleLogPath };
+    }
 }
 
 /// <summary>
@@ -178,6 +203,10 @@ public sealed partial class QemuGuest : IDisposable
             var nic = options.QemuNics[i];
             args.AddRange(["-netdev", $"{nic.Backend},id=q{i}", "-device", $"virtio-net-pci,netdev=q{i},mac={nic.Mac}{vectors}"]);
         }
+        if (options.QmpSocket != null)
+            args.AddRange(["-qmp", $"unix:{Escape(options.QmpSocket)},server=on,wait=off"]);
+        if (options.Incoming != null)
+            args.AddRange(["-incoming", options.Incoming]);
         args.AddRange(options.ExtraQemuArgs);
         return args;
     }
@@ -327,6 +356,16 @@ public sealed partial class QemuGuest : IDisposable
 
     /// <summary>For assertion messages: where the log is, and the console.</summary>
     public string Describe() => $"Guest '{Name}' console (log {LogPath}):\n{Output}";
+
+    /// <summary>
+    /// The console of one guest that lived in several QEMUs, one after the other (a live migration's
+    /// source, then its destination): the lines of each, in order. The source's console ends when the
+    /// guest stops there; the destination's starts when it resumes, so nothing is printed twice.
+    /// </summary>
+    public static IReadOnlyList<string> ConsoleAcross(params QemuGuest[] qemus) => [.. qemus.SelectMany(q => q.Lines)];
+
+    /// <summary><see cref="Describe"/> for each QEMU the guest lived in.</summary>
+    public static string DescribeAcross(params QemuGuest[] qemus) => string.Join("\n", qemus.Select(q => q.Describe()));
 
     public void Dispose()
     {
