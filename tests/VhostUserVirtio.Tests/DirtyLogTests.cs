@@ -208,6 +208,10 @@ public sealed unsafe class DirtyLogTests : IDisposable
         Assert.Throws<FrontEndException>(() => c.SetLogBase(log.Fd, Page, Page));             // past the end of the file
         Assert.Throws<FrontEndException>(() => c.SetLogBase(log.Fd, 8, ulong.MaxValue - 4));   // offset + size overflows
         Assert.Throws<FrontEndException>(() => c.SetLogBase(log.Fd, 1UL << 40));              // far beyond any memory
+        // Without its descriptor: refused with a failure reply (QEMU reads one), not a dropped connection.
+        c.SendRaw((uint)FrontendRequest.SetLogBase, MessageHeader.Version, new byte[16]);
+        Assert.NotEqual(0UL, BitConverter.ToUInt64(c.ReadReply(FrontendRequest.SetLogBase).Payload));
+        Assert.Equal(MessageErrorKind.WrongDescriptorCount, _backend.Member(2).Endpoint.Backend.LastRejection?.Kind);
         Assert.Null(_backend.Member(2).Endpoint.Backend.DirtyLog);
         Assert.True(VirtioFeature.Has(c.GetFeatures(), VirtioFeature.VhostLogAll));
         c.SetLogBase(log.Fd, Page, 0);
