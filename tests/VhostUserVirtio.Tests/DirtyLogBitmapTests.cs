@@ -1,5 +1,6 @@
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Memory;
+using VhostUserVirtio.Tests.Support;
 
 namespace VhostUserVirtio.Tests;
 
@@ -52,5 +53,25 @@ public sealed unsafe class DirtyLogBitmapTests
         Assert.All(file[8..].ToArray(), b => Assert.Equal(0, b));
         Assert.Equal(new[] { 64 * Page, 1UL << 40, ulong.MaxValue - 2 }, reported);
         Assert.True(log.PagesOutside >= 4);
+    }
+
+    [Fact]
+    public void With_logging_on_the_data_path_still_allocates_nothing_and_marks_the_used_ring()
+    {
+        using var ring = new InThreadEchoRing(64, 1500);
+        ulong size = 4096;
+        using var fd = MemFd.Create("log", (long)size);
+        using var log = DirtyLog.Map(fd.Duplicate(), size, 0, allowUnsealed: false);
+        ring.Device.SetDirtyLog(log, ring.Driver.UsedRing);
+        ring.RunBatch();
+        ring.RunBatch();
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 8; i++)
+            ring.RunBatch();
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        Assert.True(ring.EchoesMatch());
+        Assert.True(log.IsMarked(ring.Driver.UsedRing + 2));
+        Assert.Equal(0, log.PagesOutside);
     }
 }
