@@ -38,6 +38,11 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     public int Size { get; internal set; }
     /// <summary>Ring addresses as front-end virtual addresses (SET_VRING_ADDR); null until given.</summary>
     internal (ulong Desc, ulong Avail, ulong Used)? UserAddresses { get; set; }
+    /// <summary>
+    /// Where the front end wants used-ring writes logged (SET_VRING_ADDR's log_guest_addr with
+    /// VHOST_VRING_F_LOG), or null. Control-loop state; the running ring gets it on its worker.
+    /// </summary>
+    internal ulong? LogGuestAddress { get; set; }
     /// <summary>Next avail index given by SET_VRING_BASE, used when the ring starts.</summary>
     internal ushort Base { get; set; }
 
@@ -66,7 +71,10 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     /// </summary>
     /// <param name="memory">A snapshot that stays mapped until this worker has moved to a newer one.</param>
     /// <param name="transport">The owner's transport driving the ring, or null for the device's front end.</param>
-    public RingError? Start(Worker worker, GuestMemory memory, RingPlacement placement, ulong features, ushort nextAvail, IOwnerTransport? transport)
+    /// <param name="log">The dirty log while logging is on (<see cref="SplitQueue.SetDirtyLog"/>); like the memory, it stays mapped until this worker moved on.</param>
+    /// <param name="usedLogAddress">Where used-ring writes are logged, when they are.</param>
+    public RingError? Start(Worker worker, GuestMemory memory, RingPlacement placement, ulong features, ushort nextAvail, IOwnerTransport? transport,
+        DirtyLog? log = null, ulong? usedLogAddress = null)
     {
         CheckOn(worker);
         Stop();
@@ -76,6 +84,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         Ring.IndirectAllowed = VirtioFeature.Has(features, VirtioFeature.RingIndirectDesc);
         if (Ring.Configure(memory, placement) is { } error)
             return error;
+        Ring.SetDirtyLog(log, usedLogAddress);
         Ring.NextAvail = nextAvail;
         Ring.SyncUsedIndex();
         Transport = transport;

@@ -79,6 +79,7 @@ public sealed partial class VhostUserBackend
     {
         foreach (var (worker, switched) in SwitchWorkers(_memory.Current, retired))
             worker.Loop.Await(switched);
+        WarnIfLogTooSmall();
         // Rings waiting for memory to appear may start now.
         foreach (var q in _queues)
             if (!q.Started && q.Kick != null)
@@ -89,7 +90,7 @@ public sealed partial class VhostUserBackend
     /// Unmaps <paramref name="retired"/> once every worker that may still use it has moved on (after a
     /// disconnect: none waits for it; a stuck worker only delays the unmapping).
     /// </summary>
-    private void RetireMemory(IReadOnlyList<MemoryRegion> retired) => SwitchWorkers(_memory.Current, retired);
+    private void RetireMemory(IReadOnlyList<IDisposable> retired) => SwitchWorkers(_memory.Current, retired);
 
     /// <summary>The workers that may touch this device's memory: those running its rings, and the pinned one.</summary>
     private List<Worker> MemoryUsers()
@@ -103,8 +104,16 @@ public sealed partial class VhostUserBackend
         return workers;
     }
 
-    private List<(Worker Worker, Task<bool> Switched)> SwitchWorkers(GuestMemory memory, IReadOnlyList<MemoryRegion> retired)
+    /// <summary>
+    /// Moves every running ring of the device, on its worker, to <paramref name="memory"/> and to the
+    /// current dirty-log state, and disposes <paramref name="retired"/> (regions, a replaced log) on
+    /// whichever worker finishes last.
+    /// </summary>
+    private List<(Worker Worker, Task<bool> Switched)> SwitchWorkers(GuestMemory memory, IReadOnlyList<IDisposable> retired)
     {
+        // Captured here, on the control loop: the workers must not read control-loop state.
+        var log = ActiveLog;
+        var usedLogAt = Array.ConvertAll(_queues, q => q.LogGuestAddress);
         var workers = MemoryUsers();
         var switched = new List<(Worker, Task<bool>)>(workers.Count);
         if (workers.Count == 0)
@@ -121,16 +130,21 @@ public sealed partial class VhostUserBackend
             bool Switch()
             {
                 if (worker == _pinnedWorker)
+                {
                     _workerMemory = memory;
+                    _workerLog = log;
+                }
                 foreach (var q in _queues)
                 {
                     if (q.Owner != worker || !q.Started)
                         continue;
-                    if (q.Ring.Remap(memory) is { } error)
+                    if (q.Ring.Memory != memory && q.Ring.Remap(memory) is { } error)
                     {
                         q.Ring.Break(error.Kind, $"after a memory table change: {error.Detail}");
                         q.ReportFault();
                     }
+                    // Owner-driven rings have no SET_VRING_ADDR: their used ring is logged where it is.
+                    q.Ring.SetDirtyLog(log, q.Transport != null ? q.Ring.UsedRing : usedLogAt[q.Index]);
                 }
                 if (Interlocked.Decrement(ref remaining) == 0)
                     foreach (var r in retired)

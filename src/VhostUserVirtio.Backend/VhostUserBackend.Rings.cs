@@ -40,8 +40,15 @@ public sealed partial class VhostUserBackend
         var q = QueueAt(addr.Index);
         if ((addr.Flags & ~VringAddress.LogFlag) != 0)
             throw new VhostUserException($"unknown vring address flags 0x{addr.Flags:x}");
-        if ((addr.Flags & VringAddress.LogFlag) != 0)
-            throw new VhostUserException("ring logging requested, but dirty logging (LOG_ALL) is not offered");
+        // log_guest_addr is a guest physical address that need not be in the memory table (the log
+        // covers it, or the write is counted as unlogged): nothing to check here.
+        ulong? logAt = (addr.Flags & VringAddress.LogFlag) != 0 ? addr.Log : null;
+        if (q.Started && q.UserAddresses == (addr.Descriptor, addr.Available, addr.Used))
+        {
+            // QEMU switching dirty logging on a running ring: the ring stays where it is and keeps running.
+            SetRingLog(q, logAt);
+            return;
+        }
         // A running ring moves: take it back, re-place it at the new addresses, hand it out again.
         bool wasStarted = q.Started;
         if (wasStarted)
@@ -49,6 +56,7 @@ public sealed partial class VhostUserBackend
             q.Base = StopQueue(q);
         }
         q.UserAddresses = (addr.Descriptor, addr.Available, addr.Used);
+        q.LogGuestAddress = logAt;
         if (wasStarted)
             TryStart(q);
     }
@@ -162,7 +170,9 @@ public sealed partial class VhostUserBackend
         var worker = _pinnedWorker ?? _workers.Next();
         ulong features = _ackedFeatures;
         ushort nextAvail = q.Base;
-        if (worker.Loop.Invoke(() => q.Start(worker, memory, placement, features, nextAvail, transport: null)) is { } error)
+        var log = ActiveLog;
+        ulong? usedLogAt = q.LogGuestAddress;
+        if (worker.Loop.Invoke(() => q.Start(worker, memory, placement, features, nextAvail, transport: null, log, usedLogAt)) is { } error)
         {
             q.FailToStart(error);
             return;
@@ -188,6 +198,7 @@ public sealed partial class VhostUserBackend
         q.Err?.Dispose();
         q.Kick = q.Call = q.Err = null;
         q.UserAddresses = null;
+        q.LogGuestAddress = null;
         q.Size = 0;
         q.Base = 0;
         q.Enabled = false;

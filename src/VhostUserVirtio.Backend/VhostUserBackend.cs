@@ -31,7 +31,7 @@ public sealed partial class VhostUserBackend : IDisposable
     /// <summary>Protocol features this back end implements itself, whatever the device.</summary>
     public const ProtocolFeatures CoreProtocolFeatures =
         ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.ResetDevice |
-        ProtocolFeatures.ConfigureMemSlots | ProtocolFeatures.Status;
+        ProtocolFeatures.ConfigureMemSlots | ProtocolFeatures.Status | ProtocolFeatures.LogShmfd;
 
     private readonly IVirtioDevice _device;
     private readonly WorkerPool _workers;
@@ -80,8 +80,8 @@ public sealed partial class VhostUserBackend : IDisposable
     public IReadOnlyList<DeviceQueue> Queues => _queues;
     public GuestMemory Memory => _memory.Current;
 
-    /// <summary>Virtio features offered: the device's plus vhost-user's PROTOCOL_FEATURES bit.</summary>
-    public ulong OfferedFeatures => _device.Features | VirtioFeature.Mask(VirtioFeature.VhostUserProtocolFeatures);
+    /// <summary>Virtio features offered: the device's plus vhost-user's PROTOCOL_FEATURES and LOG_ALL bits.</summary>
+    public ulong OfferedFeatures => _device.Features | VirtioFeature.Mask(VirtioFeature.VhostUserProtocolFeatures) | LogAllMask;
 
     /// <summary>Protocol features offered: exactly the ones implemented.</summary>
     public ProtocolFeatures OfferedProtocolFeatures =>
@@ -110,7 +110,7 @@ public sealed partial class VhostUserBackend : IDisposable
                 return Reject(message, rule, malformed with { Detail = $"malformed {request}: {malformed.Detail}" });
             if (rule.Gate != ProtocolFeatures.None && (_ackedProtocol & rule.Gate) == 0)
                 return Reject(message, rule, new(MessageErrorKind.NotNegotiated, $"{request} needs protocol feature {rule.Gate}, which was not negotiated"));
-            if (OwnerDriven && DrivesTheDevice(request))
+            if (OwnerDriven && DrivesTheDevice(request) && !(request == FrontendRequest.SetFeatures && SwitchesLogging(message.PayloadU64)))
                 return Reject(message, rule, new(MessageErrorKind.InvalidState,
                     $"{request} refused: the group owner drives this device; its front end supplies memory, call and kick descriptors only"));
 
@@ -160,6 +160,9 @@ public sealed partial class VhostUserBackend : IDisposable
         _logger.LogLimited(_refusalLog, LogLevel.Warning, "{Device}: {Reason} ({Kind})", _device.Name, error.Detail, error.Kind);
         if (message.Request == FrontendRequest.GetConfig && rule.HasReplyBody)
             return new HandleResult(Array.Empty<byte>(), false);
+        // Its u64 reply expresses failure (non-zero); it is awaited only with LOG_SHMFD.
+        if (message.Request == FrontendRequest.SetLogBase)
+            return (_ackedProtocol & ProtocolFeatures.LogShmfd) != 0 ? new HandleResult(BitConverter.GetBytes(1UL), false) : HandleResult.None;
         if (rule.HasReplyBody)
         {
             _logger.LogLimited(_refusalLog, LogLevel.Warning, "{Device}: closing the connection: {Request} expects a reply that cannot express failure",
@@ -209,6 +212,8 @@ public sealed partial class VhostUserBackend : IDisposable
             case FrontendRequest.RemMemReg:
                 RemoveMemRegion(m);
                 return null;
+            case FrontendRequest.SetLogBase:
+                return SetLogBase(m);
             case FrontendRequest.SetVringNum:
                 SetVringNum(VringState.Read(p));
                 return null;
@@ -256,9 +261,9 @@ public sealed partial class VhostUserBackend : IDisposable
 
     /// <summary>
     /// Feature bits a front end may flip while rings run (QEMU toggles dirty logging, VHOST_F_LOG_ALL,
-    /// around a migration); every other bit is fixed once a ring runs. None is offered yet.
+    /// around a migration); every other bit is fixed once a ring runs.
     /// </summary>
-    private const ulong RuntimeFeatures = 0;
+    private const ulong RuntimeFeatures = LogAllMask;
 
     private void SetFeatures(ulong features)
     {
@@ -271,12 +276,22 @@ public sealed partial class VhostUserBackend : IDisposable
         if (_featuresSet && changed != 0 && _queues.Any(q => q.Started))
             throw new VhostUserException(MessageErrorKind.InvalidState,
                 $"features 0x{features:x} change bits 0x{changed:x} while rings run; stop the rings (GET_VRING_BASE) or reset the device first");
+        if (OwnerDriven && SwitchesLogging(features))
+        {
+            // The owner negotiates the device's features; the front end only migrates its memory.
+            SetLogAll((features & LogAllMask) != 0);
+            return;
+        }
         if (!TryDriveFromFrontEnd())
             throw new VhostUserException(MessageErrorKind.InvalidState, "the group owner drives this device");
+        bool deviceChanged = !_featuresSet || changed != 0;
         _ackedFeatures = features;
         _featuresSet = true;
-        ulong deviceFeatures = features & ~VirtioFeature.Mask(VirtioFeature.VhostUserProtocolFeatures);
-        OnDataPath(() => _device.SetDriverFeatures(deviceFeatures));
+        // LOG_ALL is the back end's, not the device's: switching it leaves the device as it is.
+        ulong deviceFeatures = features & ~(VirtioFeature.Mask(VirtioFeature.VhostUserProtocolFeatures) | LogAllMask);
+        if (deviceChanged)
+            OnDataPath(() => _device.SetDriverFeatures(deviceFeatures));
+        SetLogAll((features & LogAllMask) != 0);
         // Without PROTOCOL_FEATURES there is no SET_VRING_ENABLE: rings are enabled at once.
         if (!VirtioFeature.Has(features, VirtioFeature.VhostUserProtocolFeatures))
             foreach (var q in _queues)
@@ -351,9 +366,14 @@ public sealed partial class VhostUserBackend : IDisposable
             ResetQueue(q);
         _ackedFeatures = 0;
         _featuresSet = false;
+        _logAll = false;
         _status = 0;
         ReleaseFrontEndDrive();
-        OnDataPath(_device.Reset);
+        OnDataPath(() =>
+        {
+            _workerLog = null; // LOG_ALL is cleared with the features
+            _device.Reset();
+        });
     }
 
     /// <summary>
@@ -373,7 +393,11 @@ public sealed partial class VhostUserBackend : IDisposable
         }
         _ackedProtocol = ProtocolFeatures.None;
         _owned = false;
-        RetireMemory(_memory.Clear());
+        var retired = new List<IDisposable>(_memory.Clear());
+        if (_log != null)
+            retired.Add(_log);
+        _log = null;
+        RetireMemory(retired);
     }
 
     public void Dispose() => Disconnected();

@@ -39,6 +39,8 @@ public sealed class FrontEndSession : IDisposable
         public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
         /// <summary>Send SET_VRING_ENABLE(1) for every ring (when protocol features are negotiated).</summary>
         public bool EnableRings { get; init; } = true;
+        /// <summary>Guest RAM to use (e.g. several regions); the session takes it over. A fresh <see cref="RamSize"/> region when null.</summary>
+        public GuestRam? Ram { get; init; }
     }
 
     /// <summary>Connects to <paramref name="socketPath"/> and brings the device up.</summary>
@@ -52,13 +54,14 @@ public sealed class FrontEndSession : IDisposable
     public static FrontEndSession Start(VhostUserFrontEnd fe, Options? options = null)
     {
         options ??= new Options();
-        var ram = new GuestRam(options.RamSize);
+        var ram = options.Ram ?? new GuestRam(options.RamSize);
         var queues = new List<DriverQueue>();
         var errs = new List<EventFd>();
         try
         {
             ulong offered = fe.GetFeatures();
-            ulong features = offered & options.WantedFeatures;
+            // As QEMU: VHOST_F_LOG_ALL is set only while migrating (SET_FEATURES again, rings running).
+            ulong features = offered & options.WantedFeatures & ~VirtioFeature.Mask(VirtioFeature.VhostLogAll);
             if (VirtioFeature.Has(features, VirtioFeature.VhostUserProtocolFeatures))
             {
                 var proto = fe.GetProtocolFeatures() & options.WantedProtocolFeatures;

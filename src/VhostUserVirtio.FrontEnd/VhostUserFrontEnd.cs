@@ -220,11 +220,30 @@ public sealed class VhostUserFrontEnd : IDisposable
         return state.Num;
     }
 
-    public void SetVringAddr(uint index, ulong descUva, ulong usedUva, ulong availUva)
+    public void SetVringAddr(uint index, ulong descUva, ulong usedUva, ulong availUva) =>
+        SetVringAddr(new VringAddress(index, 0, descUva, usedUva, availUva, 0));
+
+    /// <summary>SET_VRING_ADDR with flags and log address (VHOST_VRING_F_LOG, log_guest_addr).</summary>
+    public void SetVringAddr(VringAddress address)
     {
         Span<byte> p = stackalloc byte[VringAddress.Size];
-        new VringAddress(index, 0, descUva, usedUva, availUva, 0).Write(p);
+        address.Write(p);
         Request(FrontendRequest.SetVringAddr, p);
+    }
+
+    /// <summary>
+    /// SET_LOG_BASE with LOG_SHMFD, as QEMU sends it: the log's descriptor, size and offset; waits for
+    /// the back end's u64 reply and throws when it is not 0.
+    /// </summary>
+    public void SetLogBase(FileDescriptor log, ulong size, ulong offset = 0)
+    {
+        Span<byte> p = stackalloc byte[LogPayload.Size];
+        new LogPayload(size, offset).Write(p);
+        var body = Request(FrontendRequest.SetLogBase, p, new[] { log.Number }, hasReplyBody: true)!;
+        if (body.Length != 8)
+            throw new FrontEndException($"SET_LOG_BASE reply has {body.Length} bytes, expected 8");
+        if (BinaryPrimitives.ReadUInt64LittleEndian(body) != 0)
+            throw new FrontEndException($"back end refused SET_LOG_BASE (reply {BinaryPrimitives.ReadUInt64LittleEndian(body)})");
     }
 
     public void SetVringKick(uint index, EventFd? fd) => SendVringFile(FrontendRequest.SetVringKick, index, fd);

@@ -78,7 +78,8 @@ public sealed class OwnerDrivenMember : IOwnerTransport
             return refused.Detail;
         var q = queues[index];
         StopRing(index);
-        if (q.Start(Worker, memory, placement, _features, nextAvail: 0, transport: this) is { } error)
+        // Logged at the used ring's own address while the member's front end migrates its memory.
+        if (q.Start(Worker, memory, placement, _features, nextAvail: 0, transport: this, _backend.WorkerLog, placement.Used) is { } error)
         {
             q.Ring.Reset();
             return error.Detail;

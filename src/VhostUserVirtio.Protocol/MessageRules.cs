@@ -35,6 +35,9 @@ public static class MessageRules
         [FrontendRequest.SetOwner] = RequestRule.Exact(0),
         [FrontendRequest.ResetOwner] = RequestRule.Exact(0),
         [FrontendRequest.SetMemTable] = new(MemoryTablePayload.SizeFor(1), MemoryTablePayload.SizeFor(MessageHeader.MaxFds), FdRule.PerRegion, false, ProtocolFeatures.None),
+        // The u64 reply is awaited only with LOG_SHMFD, the only form accepted (without it the
+        // "log" would be an address in the front end's own process).
+        [FrontendRequest.SetLogBase] = RequestRule.Exact(LogPayload.Size, FdRule.One, reply: true, gate: ProtocolFeatures.LogShmfd),
         [FrontendRequest.SetVringNum] = RequestRule.Exact(VringState.Size),
         [FrontendRequest.SetVringAddr] = RequestRule.Exact(VringAddress.Size),
         [FrontendRequest.SetVringBase] = RequestRule.Exact(VringState.Size),

@@ -43,6 +43,22 @@ public readonly record struct VringAddress(uint Index, uint Flags, ulong Descrip
     }
 }
 
+/// <summary>SET_LOG_BASE: the dirty log's size and offset in the descriptor sent with it (LOG_SHMFD).</summary>
+public readonly record struct LogPayload(ulong MmapSize, ulong MmapOffset)
+{
+    public const int Size = 16;
+
+    public static LogPayload Read(ReadOnlySpan<byte> s) => new(
+        BinaryPrimitives.ReadUInt64LittleEndian(s),
+        BinaryPrimitives.ReadUInt64LittleEndian(s[8..]));
+
+    public void Write(Span<byte> s)
+    {
+        BinaryPrimitives.WriteUInt64LittleEndian(s, MmapSize);
+        BinaryPrimitives.WriteUInt64LittleEndian(s[8..], MmapOffset);
+    }
+}
+
 /// <summary>One memory region: guest physical address, size, front-end virtual address, offset in the fd.</summary>
 public readonly record struct MemoryRegionDescription(ulong GuestPhysAddr, ulong MemorySize, ulong UserspaceAddr, ulong MmapOffset)
 {

@@ -15,7 +15,7 @@ public unsafe ref struct ChainReader
     /// <summary>Next run of at most <paramref name="max"/> readable bytes; false when the chain is exhausted.</summary>
     public bool TryNext(int max, out ReadOnlySpan<byte> span)
     {
-        bool ok = _walk.Next(max, out byte* p, out int n);
+        bool ok = _walk.Next(max, out byte* p, out int n, out _);
         span = ok ? new ReadOnlySpan<byte>(p, n) : default;
         return ok;
     }
@@ -42,24 +42,43 @@ public unsafe ref struct ChainReader
     }
 }
 
-/// <summary>Fills the writable bytes of a chain, across segments and regions; counts what was written.</summary>
+/// <summary>
+/// Fills the writable bytes of a chain, across segments and regions; counts what was written. While
+/// dirty logging is on, every page written is marked in the log after the bytes are in place: a
+/// front end that syncs the log meanwhile sees the page again on its next pass, never a cleared
+/// bit over a page still being written.
+/// </summary>
 public unsafe ref struct ChainWriter
 {
     private SegmentWalk _walk;
+    private readonly DirtyLog? _log;
 
-    internal ChainWriter(GuestMemory memory, ReadOnlySpan<Segment> segments)
+    internal ChainWriter(GuestMemory memory, ReadOnlySpan<Segment> segments, DirtyLog? log)
     {
         _walk = new SegmentWalk(memory, segments);
+        _log = log;
         Written = 0;
     }
 
     /// <summary>Bytes written so far: what the used element's len must report.</summary>
     public uint Written { get; private set; }
 
-    /// <summary>Next writable run of at most <paramref name="max"/> bytes, counted as written.</summary>
+    /// <summary>
+    /// Next writable run of at most <paramref name="max"/> bytes, counted as written. With dirty
+    /// logging on, its pages are marked when it is handed out (the caller writes it afterwards);
+    /// <see cref="Write"/> and <see cref="CopyFrom"/> mark after copying, as migration wants.
+    /// </summary>
     public bool TryNext(int max, out Span<byte> span)
     {
-        bool ok = _walk.Next(max, out byte* p, out int n);
+        bool ok = Next(max, out span, out ulong gpa);
+        if (ok && _log != null)
+            _log.Mark(gpa, (ulong)span.Length);
+        return ok;
+    }
+
+    private bool Next(int max, out Span<byte> span, out ulong gpa)
+    {
+        bool ok = _walk.Next(max, out byte* p, out int n, out gpa);
         span = ok ? new Span<byte>(p, n) : default;
         Written += (uint)span.Length;
         return ok;
@@ -69,9 +88,10 @@ public unsafe ref struct ChainWriter
     public int Write(scoped ReadOnlySpan<byte> source)
     {
         int done = 0;
-        while (done < source.Length && TryNext(source.Length - done, out var s))
+        while (done < source.Length && Next(source.Length - done, out var s, out ulong gpa))
         {
             source.Slice(done, s.Length).CopyTo(s);
+            _log?.Mark(gpa, (ulong)s.Length);
             done += s.Length;
         }
         return done;
@@ -81,7 +101,7 @@ public unsafe ref struct ChainWriter
     public int CopyFrom(ref ChainReader reader)
     {
         int total = 0;
-        while (TryNext(int.MaxValue, out var dst))
+        while (Next(int.MaxValue, out var dst, out ulong gpa))
         {
             int filled = 0;
             while (filled < dst.Length && reader.TryNext(dst.Length - filled, out var src))
@@ -90,6 +110,7 @@ public unsafe ref struct ChainWriter
                 filled += src.Length;
             }
             total += filled;
+            _log?.Mark(gpa, (ulong)filled);
             if (filled < dst.Length)
             {
                 // Reader ran dry: give back the part of this run that was not filled.
@@ -126,7 +147,8 @@ internal unsafe ref struct SegmentWalk
         _offset = 0;
     }
 
-    public bool Next(int max, out byte* pointer, out int length)
+    /// <summary>Next run: host pointer, length, and the guest physical address it starts at.</summary>
+    public bool Next(int max, out byte* pointer, out int length, out ulong gpa)
     {
         while (_index < _segments.Length)
         {
@@ -137,7 +159,8 @@ internal unsafe ref struct SegmentWalk
                 _offset = 0;
                 continue;
             }
-            if (!_memory.TryTranslate(seg.Address + _offset, out pointer, out ulong available))
+            gpa = seg.Address + _offset;
+            if (!_memory.TryTranslate(gpa, out pointer, out ulong available))
                 break;
             length = (int)Math.Min(Math.Min(available, seg.Length - _offset), (ulong)max);
             _offset += (uint)length;
@@ -145,6 +168,7 @@ internal unsafe ref struct SegmentWalk
         }
         pointer = null;
         length = 0;
+        gpa = 0;
         return false;
     }
 

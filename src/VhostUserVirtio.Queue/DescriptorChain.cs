@@ -25,6 +25,8 @@ public sealed class DescriptorChain
     public uint WritableLength { get; private set; }
     /// <summary>The memory snapshot the chain was validated against.</summary>
     public GuestMemory Memory { get; private set; } = GuestMemory.Empty;
+    /// <summary>The dirty log the chain's writes are marked in, while logging is on (else null).</summary>
+    public DirtyLog? Log { get; private set; }
 
     public ReadOnlySpan<Segment> Readable => _segments.AsSpan(0, ReadableCount);
     public ReadOnlySpan<Segment> Writable => _segments.AsSpan(ReadableCount, WritableCount);
@@ -33,7 +35,7 @@ public sealed class DescriptorChain
     public ChainReader Reader() => new(Memory, Readable);
 
     /// <summary>A cursor over the writable bytes.</summary>
-    public ChainWriter Writer() => new(Memory, Writable);
+    public ChainWriter Writer() => new(Memory, Writable, Log);
 
     /// <summary>
     /// Writes <paramref name="data"/> at byte <paramref name="offset"/> of the writable part, across
@@ -56,6 +58,7 @@ public sealed class DescriptorChain
             int n = (int)Math.Min(seg.Length - offset, (uint)data.Length);
             if (!Memory.Write(seg.Address + offset, data[..n]))
                 return false;
+            Log?.Mark(seg.Address + offset, (ulong)n);
             data = data[n..];
             offset = 0;
         }
@@ -68,10 +71,11 @@ public sealed class DescriptorChain
             _segments = new Segment[capacity];
     }
 
-    internal void Begin(ushort head, GuestMemory memory)
+    internal void Begin(ushort head, GuestMemory memory, DirtyLog? log)
     {
         Head = head;
         Memory = memory;
+        Log = log;
         ReadableCount = WritableCount = 0;
         ReadableLength = WritableLength = 0;
     }

@@ -25,6 +25,11 @@ public sealed unsafe class SplitQueue
     private ushort _signalledUsed;
     private bool _signalledUsedValid;
     private readonly DescriptorChain _chain;
+    // Dirty logging (live migration): buffer writes are marked in _log; used-ring writes in
+    // _usedLog at _usedLogBase + their offset in the used ring. Both null while logging is off.
+    private DirtyLog? _log;
+    private DirtyLog? _usedLog;
+    private ulong _usedLogBase;
 
     public SplitQueue(int maxSize) => _chain = new DescriptorChain(maxSize);
 
@@ -48,6 +53,41 @@ public sealed unsafe class SplitQueue
     /// <summary>Why the queue is broken, or null while it is healthy.</summary>
     public RingError? Fault { get; private set; }
     public bool IsReady => _desc != null && Fault == null;
+
+    /// <summary>The dirty log buffer writes are marked in, or null while logging is off.</summary>
+    public DirtyLog? Log => _log;
+    /// <summary>Where used-ring writes are logged (guest physical, the used ring's first byte), or null when they are not.</summary>
+    public ulong? UsedLogAddress => _usedLog != null ? _usedLogBase : null;
+
+    /// <summary>
+    /// Turns dirty logging on or off for this ring: buffer writes are marked in <paramref name="log"/>,
+    /// and with <paramref name="usedLogAddress"/>, the device's writes to the used ring (elements,
+    /// index, flags, avail_event) at that guest physical address plus their offset (vhost-user's
+    /// log_guest_addr, which need not be in the memory table). Takes effect with the next write; the
+    /// ring keeps its position. Null turns logging off.
+    /// </summary>
+    public void SetDirtyLog(DirtyLog? log, ulong? usedLogAddress)
+    {
+        _log = log;
+        _usedLog = log != null && usedLogAddress != null ? log : null;
+        _usedLogBase = usedLogAddress ?? 0;
+    }
+
+    /// <summary>
+    /// Copies bytes into guest memory (e.g. a header field patched after the chain was written),
+    /// marking them in the dirty log while logging is on. False if any byte is unmapped.
+    /// </summary>
+    public bool WriteGuest(ulong gpa, ReadOnlySpan<byte> source)
+    {
+        if (!_memory.Write(gpa, source))
+            return false;
+        _log?.Mark(gpa, (ulong)source.Length);
+        return true;
+    }
+
+    /// <summary>Marks a used-ring write at <paramref name="offset"/> from the ring's start (after it is done).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void LogUsed(ulong offset, ulong length) => _usedLog?.Mark(_usedLogBase + offset, length);
 
     /// <summary>Chains popped since the queue was set up.</summary>
     public ulong ChainsPopped { get; private set; }
@@ -107,6 +147,7 @@ public sealed unsafe class SplitQueue
     public void Reset()
     {
         _desc = _avail = _used = null;
+        SetDirtyLog(null, null);
         Fault = null;
         NextAvail = 0;
         NextUsed = 0;
@@ -154,7 +195,7 @@ public sealed unsafe class SplitQueue
     private RingError? WalkChain(ushort head)
     {
         var chain = _chain;
-        chain.Begin(head, _memory);
+        chain.Begin(head, _memory, _log);
         int budget = _size;          // descriptors the chain may still use (loops run out of budget)
         byte* table = _desc;
         int tableSize = _size;
@@ -263,12 +304,18 @@ public sealed unsafe class SplitQueue
     {
         if (!IsReady)
             return;
-        byte* elem = _used + 4 + SplitRing.UsedElementSize * (NextUsed & (_size - 1));
+        int offset = 4 + SplitRing.UsedElementSize * (NextUsed & (_size - 1));
+        byte* elem = _used + offset;
         BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(elem, 4), head);
         BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(elem + 4, 4), length);
         NextUsed++;
         // Release: the element is visible before the index that publishes it.
         Volatile.Write(ref *(ushort*)(_used + 2), NextUsed);
+        if (_usedLog != null)
+        {
+            LogUsed((ulong)offset, SplitRing.UsedElementSize);
+            LogUsed(2, 2);
+        }
     }
 
     /// <summary>
@@ -298,6 +345,7 @@ public sealed unsafe class SplitQueue
         if (!IsReady || EventIdx)
             return; // with EVENT_IDX, not moving avail_event is enough
         Volatile.Write(ref *(ushort*)_used, SplitRing.UsedNoNotify);
+        LogUsed(0, 2);
     }
 
     /// <summary>
@@ -309,9 +357,16 @@ public sealed unsafe class SplitQueue
         if (!IsReady)
             return false;
         if (EventIdx)
-            Volatile.Write(ref *(ushort*)(_used + 4 + SplitRing.UsedElementSize * _size), NextAvail);
+        {
+            ulong availEvent = 4 + (ulong)SplitRing.UsedElementSize * _size;
+            Volatile.Write(ref *(ushort*)(_used + availEvent), NextAvail);
+            LogUsed(availEvent, 2);
+        }
         else
+        {
             Volatile.Write(ref *(ushort*)_used, 0);
+            LogUsed(0, 2);
+        }
         Interlocked.MemoryBarrier();
         return ReadAvailIndex() != NextAvail;
     }

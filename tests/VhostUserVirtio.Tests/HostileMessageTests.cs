@@ -204,12 +204,12 @@ public sealed class HostileMessageTests : IDisposable
     public void Unknown_and_unnegotiated_requests_are_refused()
     {
         Assert.NotEqual(0UL, SendForAck((FrontendRequest)99, default));
-        Assert.NotEqual(0UL, SendForAck(FrontendRequest.SetLogBase, new byte[16]));
+        Assert.NotEqual(0UL, SendForAck(FrontendRequest.SetLogFd, new byte[8]));
         Assert.NotEqual(0UL, SendForAck(FrontendRequest.SendRarp, new byte[8]));
         Assert.True(_backend.Logs.WaitForWarning("unsupported request 99"));
         Assert.True(_backend.Logs.WaitForWarning("needs protocol feature Rarp"));
         AssertRefusedAs(MessageErrorKind.NotNegotiated);
-        Assert.Equal(2, Refusing.Rejections(MessageErrorKind.UnknownRequest)); // request 99 and SET_LOG_BASE
+        Assert.Equal(2, Refusing.Rejections(MessageErrorKind.UnknownRequest)); // request 99 and SET_LOG_FD
         AssertStillServing();
     }
 

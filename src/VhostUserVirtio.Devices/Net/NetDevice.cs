@@ -347,12 +347,13 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
 
     private static void PatchNumBuffers(DeviceQueue queue, ulong low, ulong high, ushort count)
     {
-        var memory = queue.Ring.Memory;
+        // Through the ring, so the bytes are marked in the dirty log while logging is on.
+        var ring = queue.Ring;
         Span<byte> b = stackalloc byte[1];
         b[0] = (byte)count;
-        memory.Write(low, b);
+        ring.WriteGuest(low, b);
         b[0] = (byte)(count >> 8);
-        memory.Write(high, b);
+        ring.WriteGuest(high, b);
     }
 
     public void FlushNotifications()

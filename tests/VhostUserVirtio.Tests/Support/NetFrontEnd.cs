@@ -14,10 +14,11 @@ public sealed class NetFrontEnd : IDisposable
     public const int HeaderSize = 12;
     private readonly Dictionary<ushort, (ulong Address, uint Length)> _rxBuffers = new();
 
-    public NetFrontEnd(string socket, ulong? features = null, int queueSize = 256, bool controlQueue = false)
+    public NetFrontEnd(string socket, ulong? features = null, int queueSize = 256, bool controlQueue = false, GuestRam? ram = null)
     {
         Session = FrontEndSession.Start(socket, new FrontEndSession.Options
         {
+            Ram = ram,
             QueueCount = controlQueue ? 3 : 2,
             QueueSize = queueSize,
             WantedFeatures = features ?? ulong.MaxValue,
@@ -32,6 +33,15 @@ public sealed class NetFrontEnd : IDisposable
 
     /// <summary>The device's MAC, from its config space: the source its frames must carry unless the owner trusts it.</summary>
     public string Mac => Devices.Switch.Mac.Read(Session.Connection.GetConfig(0, 6)!).ToString();
+
+    /// <summary>Posts one receive buffer at a chosen guest address (one descriptor); returns its head.</summary>
+    public ushort PostRxAt(ulong address, uint size)
+    {
+        ushort head = Rx.AddChain(new BufferSpec[] { new(address, size, true) });
+        _rxBuffers[head] = (address, size);
+        Rx.Notify();
+        return head;
+    }
 
     /// <summary>Posts <paramref name="count"/> receive buffers of <paramref name="size"/> bytes, each a one-descriptor chain.</summary>
     public void PostRx(int count, int size = 2048)
