@@ -21,6 +21,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     private bool _faultReported;
     private bool _wantsKicks = true;
     private bool _deferred;
+    private bool _listening;
 
     internal DeviceQueue(IVirtioDevice device, int index, ILogger logger, LogRateLimit faultLog)
     {
@@ -170,7 +171,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     /// <summary>Signals the call descriptor if the driver has not suppressed notifications.</summary>
     public void NotifyIfNeeded()
     {
-        if (!Ring.NeedsNotification())
+        if (Paused || !Ring.NeedsNotification())
             return;
         if (Transport != null)
             Transport.Raise(this);
@@ -207,6 +208,16 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     {
         Owner = worker;
         _wantsKicks = _device.WantsKicks(Index);
+        if (!Paused)
+            Listen();
+    }
+
+    /// <summary>Worker side: wait on the kick descriptor and let a polling worker look at the ring.</summary>
+    private void Listen()
+    {
+        if (_listening || Owner is not { } worker)
+            return;
+        _listening = true;
         if (!_wantsKicks)
         {
             Ring.DisableNotification();
@@ -217,16 +228,57 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         worker.Add(this);
     }
 
+    /// <summary>Worker side: stop waiting on kicks; a kick that comes meanwhile stays counted in its eventfd.</summary>
+    private void Unlisten()
+    {
+        if (!_listening || Owner is not { } worker)
+            return;
+        _listening = false;
+        if (!_wantsKicks)
+            return;
+        if (Kick != null)
+            worker.Loop.Unregister(Kick.Descriptor, _kickToken);
+        worker.Remove(this);
+    }
+
+    /// <summary>
+    /// Whether the group owner stopped the member (DEV_MODE_SET): the ring is not touched, nothing is
+    /// written back and no interrupt sent; driver notifications stay pending in the kick eventfd and
+    /// are processed on <see cref="Resume"/>. Every chain the device took was completed before (chains
+    /// are handled whole, on this worker), so nothing stays in flight. Survives a ring restart.
+    /// </summary>
+    public bool Paused { get; private set; }
+
+    /// <summary>Stops touching the ring (worker side; a stopped ring just remembers it).</summary>
+    public void Pause()
+    {
+        if (Paused)
+            return;
+        Paused = true;
+        Unlisten();
+    }
+
+    /// <summary>Touches the ring again and processes what the driver made available meanwhile.</summary>
+    public void Resume()
+    {
+        if (!Paused)
+            return;
+        Paused = false;
+        if (!Started)
+            return;
+        Listen();
+        Process();
+    }
+
     /// <summary>Worker side: stop listening for kicks.</summary>
     private void Detach()
     {
         if (Owner != null)
         {
-            if (Kick != null && _wantsKicks)
-                Owner.Loop.Unregister(Kick.Descriptor, _kickToken);
-            Owner.Remove(this);
+            Unlisten();
             // Leave the ring with kicks enabled, as a driver expects from a device that is not polling.
-            Ring.EnableNotification();
+            if (!Paused)
+                Ring.EnableNotification();
         }
         Owner = null;
     }
@@ -273,7 +325,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     /// <summary>Processes the ring now (a kick, a start, an enable, a transport's notify); worker side.</summary>
     public void Process()
     {
-        if (!Started || !Ring.IsReady)
+        if (!Started || Paused || !Ring.IsReady)
             return;
         _device.ProcessQueue(this);
         if (Ring.Fault != null)

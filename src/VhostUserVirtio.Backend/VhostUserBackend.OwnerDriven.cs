@@ -88,6 +88,31 @@ public sealed partial class VhostUserBackend
         FrontendRequest.SetVringNum or FrontendRequest.SetVringAddr or FrontendRequest.SetVringBase or
         FrontendRequest.GetVringBase or FrontendRequest.SetVringEnable;
 
+    /// <summary>
+    /// Whether the group owner stopped this member (DEV_MODE_SET, pinned worker only): its rings are
+    /// paused (<see cref="DeviceQueue.Paused"/>), rings its front end starts meanwhile start paused,
+    /// and driver notifications wait in their eventfds until the owner resumes it. The stop belongs to
+    /// the owner: it outlasts the member's front end resetting or reconnecting.
+    /// </summary>
+    public bool MemberStopped { get; private set; }
+
+    /// <summary>Stops or resumes every ring of the member; call on the pinned worker. Idempotent.</summary>
+    public void SetMemberStopped(bool stopped)
+    {
+        CheckOnPinnedWorker();
+        if (MemberStopped == stopped)
+            return;
+        MemberStopped = stopped;
+        foreach (var q in _queues)
+        {
+            if (stopped)
+                q.Pause();
+            else
+                q.Resume();
+        }
+        _logger.LogInformation("{Device}: {What} by the owner", _device.Name, stopped ? "stopped" : "resumed");
+    }
+
     /// <summary>The front end reset the device or left: the owner's transport stops its rings and forgets its state.</summary>
     private void EndOwnerDrive()
     {

@@ -62,6 +62,13 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
         return id >= 1 && id <= (ulong)members.Length ? members[id - 1].Legacy : null;
     }
 
+    /// <summary>VF <paramref name="id"/> (1..NumVfs), or null if there is no such VF.</summary>
+    public GroupMember? MemberOf(ulong id)
+    {
+        var members = _members;
+        return id >= 1 && id <= (ulong)members.Length ? members[id - 1] : null;
+    }
+
     /// <summary>Member <paramref name="id"/>'s net device: 0 = the owner, 1..NumVfs = a VF.</summary>
     public NetDevice? NetDeviceOf(ulong id)
     {

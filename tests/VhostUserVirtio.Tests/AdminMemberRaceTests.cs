@@ -27,6 +27,7 @@ public sealed class AdminMemberRaceTests : IDisposable
         public bool MemberActive(ulong id) => false;
         public MsixPool Msix { get; } = new(2);
         public LegacyNetInterface? LegacyOf(ulong id) => null;
+        public Group.GroupMember? MemberOf(ulong id) => null;
     }
 
     private readonly GuestRam _ram = new(1 << 20);

@@ -109,7 +109,7 @@ public sealed class AdminQueueTests() : OwnerTest(useAllCommands: false)
     [Fact]
     public void List_use_of_an_unsupported_opcode_fails_with_invalid_field_and_changes_nothing()
     {
-        AssertStatus(Run(AdminOpcode.ListUse, data: Bitmap(AdminOpcode.ListQuery, AdminOpcode.ListUse, AdminOpcode.DevModeSet)),
+        AssertStatus(Run(AdminOpcode.ListUse, data: Bitmap(AdminOpcode.ListQuery, AdminOpcode.ListUse, (AdminOpcode)0x30)),
             AdminStatus.Einval, AdminQualifier.InvalidField);
         var extraWord = new byte[24];
         extraWord[20] = 1; // a bit far beyond any supported opcode

@@ -262,7 +262,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         for (int i = 0; i < pairs; i++)
         {
             var q = _queues[VirtioNet.ReceiveQueue((start + i) % pairs)];
-            if (q is { Started: true, Enabled: true } && q.Ring.IsReady)
+            if (q is { Started: true, Enabled: true, Paused: false } && q.Ring.IsReady)
                 return q;
         }
         return null;

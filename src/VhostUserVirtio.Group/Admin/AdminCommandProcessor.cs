@@ -22,6 +22,9 @@ public interface IAdminGroupState
 
     /// <summary>VF <paramref name="id"/>'s legacy register file, or null if there is no such VF.</summary>
     Legacy.LegacyNetInterface? LegacyOf(ulong id);
+
+    /// <summary>VF <paramref name="id"/> (1..NumVfs), or null if there is no such VF.</summary>
+    GroupMember? MemberOf(ulong id);
 }
 
 /// <summary>
@@ -43,19 +46,32 @@ public sealed class AdminCommandProcessor
     /// <summary>LIST_QUERY and LIST_USE: the in-use list after a reset.</summary>
     public static readonly AdminOpcodeSet Basic = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse);
 
-    public AdminCommandProcessor(IAdminGroupState group, ILogger logger)
+    public AdminCommandProcessor(IAdminGroupState group, ILogger logger, ResourceObjectOpcodes objectOpcodes = ResourceObjectOpcodes.Paragraphs)
     {
         _group = group;
         _logger = logger;
+        _modifyOpcode = objectOpcodes == ResourceObjectOpcodes.Paragraphs ? (ushort)0xb : (ushort)0xc;
+        _queryOpcode = objectOpcodes == ResourceObjectOpcodes.Paragraphs ? (ushort)0xc : (ushort)0xb;
+        _parts = new DevicePartsCommands(group, Objects);
     }
+
+    private readonly ushort _modifyOpcode, _queryOpcode;
+    private readonly DevicePartsCommands _parts;
+
+    /// <summary>VIRTIO_DEV_PARTS_CAP and the device parts objects the owner's driver made.</summary>
+    public DevicePartsObjects Objects { get; } = new();
 
     /// <summary>Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks.</summary>
     public AdminOpcodeSet SrIovSupported { get; } = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse,
         AdminOpcode.LegacyCommonCfgWrite, AdminOpcode.LegacyCommonCfgRead, AdminOpcode.LegacyDevCfgWrite,
-        AdminOpcode.LegacyDevCfgRead, AdminOpcode.LegacyNotifyInfo, AdminOpcode.MemberResource, AdminOpcode.MemberResourceAttrs, AdminOpcode.NetMemberCtrl);
+        AdminOpcode.LegacyDevCfgRead, AdminOpcode.LegacyNotifyInfo,
+        AdminOpcode.ResourceObjCreate, AdminOpcode.ResourceObjModify, AdminOpcode.ResourceObjQuery, AdminOpcode.ResourceObjDestroy,
+        AdminOpcode.DevPartsMetadataGet, AdminOpcode.DevPartsGet, AdminOpcode.DevPartsSet, AdminOpcode.DevModeSet,
+        AdminOpcode.MemberResource, AdminOpcode.MemberResourceAttrs, AdminOpcode.NetMemberCtrl);
 
-    /// <summary>Opcodes supported for the self group.</summary>
-    public AdminOpcodeSet SelfSupported { get; } = Basic;
+    /// <summary>Opcodes supported for the self group: the list commands and the capabilities (0x7–0x9).</summary>
+    public AdminOpcodeSet SelfSupported { get; } = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse,
+        AdminOpcode.CapIdListQuery, AdminOpcode.DeviceCapGet, AdminOpcode.DriverCapSet);
 
     /// <summary>Commands processed, and how many failed.</summary>
     public long Commands { get; private set; }
@@ -66,6 +82,10 @@ public sealed class AdminCommandProcessor
     {
         _srIovInUse = Basic;
         _selfInUse = null;
+        Objects.Reset();
+        // The owner driver that stopped members is gone: none stays frozen without anyone to resume it.
+        for (int id = 1; id <= _group.NumVfs; id++)
+            _group.MemberOf((ulong)id)?.Endpoint.Backend.SetMemberStopped(false);
     }
 
     /// <summary>Handles one command chain; returns the used length (bytes written).</summary>
@@ -174,6 +194,28 @@ public sealed class AdminCommandProcessor
                 return MemberResource(member, data, result);
             case AdminOpcode.MemberResourceAttrs:
                 return _group.Msix.WriteAttributes(result);
+            case AdminOpcode.CapIdListQuery:
+                return DevicePartsObjects.ListCapabilities(result);
+            case AdminOpcode.DeviceCapGet:
+                return Objects.DeviceCapGet(data, result);
+            case AdminOpcode.DriverCapSet:
+                return Objects.DriverCapSet(data);
+            case AdminOpcode.ResourceObjCreate:
+                return Objects.Create(member, data);
+            case AdminOpcode.ResourceObjModify or AdminOpcode.ResourceObjQuery when opcode == _modifyOpcode:
+                return Objects.Modify(data);
+            case AdminOpcode.ResourceObjModify or AdminOpcode.ResourceObjQuery when opcode == _queryOpcode:
+                return Objects.Query(data, result);
+            case AdminOpcode.ResourceObjDestroy:
+                return Objects.Destroy(data);
+            case AdminOpcode.DevPartsMetadataGet:
+                return _parts.MetadataGet(member, data, result, resultRoom);
+            case AdminOpcode.DevPartsGet:
+                return _parts.Get(member, data, result, resultRoom);
+            case AdminOpcode.DevPartsSet:
+                return _parts.Set(member, data);
+            case AdminOpcode.DevModeSet:
+                return _parts.ModeSet(member, data);
             default:
                 return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
         }

@@ -165,7 +165,7 @@ public static class NetMemberMigration
     private static DeviceStateError? Check(NetMemberState state, NetDevice net, IReadOnlyList<DeviceQueue> queues, MemberVectors vectors)
     {
         for (int i = 0; i < queues.Count; i++)
-            if (queues[i].Started)
+            if (queues[i].Started && !queues[i].Paused)
                 return new(DeviceStateErrorKind.RingsRunning, $"queue {i} is running; a state is applied only with the rings stopped");
         if (state.Queues.IsDefault || state.Counters.Drops.IsDefault || state.Counters.Drops.Length != MemberCounters.DropReasons ||
             state.UnicastTable.IsDefault || state.MulticastTable.IsDefault ||
