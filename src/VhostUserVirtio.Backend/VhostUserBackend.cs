@@ -85,7 +85,8 @@ public sealed partial class VhostUserBackend : IDisposable
 
     /// <summary>Protocol features offered: exactly the ones implemented.</summary>
     public ProtocolFeatures OfferedProtocolFeatures =>
-        CoreProtocolFeatures | _device.ExtraProtocolFeatures | (_device.ConfigSize > 0 ? ProtocolFeatures.Config : 0);
+        CoreProtocolFeatures | _device.ExtraProtocolFeatures | (_device.ConfigSize > 0 ? ProtocolFeatures.Config : 0) |
+        (StateStore != null ? ProtocolFeatures.DeviceState : 0);
 
     public ulong AckedFeatures => _ackedFeatures;
     public ProtocolFeatures AckedProtocolFeatures => _ackedProtocol;
@@ -243,6 +244,10 @@ public sealed partial class VhostUserBackend : IDisposable
                 return null;
             case FrontendRequest.GetStatus:
                 return BitConverter.GetBytes((ulong)_status);
+            case FrontendRequest.SetDeviceStateFd:
+                return SetDeviceStateFd(m);
+            case FrontendRequest.CheckDeviceState:
+                return CheckDeviceState();
             case FrontendRequest.SendRarp:
                 NetControl(m.Request).AnnounceMac(p.AsSpan(0, 6));
                 return null;
@@ -393,6 +398,7 @@ public sealed partial class VhostUserBackend : IDisposable
         }
         _ackedProtocol = ProtocolFeatures.None;
         _owned = false;
+        CancelTransfer();
         var retired = new List<IDisposable>(_memory.Clear());
         if (_log != null)
             retired.Add(_log);

@@ -47,7 +47,7 @@ public sealed class VhostUserServer : IDisposable
     private VhostUserEndpoint ServeCore(IVirtioDevice device, string socketPath, bool clientMode, Interop.UnixSocket? listener, Worker? pinnedWorker)
     {
         var logger = _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name);
-        var backend = new VhostUserBackend(device, Workers, logger, pinnedWorker, MemoryPolicy);
+        var backend = new VhostUserBackend(device, Workers, logger, pinnedWorker, MemoryPolicy) { ControlLoop = Control };
         var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger, adoptedListener: listener);
         endpoint.Start();
         lock (_gate)

@@ -192,6 +192,23 @@ public sealed class VhostUserFrontEnd : IDisposable
     public ulong GetQueueNum() => RequestU64(FrontendRequest.GetQueueNum);
     public ulong GetMaxMemSlots() => RequestU64(FrontendRequest.GetMaxMemSlots);
     public ulong GetStatus() => RequestU64(FrontendRequest.GetStatus);
+
+    /// <summary>
+    /// SET_DEVICE_STATE_FD: hands the back end one end of a pipe to save its state into (or load it
+    /// from), in the stopped phase. Returns the reply: bits 0–7 an error, bit 8 "no descriptor returned".
+    /// </summary>
+    public ulong SetDeviceStateFd(uint direction, int fd, uint phase = DeviceStateTransfer.PhaseStopped)
+    {
+        Span<byte> p = stackalloc byte[DeviceStateTransfer.Size];
+        new DeviceStateTransfer(direction, phase).Write(p);
+        var body = Request(FrontendRequest.SetDeviceStateFd, p, [fd], hasReplyBody: true)!;
+        if (body.Length != 8)
+            throw new FrontEndException($"SET_DEVICE_STATE_FD reply has {body.Length} bytes, expected 8");
+        return BinaryPrimitives.ReadUInt64LittleEndian(body);
+    }
+
+    /// <summary>CHECK_DEVICE_STATE: 0 when the transfer worked (a loaded state is then applied).</summary>
+    public ulong CheckDeviceState() => RequestU64(FrontendRequest.CheckDeviceState);
     public void SetStatus(DeviceStatus status) => SendU64(FrontendRequest.SetStatus, (ulong)status);
 
     public void SetMemTable(GuestRam ram) =>

@@ -122,7 +122,10 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
                 : Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id)), Options.ClientMode, DataPath);
         var legacy = id == 0 ? null : new Legacy.LegacyNetInterface(id, device, endpoint.Backend, () => Msix.Assigned(id - 1),
             _loggers.CreateLogger("VhostUserVirtio.Legacy"));
-        return new GroupMember(id, device, endpoint, legacy);
+        var member = new GroupMember(id, device, endpoint, legacy);
+        if (id != 0)
+            endpoint.Backend.StateStore = new Migration.MemberStateStore(member, Msix);
+        return member;
     }
 
     /// <summary>

@@ -132,3 +132,48 @@ public sealed class FileDescriptor : SafeHandle
 /// <summary>What fstat says about a file.</summary>
 /// <param name="BlockSize">st_blksize: the preferred I/O (and mapping) granule; hugetlbfs reports its huge page size here.</param>
 public readonly record struct FileStatus(long Size, long BlockSize, uint Mode);
+
+/// <summary>
+/// Reads and writes on a pipe or socket a peer supplied, never waiting whatever the peer does to its
+/// flags (RWF_NOWAIT: pipes honour it on writes and reads alike, unlike eventfd writes).
+/// </summary>
+public static unsafe class PeerStream
+{
+    /// <summary>Bytes written, 0 when the peer's end has no room now, -1 when it is gone or refuses.</summary>
+    public static int TryWrite(FileDescriptor fd, ReadOnlySpan<byte> data)
+    {
+        fixed (byte* p = data)
+        {
+            var iov = new Libc.IoVec { Base = p, Length = (nuint)data.Length };
+            while (true)
+            {
+                nint r = Libc.Pwritev2(fd.Number, &iov, 1, -1, Libc.RWF_NOWAIT);
+                if (r >= 0)
+                    return (int)r;
+                int errno = Libc.Errno;
+                if (errno == Libc.EINTR)
+                    continue;
+                return errno == Libc.EAGAIN ? 0 : -1;
+            }
+        }
+    }
+
+    /// <summary>Bytes read, 0 at end of stream, -2 when nothing is there now, -1 on an error.</summary>
+    public static int TryRead(FileDescriptor fd, Span<byte> buffer)
+    {
+        fixed (byte* p = buffer)
+        {
+            var iov = new Libc.IoVec { Base = p, Length = (nuint)buffer.Length };
+            while (true)
+            {
+                nint r = Libc.Preadv2(fd.Number, &iov, 1, -1, Libc.RWF_NOWAIT);
+                if (r >= 0)
+                    return (int)r;
+                int errno = Libc.Errno;
+                if (errno == Libc.EINTR)
+                    continue;
+                return errno == Libc.EAGAIN ? -2 : -1;
+            }
+        }
+    }
+}

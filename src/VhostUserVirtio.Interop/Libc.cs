@@ -156,6 +156,9 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "preadv2", SetLastError = true)]
     internal static partial nint Preadv2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
 
+    [LibraryImport(Lib, EntryPoint = "pwritev2", SetLastError = true)]
+    internal static partial nint Pwritev2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
+
     /// <summary>syscall(2) for the Linux AIO calls, which glibc does not wrap.</summary>
     [LibraryImport(Lib, EntryPoint = "syscall", SetLastError = true)]
     internal static partial long Syscall(long number, long a1, long a2, long a3);

@@ -22,6 +22,7 @@ public enum ProtocolFeatures : ulong
     InbandNotifications = 1UL << 14,
     ConfigureMemSlots = 1UL << 15,
     Status = 1UL << 16,
+    DeviceState = 1UL << 19,
 }
 
 /// <summary>

@@ -59,6 +59,8 @@ public static class MessageRules
         [FrontendRequest.RemMemReg] = RequestRule.Exact(SingleRegionPayload.Size, FdRule.AtMostOne, gate: ProtocolFeatures.ConfigureMemSlots),
         [FrontendRequest.SetStatus] = RequestRule.Exact(8, gate: ProtocolFeatures.Status),
         [FrontendRequest.GetStatus] = RequestRule.Exact(0, reply: true, gate: ProtocolFeatures.Status),
+        [FrontendRequest.SetDeviceStateFd] = RequestRule.Exact(DeviceStateTransfer.Size, FdRule.One, reply: true, gate: ProtocolFeatures.DeviceState),
+        [FrontendRequest.CheckDeviceState] = RequestRule.Exact(0, reply: true, gate: ProtocolFeatures.DeviceState),
     };
 
     public static bool TryGet(FrontendRequest request, out RequestRule rule) => Rules.TryGetValue(request, out rule);

@@ -173,3 +173,25 @@ public static class VringFile
     public static string? Problem(ulong value) =>
         (value & ~(IndexMask | NoFdFlag)) != 0 ? $"reserved bits set in vring file value 0x{value:x}" : null;
 }
+
+/// <summary>
+/// SET_DEVICE_STATE_FD's payload: u32 transfer_direction (0 save: the back end writes its state into
+/// the descriptor; 1 load: it reads one from it); u32 migration_phase (0 = stopped, the only one).
+/// The reply is a u64: bits 0–7 an error (0 = accepted), bit 8 set when the back end returns no
+/// descriptor of its own (the front end then uses the one it sent).
+/// </summary>
+public readonly record struct DeviceStateTransfer(uint Direction, uint Phase)
+{
+    public const int Size = 8;
+    public const uint Save = 0, Load = 1, PhaseStopped = 0;
+    public const ulong NoFdReturned = 1UL << 8;
+
+    public static DeviceStateTransfer Read(ReadOnlySpan<byte> s) =>
+        new(BinaryPrimitives.ReadUInt32LittleEndian(s), BinaryPrimitives.ReadUInt32LittleEndian(s[4..]));
+
+    public void Write(Span<byte> s)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(s, Direction);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[4..], Phase);
+    }
+}
