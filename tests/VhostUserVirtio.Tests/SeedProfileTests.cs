@@ -225,6 +225,42 @@ public sealed class SeedProfileTests : IDisposable
 
     [Fact]
     [Trait("tier", "unit")]
+    public void Context_data_the_queue_would_cut_or_past_the_largest_context_is_refused_and_nothing_is_kept()
+    {
+        AssertOk(Run((ushort)AdminOpcode.NetMemberCtrl, 2, Control(0x81, 0), 0));
+        var source = ReadContext(2);
+        SetMode(1, Freeze);
+        // 5000 bytes of data: more than the queue reads of one command, so it would lose some.
+        AssertStatus(Run(SeedOpcode.DevCtxWrite, 1, new byte[5000], 0), AdminStatus.Einval, AdminQualifier.InvalidField);
+        WriteContext(1, source);
+        SetMode(1, Active); // applies: the refused bytes were not appended
+        Assert.False(_backend.Member(1).Device.LinkUp);
+
+        SetMode(1, Freeze);
+        int accepted = 0;
+        while (Run(SeedOpcode.DevCtxWrite, 1, new byte[1000], 0) is { Ok: true })
+            accepted += 1000;
+        int max = DevicePartsWriter.MaxLength(NetMemberShape.Of(_backend.Member(1).Device, _backend.Group.Msix.PerVfMax));
+        Assert.InRange(accepted, max - 999, max);
+        AssertOk(Run(SeedOpcode.DevCtxDiscard, 1, result: 0));
+        SetMode(1, Active);
+    }
+
+    [Fact]
+    [Trait("tier", "unit")]
+    public void Each_mode_change_makes_a_new_context_to_read()
+    {
+        SetMode(1, Stop);
+        var stopped = ReadContext(1);
+        Assert.Equal(0UL, Size(1));
+        SetMode(1, Freeze);
+        Assert.Equal((ulong)stopped.Length, Size(1));
+        Assert.Equal(stopped, ReadContext(1));
+        SetMode(1, Active);
+    }
+
+    [Fact]
+    [Trait("tier", "unit")]
     public void Discard_drops_a_partly_read_context_and_a_partly_written_one()
     {
         SetMode(1, Stop);
