@@ -20,6 +20,7 @@ internal static class DeviceCatalog
         Uplink = s.Uplink,
         MaxMacsPerPort = s.MaxMacsPerPort,
         TrustVfs = s.TrustVfs,
+        AdminProfile = s.AdminProfile,
         ClientMode = s.ClientMode,
         OwnerSocketPath = s.SocketPath,
         OwnerListener = s.Fd is { } fd ? Interop.UnixSocket.AdoptListener(fd) : null,

@@ -21,7 +21,8 @@ internal sealed record DaemonSettings(
     bool PrintCapabilities,
     MemoryPolicy Memory,
     int MaxMacsPerPort,
-    bool TrustVfs);
+    bool TrustVfs,
+    Group.Admin.AdminProfile AdminProfile);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -89,6 +90,20 @@ internal sealed class ServeOptions
                       "By default VFs start untrusted, as SR-IOV VFs do; `admin vf ID trust on` trusts one.",
     };
 
+    private static readonly Dictionary<string, Group.Admin.AdminProfile> AdminProfiles = new()
+    {
+        ["spec"] = Group.Admin.AdminProfile.Spec,
+        ["seed"] = Group.Admin.AdminProfile.Seed,
+    };
+
+    private readonly Option<string> _adminProfile = new("--admin-profile")
+    {
+        Description = "Admin commands 0x7 and above: 'spec' (VIRTIO 1.4: capabilities, resource objects, device parts) or " +
+                      "'seed' (the device migration proposal: DEV_MODE_GET/SET and DEV_CTX_* at 0x7-0xd for the VFs).",
+        HelpName = "PROFILE",
+        DefaultValueFactory = _ => "spec",
+    };
+
     private readonly Option<int> _workers = new("--workers")
     {
         Description = "Data-path worker threads shared by all devices.",
@@ -148,6 +163,7 @@ internal sealed class ServeOptions
     public ServeOptions(Command command)
     {
         _logLevel.AcceptOnlyFromAmong([.. LogLevels.Keys]);
+        _adminProfile.AcceptOnlyFromAmong([.. AdminProfiles.Keys]);
         AddRange(_vfs, 0, Group.DeviceGroupOptions.MaxVfs);
         AddRange(_queuePairs, 1, MaxQueuePairs);
         AddRange(_mtu, 68, 65535);
@@ -171,7 +187,7 @@ internal sealed class ServeOptions
                 r.AddError($"--max-guest-memory must be a size of at least 1M, like 512M, 64G or 1T (got '{r.GetValueOrDefault<string>()}').");
         });
 
-        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _workers, _pollUs, _client,
+        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _adminProfile, _workers, _pollUs, _client,
                      _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
@@ -234,5 +250,6 @@ internal sealed class ServeOptions
             MaxMappedBytes = ParseSize(r.GetValue(_maxGuestMemory))!.Value,
         },
         MaxMacsPerPort: r.GetValue(_maxMacsPerPort),
-        TrustVfs: r.GetValue(_trustVfs));
+        TrustVfs: r.GetValue(_trustVfs),
+        AdminProfile: AdminProfiles[r.GetValue(_adminProfile)!]);
 }

@@ -33,6 +33,12 @@ public sealed record DeviceGroupOptions
     /// <summary>Serve the owner on this already-listening socket (libvirt's --fd); the group owns it from then on.</summary>
     public Interop.UnixSocket? OwnerListener { get; init; }
 
+    /// <summary>
+    /// What the owner's admin queue offers at opcodes 0x7 and above: VIRTIO 1.4's capabilities, resource
+    /// objects and device parts (the default), or seed 003's device migration commands for the VFs.
+    /// </summary>
+    public Admin.AdminProfile AdminProfile { get; init; } = Admin.AdminProfile.Spec;
+
     public const int MaxVfs = 256;
     public const int MaxMacsPerPortLimit = 65536;
 }

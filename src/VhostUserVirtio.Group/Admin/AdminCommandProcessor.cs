@@ -46,32 +46,59 @@ public sealed class AdminCommandProcessor
     /// <summary>LIST_QUERY and LIST_USE: the in-use list after a reset.</summary>
     public static readonly AdminOpcodeSet Basic = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse);
 
-    public AdminCommandProcessor(IAdminGroupState group, ILogger logger, ResourceObjectOpcodes objectOpcodes = ResourceObjectOpcodes.Paragraphs)
+    public AdminCommandProcessor(IAdminGroupState group, ILogger logger, ResourceObjectOpcodes objectOpcodes = ResourceObjectOpcodes.Paragraphs,
+        AdminProfile profile = AdminProfile.Spec)
     {
         _group = group;
         _logger = logger;
         _modifyOpcode = objectOpcodes == ResourceObjectOpcodes.Paragraphs ? (ushort)0xb : (ushort)0xc;
         _queryOpcode = objectOpcodes == ResourceObjectOpcodes.Paragraphs ? (ushort)0xc : (ushort)0xb;
         _parts = new DevicePartsCommands(group, Objects);
+        Profile = profile;
+        if (profile == AdminProfile.Seed)
+        {
+            // The seed's migration commands take 0x7–0xd for the VFs; 0xe–0x11 are not offered, and the
+            // self group's capabilities go too, since they only describe resource objects.
+            _seed = new SeedMigrationCommands(group, logger);
+            var seed = AdminOpcodeSet.Of(Enumerable.Range(SeedOpcode.DevModeGet, 7).Select(o => (AdminOpcode)o).ToArray());
+            SrIovSupported = new AdminOpcodeSet(Common.Word0 | seed.Word0, Common.Word1);
+            SelfSupported = Basic;
+        }
+        else
+        {
+            var parts = AdminOpcodeSet.Of(AdminOpcode.ResourceObjCreate, AdminOpcode.ResourceObjModify, AdminOpcode.ResourceObjQuery,
+                AdminOpcode.ResourceObjDestroy, AdminOpcode.DevPartsMetadataGet, AdminOpcode.DevPartsGet, AdminOpcode.DevPartsSet, AdminOpcode.DevModeSet);
+            SrIovSupported = new AdminOpcodeSet(Common.Word0 | parts.Word0, Common.Word1);
+            SelfSupported = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse,
+                AdminOpcode.CapIdListQuery, AdminOpcode.DeviceCapGet, AdminOpcode.DriverCapSet);
+        }
     }
 
     private readonly ushort _modifyOpcode, _queryOpcode;
     private readonly DevicePartsCommands _parts;
+    private readonly SeedMigrationCommands? _seed;
+
+    /// <summary>The SR-IOV opcodes both profiles offer: list, legacy interface, and the project's member commands.</summary>
+    private static readonly AdminOpcodeSet Common = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse,
+        AdminOpcode.LegacyCommonCfgWrite, AdminOpcode.LegacyCommonCfgRead, AdminOpcode.LegacyDevCfgWrite,
+        AdminOpcode.LegacyDevCfgRead, AdminOpcode.LegacyNotifyInfo,
+        AdminOpcode.MemberResource, AdminOpcode.MemberResourceAttrs, AdminOpcode.NetMemberCtrl);
+
+    /// <summary>Which opcodes 0x7 and above mean (docs/owner-binding.md "Admin command profiles").</summary>
+    public AdminProfile Profile { get; }
 
     /// <summary>VIRTIO_DEV_PARTS_CAP and the device parts objects the owner's driver made.</summary>
     public DevicePartsObjects Objects { get; } = new();
 
-    /// <summary>Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks.</summary>
-    public AdminOpcodeSet SrIovSupported { get; } = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse,
-        AdminOpcode.LegacyCommonCfgWrite, AdminOpcode.LegacyCommonCfgRead, AdminOpcode.LegacyDevCfgWrite,
-        AdminOpcode.LegacyDevCfgRead, AdminOpcode.LegacyNotifyInfo,
-        AdminOpcode.ResourceObjCreate, AdminOpcode.ResourceObjModify, AdminOpcode.ResourceObjQuery, AdminOpcode.ResourceObjDestroy,
-        AdminOpcode.DevPartsMetadataGet, AdminOpcode.DevPartsGet, AdminOpcode.DevPartsSet, AdminOpcode.DevModeSet,
-        AdminOpcode.MemberResource, AdminOpcode.MemberResourceAttrs, AdminOpcode.NetMemberCtrl);
+    /// <summary>
+    /// Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks. Spec profile: 0x0–0x6,
+    /// resource objects 0xa–0xd, device parts 0xe–0x11; seed profile: 0x0–0x6 and the seed's 0x7–0xd.
+    /// Both: the project block 0x40–0x42.
+    /// </summary>
+    public AdminOpcodeSet SrIovSupported { get; }
 
-    /// <summary>Opcodes supported for the self group: the list commands and the capabilities (0x7–0x9).</summary>
-    public AdminOpcodeSet SelfSupported { get; } = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse,
-        AdminOpcode.CapIdListQuery, AdminOpcode.DeviceCapGet, AdminOpcode.DriverCapSet);
+    /// <summary>Opcodes supported for the self group: the list commands, and in the spec profile the capabilities (0x7–0x9).</summary>
+    public AdminOpcodeSet SelfSupported { get; }
 
     /// <summary>Commands processed, and how many failed.</summary>
     public long Commands { get; private set; }
@@ -83,6 +110,7 @@ public sealed class AdminCommandProcessor
         _srIovInUse = Basic;
         _selfInUse = null;
         Objects.Reset();
+        _seed?.Reset();
         // The owner driver that stopped members is gone: none stays frozen without anyone to resume it.
         for (int id = 1; id <= _group.NumVfs; id++)
             _group.MemberOf((ulong)id)?.Endpoint.Backend.SetMemberStopped(false);
@@ -107,7 +135,9 @@ public sealed class AdminCommandProcessor
         // Reads of legacy registers read as many bytes as the driver left room for.
         int resultRoom = (int)Math.Min(Math.Max(chain.WritableLength, AdminLayout.StatusSize) - AdminLayout.StatusSize, AdminLayout.MaxResult);
         var result = response[AdminLayout.StatusSize..];
-        var outcome = Execute(opcode, groupType, member, data, result, resultRoom);
+        // Data beyond what the queue reads is ignored (tolerance rule); a context write must not lose any.
+        bool dataCut = chain.ReadableLength > request.Length;
+        var outcome = Execute(opcode, groupType, member, data, dataCut, result, resultRoom);
         Commands++;
         if (outcome.Status != AdminStatus.Ok)
         {
@@ -125,7 +155,7 @@ public sealed class AdminCommandProcessor
         return writer.Written;
     }
 
-    private AdminOutcome Execute(ushort opcode, ushort groupType, ulong member, ReadOnlySpan<byte> data, Span<byte> result, int resultRoom)
+    private AdminOutcome Execute(ushort opcode, ushort groupType, ulong member, ReadOnlySpan<byte> data, bool dataCut, Span<byte> result, int resultRoom)
     {
         // 1. Group.
         AdminOpcodeSet supported;
@@ -159,6 +189,14 @@ public sealed class AdminCommandProcessor
         bool ownerAllowed = opcode == (ushort)AdminOpcode.NetMemberCtrl && member == 0;
         if (!groupWide && !ownerAllowed && (AdminGroupType)groupType == AdminGroupType.SrIov && (member < 1 || member > (ulong)_group.NumVfs))
             return AdminOutcome.Invalid(AdminQualifier.InvalidMember);
+
+        if (_seed != null && (AdminGroupType)groupType == AdminGroupType.SrIov)
+        {
+            if (SeedOpcode.Contains(opcode))
+                return _seed.Execute(opcode, member, data, dataCut, result, resultRoom);
+            if (ChangesMember(opcode, member, data) && _seed.Frozen(member))
+                return new AdminOutcome(AdminStatus.Ebusy, AdminQualifier.InvalidCommand);
+        }
 
         switch ((AdminOpcode)opcode)
         {
@@ -220,6 +258,18 @@ public sealed class AdminCommandProcessor
                 return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
         }
     }
+
+    /// <summary>
+    /// Commands that can change a VF's state, refused while it is frozen (seed profile): legacy writes,
+    /// legacy common reads (reading ISR clears it), NET_MEMBER_CTRL and a MEMBER_RESOURCE assign.
+    /// </summary>
+    private static bool ChangesMember(ushort opcode, ulong member, ReadOnlySpan<byte> data) => (AdminOpcode)opcode switch
+    {
+        AdminOpcode.LegacyCommonCfgWrite or AdminOpcode.LegacyDevCfgWrite or AdminOpcode.LegacyCommonCfgRead => true,
+        AdminOpcode.NetMemberCtrl => member != 0,
+        AdminOpcode.MemberResource => !data.IsEmpty && data[0] == 1,
+        _ => false,
+    };
 
     /// <summary>
     /// MEMBER_RESOURCE (seed 000): data {u8 operation (1 assign, 2 query); u8 reserved; le16 resource
