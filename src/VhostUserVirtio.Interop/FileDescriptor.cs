@@ -139,6 +139,14 @@ public readonly record struct FileStatus(long Size, long BlockSize, uint Mode);
 /// </summary>
 public static unsafe class PeerStream
 {
+    /// <summary>A pipe (close-on-exec, blocking), e.g. for a device state transfer: (read end, write end).</summary>
+    public static (FileDescriptor Read, FileDescriptor Write) CreatePipe()
+    {
+        int* fds = stackalloc int[2];
+        NativeException.Check(Libc.Pipe2(fds, Libc.O_CLOEXEC), "pipe2");
+        return (new FileDescriptor(fds[0]), new FileDescriptor(fds[1]));
+    }
+
     /// <summary>Bytes written, 0 when the peer's end has no room now, -1 when it is gone or refuses.</summary>
     public static int TryWrite(FileDescriptor fd, ReadOnlySpan<byte> data)
     {

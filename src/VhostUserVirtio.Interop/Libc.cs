@@ -156,6 +156,9 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "preadv2", SetLastError = true)]
     internal static partial nint Preadv2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
 
+    [LibraryImport(Lib, EntryPoint = "pipe2", SetLastError = true)]
+    internal static partial int Pipe2(int* fds, int flags);
+
     [LibraryImport(Lib, EntryPoint = "pwritev2", SetLastError = true)]
     internal static partial nint Pwritev2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
 
