@@ -56,8 +56,20 @@ public sealed partial class VhostUserBackend
             _logger.LogLimited(_stateLog, LogLevel.Warning, "{Device}: device state transfer refused: {Reason}", _device.Name, refused);
             return BitConverter.GetBytes(1UL | DeviceStateTransfer.NoFdReturned);
         }
-        _transfer = new StateTransfer(this, fd, state);
-        _transfer.Begin();
+        var transfer = new StateTransfer(this, fd, state);
+        try
+        {
+            transfer.Begin();
+        }
+        catch (NativeException e)
+        {
+            // epoll refuses descriptors that cannot wait (a regular file): not a pipe-like stream.
+            transfer.Dispose();
+            _logger.LogLimited(_stateLog, LogLevel.Warning, "{Device}: device state transfer refused: the descriptor cannot be waited on ({Error})",
+                _device.Name, e.Message);
+            return BitConverter.GetBytes(1UL | DeviceStateTransfer.NoFdReturned);
+        }
+        _transfer = transfer;
         _logger.LogInformation("{Device}: device state {Direction} started{Size}", _device.Name,
             state != null ? "save" : "load", state != null ? $" ({state.Length} bytes)" : "");
         return BitConverter.GetBytes(DeviceStateTransfer.NoFdReturned);

@@ -103,4 +103,17 @@ public sealed class DeviceStateTransferTests : IDisposable
         Assert.False(_target.Member(1).Device.Trusted);
         Assert.Equal(0UL, Load(to, state)); // the whole stream still loads afterwards
     }
+
+    [Fact]
+    public void An_empty_regular_file_as_the_state_source_ends_at_once_and_fails_the_check_without_harm()
+    {
+        using var to = new NetFrontEnd(_target.Socket(1));
+        StopRings(to);
+        string path = Path.Combine(_target.Directory, "not-a-pipe");
+        using (var file = File.Create(path))
+            to.Session.Connection.SetDeviceStateFd(DeviceStateTransfer.Load, (int)file.SafeFileHandle.DangerousGetHandle());
+        Assert.NotEqual(0UL, to.Session.Connection.CheckDeviceState()); // an empty state is not a state
+        Assert.True(_target.Member(1).Device.LinkUp);
+        Assert.NotEqual(0UL, to.Session.Connection.GetFeatures());
+    }
 }
