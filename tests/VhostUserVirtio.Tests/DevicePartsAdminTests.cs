@@ -157,4 +157,22 @@ public sealed class DevicePartsAdminTests() : OwnerTest(useAllCommands: true)
         vf2.Tx.WaitUsed();
         Assert.Equal(frame, vf1.Receive().Frame);
     }
+
+    [Fact]
+    public void Objects_outlive_a_vfs_reset_and_a_refused_mode_change_changes_nothing()
+    {
+        SetLimits(get: 1, set: 1);
+        AssertOk(Run(AdminOpcode.ResourceObjCreate, SrIov, 1, CreateData(0, 0), 0));
+        using (new NetFrontEnd(_backend.Socket(1)))
+        {
+        }
+        // The VF's front end came and went (a member reset): the owner's object is still there.
+        Assert.True(SpinWait.SpinUntil(() => !_backend.Member(1).Endpoint.IsConnected, TimeSpan.FromSeconds(10)));
+        AssertStatus(Run(AdminOpcode.ResourceObjCreate, SrIov, 1, CreateData(0, 0), 0), AdminStatus.Eexist);
+        AssertOk(Run(AdminOpcode.DevPartsGet, SrIov, 1, Typed(0, 1), 4096));
+        AssertStatus(Run(AdminOpcode.DevModeSet, SrIov, 1, [0b11], 0), AdminStatus.Einval);
+        Assert.False(_backend.Member(1).Endpoint.Backend.MemberStopped);
+        // Resuming a running member succeeds.
+        AssertOk(Run(AdminOpcode.DevModeSet, SrIov, 1, [0], 0));
+    }
 }
