@@ -21,6 +21,7 @@ internal static class DeviceCatalog
         MaxMacsPerPort = s.MaxMacsPerPort,
         TrustVfs = s.TrustVfs,
         AdminProfile = s.AdminProfile,
+        ResourceObjectOpcodes = s.ResourceObjectOpcodes,
         ClientMode = s.ClientMode,
         OwnerSocketPath = s.SocketPath,
         OwnerListener = s.Fd is { } fd ? Interop.UnixSocket.AdoptListener(fd) : null,

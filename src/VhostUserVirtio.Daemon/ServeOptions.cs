@@ -22,7 +22,8 @@ internal sealed record DaemonSettings(
     MemoryPolicy Memory,
     int MaxMacsPerPort,
     bool TrustVfs,
-    Group.Admin.AdminProfile AdminProfile);
+    Group.Admin.AdminProfile AdminProfile,
+    Group.Admin.ResourceObjectOpcodes ResourceObjectOpcodes);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -88,6 +89,19 @@ internal sealed class ServeOptions
     {
         Description = "Start VFs trusted: no spoof check on their source MACs, and their drivers may change their MAC and receive modes. " +
                       "By default VFs start untrusted, as SR-IOV VFs do; `admin vf ID trust on` trusts one.",
+    };
+
+    private static readonly Dictionary<string, Group.Admin.ResourceObjectOpcodes> ObjectOpcodes = new()
+    {
+        ["paragraphs"] = Group.Admin.ResourceObjectOpcodes.Paragraphs,
+        ["table"] = Group.Admin.ResourceObjectOpcodes.Table,
+    };
+
+    private readonly Option<string> _objectOpcodes = new("--resource-object-opcodes")
+    {
+        Description = "Which opcodes RESOURCE_OBJ_MODIFY and _QUERY use, as VIRTIO 1.4 contradicts itself: `paragraphs` (MODIFY 0xb, QUERY 0xc, " +
+                      "the command text) or `table` (QUERY 0xb, MODIFY 0xc, the opcode table). Linux sends neither.",
+        DefaultValueFactory = _ => "paragraphs",
     };
 
     private static readonly Dictionary<string, Group.Admin.AdminProfile> AdminProfiles = new()
@@ -164,6 +178,7 @@ internal sealed class ServeOptions
     {
         _logLevel.AcceptOnlyFromAmong([.. LogLevels.Keys]);
         _adminProfile.AcceptOnlyFromAmong([.. AdminProfiles.Keys]);
+        _objectOpcodes.AcceptOnlyFromAmong([.. ObjectOpcodes.Keys]);
         AddRange(_vfs, 0, Group.DeviceGroupOptions.MaxVfs);
         AddRange(_queuePairs, 1, MaxQueuePairs);
         AddRange(_mtu, 68, 65535);
@@ -187,7 +202,7 @@ internal sealed class ServeOptions
                 r.AddError($"--max-guest-memory must be a size of at least 1M, like 512M, 64G or 1T (got '{r.GetValueOrDefault<string>()}').");
         });
 
-        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _adminProfile, _workers, _pollUs, _client,
+        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _adminProfile, _objectOpcodes, _workers, _pollUs, _client,
                      _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
@@ -251,5 +266,6 @@ internal sealed class ServeOptions
         },
         MaxMacsPerPort: r.GetValue(_maxMacsPerPort),
         TrustVfs: r.GetValue(_trustVfs),
-        AdminProfile: AdminProfiles[r.GetValue(_adminProfile)!]);
+        AdminProfile: AdminProfiles[r.GetValue(_adminProfile)!],
+        ResourceObjectOpcodes: ObjectOpcodes[r.GetValue(_objectOpcodes)!]);
 }

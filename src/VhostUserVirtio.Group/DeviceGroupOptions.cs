@@ -38,6 +38,8 @@ public sealed record DeviceGroupOptions
     /// objects and device parts (the default), or seed 003's device migration commands for the VFs.
     /// </summary>
     public Admin.AdminProfile AdminProfile { get; init; } = Admin.AdminProfile.Spec;
+    /// <summary>Which of VIRTIO 1.4's two readings of the RESOURCE_OBJ_MODIFY/QUERY opcodes the owner uses.</summary>
+    public Admin.ResourceObjectOpcodes ResourceObjectOpcodes { get; init; } = Admin.ResourceObjectOpcodes.Paragraphs;
 
     public const int MaxVfs = 256;
     public const int MaxMacsPerPortLimit = 65536;

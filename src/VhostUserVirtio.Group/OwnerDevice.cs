@@ -30,7 +30,7 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
         TotalVfs = totalVfs;
         _group = group;
         _logger = logger;
-        Admin = new AdminCommandProcessor(group, logger, profile: group.Options.AdminProfile);
+        Admin = new AdminCommandProcessor(group, logger, group.Options.ResourceObjectOpcodes, group.Options.AdminProfile);
     }
 
     public NetDevice Net { get; }
