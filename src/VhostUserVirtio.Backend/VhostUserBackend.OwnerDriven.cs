@@ -83,6 +83,11 @@ public sealed partial class VhostUserBackend
             throw new InvalidOperationException("owner-driven rings are changed only on the device's pinned worker");
     }
 
+    /// <summary>Front-end requests that change the device's state; refused while the owner has it frozen.</summary>
+    private static bool ChangesDeviceState(FrontendRequest request) => request is FrontendRequest.SetFeatures or
+        FrontendRequest.SetConfig or FrontendRequest.SetStatus or FrontendRequest.NetSetMtu or
+        FrontendRequest.ResetDevice or FrontendRequest.ResetOwner;
+
     /// <summary>Front-end requests that would drive the device themselves; refused while the owner drives it.</summary>
     private static bool DrivesTheDevice(FrontendRequest request) => request is FrontendRequest.SetFeatures or
         FrontendRequest.SetVringNum or FrontendRequest.SetVringAddr or FrontendRequest.SetVringBase or
@@ -96,10 +101,19 @@ public sealed partial class VhostUserBackend
     /// </summary>
     public bool MemberStopped { get; private set; }
 
-    /// <summary>Stops or resumes every ring of the member; call on the pinned worker. Idempotent.</summary>
-    public void SetMemberStopped(bool stopped)
+    private volatile bool _memberFrozen;
+
+    /// <summary>
+    /// Whether the owner froze the member (seed profile): stopped, and its state does not change, not
+    /// even by its own front end's configuration requests (refused while frozen).
+    /// </summary>
+    public bool MemberFrozen => _memberFrozen;
+
+    /// <summary>Stops or resumes every ring of the member, frozen or not; call on the pinned worker. Idempotent.</summary>
+    public void SetMemberStopped(bool stopped, bool frozen = false)
     {
         CheckOnPinnedWorker();
+        _memberFrozen = stopped && frozen;
         if (MemberStopped == stopped)
             return;
         MemberStopped = stopped;

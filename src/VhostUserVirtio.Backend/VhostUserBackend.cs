@@ -111,6 +111,9 @@ public sealed partial class VhostUserBackend : IDisposable
                 return Reject(message, rule, malformed with { Detail = $"malformed {request}: {malformed.Detail}" });
             if (rule.Gate != ProtocolFeatures.None && (_ackedProtocol & rule.Gate) == 0)
                 return Reject(message, rule, new(MessageErrorKind.NotNegotiated, $"{request} needs protocol feature {rule.Gate}, which was not negotiated"));
+            if (MemberFrozen && ChangesDeviceState(request) && !(request == FrontendRequest.SetFeatures && SwitchesLogging(message.PayloadU64)))
+                return Reject(message, rule, new(MessageErrorKind.InvalidState,
+                    $"{request} refused: the group owner froze this device; its state does not change until it leaves Freeze"));
             if (OwnerDriven && DrivesTheDevice(request) && !(request == FrontendRequest.SetFeatures && SwitchesLogging(message.PayloadU64)))
                 return Reject(message, rule, new(MessageErrorKind.InvalidState,
                     $"{request} refused: the group owner drives this device; its front end supplies memory, call and kick descriptors only"));

@@ -398,4 +398,18 @@ public sealed class SeedProfileTests : IDisposable
             try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         }
     }
+
+    [Fact]
+    public void A_frozen_vfs_own_front_end_cannot_change_its_state_until_it_leaves_freeze()
+    {
+        using var vf1 = new NetFrontEnd(_backend.Socket(1));
+        AssertOk(Run(0x8, 1, [Freeze], 0));
+        // A status change from the VF's own driver side is refused while frozen.
+        Assert.ThrowsAny<FrontEnd.FrontEndException>(() => vf1.Session.Connection.Request(FrontendRequest.SetStatus, BitConverter.GetBytes(0x0fUL)));
+        Assert.Equal(MessageErrorKind.InvalidState, _backend.Member(1).Endpoint.Backend.LastRejection?.Kind);
+        AssertOk(Run(0x8, 1, [Stop], 0));
+        Assert.False(_backend.Member(1).Endpoint.Backend.MemberFrozen);
+        vf1.Session.Connection.Request(FrontendRequest.SetStatus, BitConverter.GetBytes(0x0fUL)); // stopped, not frozen: accepted
+        AssertOk(Run(0x8, 1, [Active], 0));
+    }
 }

@@ -131,7 +131,7 @@ internal sealed class SeedMigrationCommands(IAdminGroupState group, ILogger logg
             logger.LogInformation("admin: context written to {Device} applied", m.Device.Name);
         }
         c.Frozen = mode == SeedMode.Freeze;
-        m.Endpoint.Backend.SetMemberStopped(mode != SeedMode.Active);
+        m.Endpoint.Backend.SetMemberStopped(mode != SeedMode.Active, frozen: mode == SeedMode.Freeze);
         c.DropRead();
         return AdminOutcome.Ok();
     }
