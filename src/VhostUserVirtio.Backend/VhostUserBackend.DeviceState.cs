@@ -48,7 +48,11 @@ public sealed partial class VhostUserBackend
             _queues.Any(q => q.Started) ? "rings still run: the state is transferred with the device stopped" : null;
         byte[]? state = null;
         if (refused == null && request.Direction == DeviceStateTransfer.Save)
-            state = _pinnedWorker != null ? _pinnedWorker.Loop.Invoke(() => StateStore!.Save(out refused)) : StateStore!.Save(out refused);
+        {
+            string? notSaved = null;
+            state = OnDataPath(() => StateStore!.Save(out notSaved));
+            refused = notSaved;
+        }
         CancelTransfer();
         if (refused != null)
         {
@@ -81,7 +85,7 @@ public sealed partial class VhostUserBackend
         _transfer = null;
         string? failed = t == null ? "no transfer was started" : t.Finish();
         if (failed == null && t!.Loaded is { } loaded)
-            failed = _pinnedWorker != null ? _pinnedWorker.Loop.Invoke(() => StateStore!.Load(loaded)) : StateStore!.Load(loaded);
+            failed = OnDataPath(() => StateStore!.Load(loaded));
         t?.Dispose();
         if (failed != null)
         {

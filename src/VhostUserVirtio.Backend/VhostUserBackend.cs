@@ -311,13 +311,10 @@ public sealed partial class VhostUserBackend : IDisposable
     /// Runs device-state changes where the data path reads that state: on the pinned worker when the
     /// device has one (other ports of its switch deliver into it from there), else here.
     /// </summary>
-    private void OnDataPath(Action action)
-    {
-        if (_pinnedWorker != null)
-            _pinnedWorker.Loop.Invoke(action);
-        else
-            action();
-    }
+    private void OnDataPath(Action action) => OnDataPath(() => { action(); return true; });
+
+    /// <inheritdoc cref="OnDataPath(Action)"/>
+    private T OnDataPath<T>(Func<T> func) => _pinnedWorker != null ? _pinnedWorker.Loop.Invoke(func) : func();
 
     private void SetProtocolFeatures(ProtocolFeatures features)
     {

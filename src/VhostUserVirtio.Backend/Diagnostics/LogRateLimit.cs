@@ -66,6 +66,21 @@ public static class RateLimitedLogging
     public static void LogLimited(this ILogger logger, LogRateLimit limit, LogLevel level, string message, params object?[] args) =>
         logger.LogLimited(limit, level, null, message, args);
 
+    /// <summary>
+    /// For the data path, where a guest can trigger one per frame: the limit is asked before the
+    /// arguments are boxed, so a suppressed message allocates nothing.
+    /// </summary>
+    public static void LogLimited<T0, T1, T2>(this ILogger logger, LogRateLimit limit, LogLevel level, string message, T0 arg0, T1 arg1, T2 arg2)
+    {
+        if (!logger.IsEnabled(level) || !limit.Allow(out long suppressed))
+            return;
+#pragma warning disable CA2254 // the template is the caller's constant; this only forwards it
+        if (suppressed > 0)
+            logger.Log(level, "({Suppressed} similar message(s) suppressed by the rate limit)", suppressed);
+        logger.Log(level, message, arg0, arg1, arg2);
+#pragma warning restore CA2254
+    }
+
     /// <summary>As <see cref="LogLimited(ILogger, LogRateLimit, LogLevel, string, object?[])"/>, with the exception that caused it.</summary>
     public static void LogLimited(this ILogger logger, LogRateLimit limit, LogLevel level, Exception? exception, string message, params object?[] args)
     {

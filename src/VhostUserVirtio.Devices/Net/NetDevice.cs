@@ -211,7 +211,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         if (!Trusted && (_mac is not { } own || own != frame.Source))
         {
             Counters.Drop(DropReason.SpoofedSource);
-            _logger.WarnLimited(_spoofLog, "{Device}: dropped a frame from source {Mac}, which is not its own MAC {Own} (spoof check; the owner can trust the device)",
+            _logger.LogLimited(_spoofLog, LogLevel.Warning, "{Device}: dropped a frame from source {Mac}, which is not its own MAC {Own} (spoof check; the owner can trust the device)",
                 Name, frame.Source, _mac);
             return;
         }

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend.Diagnostics;
 
 namespace VhostUserVirtio.Devices.Switch;
 
@@ -180,7 +181,7 @@ public sealed class L2Switch
     {
         port.Counters.MacsNotLearned++;
         _sweepWanted = true;
-        _logger.WarnLimited(port.Counters.LearnLimitLog,
+        _logger.LogLimited(port.Counters.LearnLimitLog, LogLevel.Warning,
             "switch: {Port} is at its limit of {Limit} learned MACs (or the table is full): {Mac} is not learned, frames to it are flooded",
             port.Name, MaxMacsPerPort, src);
     }

@@ -135,10 +135,9 @@ internal sealed class DevicePartsCommands(IAdminGroupState group, DevicePartsObj
     private AdminOutcome? Capture(GroupMember m, out ReadOnlySequence<byte> stream)
     {
         stream = default;
-        if (NetMemberMigration.Capture(m, group.Msix, out var state) is not null)
+        if (NetMemberMigration.CaptureParts(m, group.Msix, out var parts) is not null)
             return new AdminOutcome(AdminStatus.Eagain, AdminQualifier.TryAgain);
-        using var built = DevicePartsWriter.Build(state!);
-        stream = new ReadOnlySequence<byte>(built.AsReadOnlySequence.ToArray());
+        stream = new ReadOnlySequence<byte>(parts!);
         return null;
     }
 

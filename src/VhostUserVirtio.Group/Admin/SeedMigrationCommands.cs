@@ -255,9 +255,7 @@ internal sealed class SeedMigrationCommands(IAdminGroupState group, ILogger logg
     /// <summary>The member's parts stream now, or null while it cannot be read (buffers in flight).</summary>
     private byte[]? Capture(GroupMember m)
     {
-        if (NetMemberMigration.Capture(m, group.Msix, out var state) is not null)
-            return null;
-        using var built = DevicePartsWriter.Build(state!);
-        return built.AsReadOnlySequence.ToArray();
+        NetMemberMigration.CaptureParts(m, group.Msix, out var parts);
+        return parts;
     }
 }

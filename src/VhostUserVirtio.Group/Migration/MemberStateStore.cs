@@ -13,14 +13,8 @@ internal sealed class MemberStateStore(GroupMember member, MsixPool pool) : IDev
 {
     public byte[]? Save(out string? error)
     {
-        if (NetMemberMigration.Capture(member, pool, out var state) is { } refused)
-        {
-            error = refused.Detail;
-            return null;
-        }
-        error = null;
-        using var parts = DevicePartsWriter.Build(state!);
-        return parts.AsReadOnlySequence.ToArray();
+        error = NetMemberMigration.CaptureParts(member, pool, out var parts)?.Detail;
+        return parts;
     }
 
     public string? Load(ReadOnlySpan<byte> state) =>

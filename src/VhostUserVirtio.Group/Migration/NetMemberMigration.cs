@@ -105,6 +105,20 @@ public static class NetMemberMigration
             member.IsOwner ? new MemberVectors(null, 0) : new MemberVectors(pool, member.Id - 1), out state);
 
     /// <summary>
+    /// A member's state as its device parts stream: the bytes DEV_PARTS_GET, DEV_CTX_READ and a
+    /// DEVICE_STATE save carry. Null with the reason while it cannot be captured (buffers in flight).
+    /// </summary>
+    public static DeviceStateError? CaptureParts(GroupMember member, MsixPool pool, out byte[]? parts)
+    {
+        parts = null;
+        if (Capture(member, pool, out var state) is { } refused)
+            return refused;
+        using var built = DevicePartsWriter.Build(state!);
+        parts = built.AsReadOnlySequence.ToArray();
+        return null;
+    }
+
+    /// <summary>
     /// Applies <paramref name="state"/> to a member whose rings are stopped: driver features, MAC,
     /// filters and receive modes, queue pairs, link, trust, MSI-X vector count and counters. The
     /// state is first checked completely against this device (the same rules as a received stream,
