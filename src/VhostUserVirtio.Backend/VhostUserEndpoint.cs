@@ -13,7 +13,9 @@ namespace VhostUserVirtio.Backend;
 /// further requests wait until it does, failed accepts (descriptors exhausted) back off instead of
 /// spinning, and whatever a peer can trigger repeatedly is logged through a rate limit. So a slow,
 /// stalled or hostile front end only delays its own messages. A listening socket made by someone
-/// else (libvirt's --fd) can be adopted instead; its path is then not ours to remove.
+/// else (libvirt's --fd) can be adopted instead; its path is then not ours to remove. For a back-end
+/// handover the owner can make the endpoint take another path over (<see cref="TakeOver"/>) or give
+/// its own up (<see cref="Release"/>); a path is removed only while it still names our socket.
 /// </summary>
 public sealed class VhostUserEndpoint : IDisposable
 {
@@ -24,6 +26,10 @@ public sealed class VhostUserEndpoint : IDisposable
     private readonly TimeSpan _retryInterval;
     private readonly UnixSocket? _adopted;
     private UnixSocket? _listener;
+    // The file our listener is bound to (null: a listener we did not bind, or none), so the path is
+    // removed only while it is still ours: after a handover another process's socket sits there.
+    private PathIdentity? _bound;
+    private volatile string _socketPath;
     private ulong _listenerToken;
     private bool _listenerArmed;
     // Accepting failed (e.g. EMFILE): the listener is out of epoll for this long, doubling up to the maximum.
@@ -54,7 +60,7 @@ public sealed class VhostUserEndpoint : IDisposable
         if (clientMode && adoptedListener != null)
             throw new ArgumentException("an adopted listening socket cannot be used in client mode", nameof(adoptedListener));
         _adopted = adoptedListener;
-        SocketPath = socketPath;
+        _socketPath = socketPath;
         _clientMode = clientMode;
         _backend = backend;
         _control = control;
@@ -63,7 +69,9 @@ public sealed class VhostUserEndpoint : IDisposable
     }
 
     /// <summary>The socket path, or for an adopted listener a description such as "fd 3".</summary>
-    public string SocketPath { get; }
+    public string SocketPath => _socketPath;
+    /// <summary>Whether the endpoint listens (false once <see cref="Release"/>d, and in client mode).</summary>
+    public bool Listening => Volatile.Read(ref _listener) != null;
     public VhostUserBackend Backend => _backend;
     public bool IsConnected => _connection != null;
     /// <summary>Front ends that have connected over this endpoint's life.</summary>
@@ -81,6 +89,8 @@ public sealed class VhostUserEndpoint : IDisposable
         _control.Invoke(() =>
         {
             _listener = _adopted ?? UnixSocket.Listen(SocketPath);
+            if (_adopted == null)
+                _bound = UnixSocket.Identity(SocketPath);
             ArmListener();
         });
         _logger.LogInformation("{Device}: listening on {Path}", _backend.Device.Name, SocketPath);
@@ -103,6 +113,71 @@ public sealed class VhostUserEndpoint : IDisposable
             return;
         _control.Unregister(_listener.Descriptor, _listenerToken);
         _listenerArmed = false;
+    }
+
+    /// <summary>
+    /// Takes <paramref name="path"/> over from whoever listens there (another back end handing the
+    /// device over): binds a new listener and renames it over the path (<see cref="UnixSocket.ListenReplacing"/>),
+    /// so a front end reconnecting to the path reaches this endpoint, with no moment the path refuses.
+    /// The previous listener, if any, is closed and its path removed if still ours. Safe from any
+    /// thread; the path is taken when this returns, the switch of listeners follows on the control loop.
+    /// Throws ArgumentException (bad path) or NativeException (bind, rename).
+    /// </summary>
+    public void TakeOver(string path)
+    {
+        if (_clientMode)
+            throw new InvalidOperationException("a client-mode endpoint has no socket to take over");
+        var listener = UnixSocket.ListenReplacing(path);
+        var identity = UnixSocket.Identity(path);
+        try
+        {
+            _control.Post(() =>
+            {
+                if (_disposed)
+                {
+                    listener.Dispose();
+                    return;
+                }
+                CloseListener();
+                _listener = listener;
+                _bound = identity;
+                _socketPath = path;
+                ArmListener();
+                _logger.LogInformation("{Device}: took over {Path}; front ends connecting there now reach this back end", _backend.Device.Name, path);
+            });
+        }
+        catch (ObjectDisposedException)
+        {
+            listener.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Gives the device's socket up (the other half of a handover): the connected front end is
+    /// disconnected, the listener closed and its path removed only if it still names our socket (the
+    /// back end taking over has put its own there). Until a <see cref="TakeOver"/> nobody can connect.
+    /// Safe from any thread; done on the control loop.
+    /// </summary>
+    public void Release(string why) => _control.Post(() =>
+    {
+        if (_disposed)
+            return;
+        CloseConnection(why);
+        CloseListener();
+        _logger.LogInformation("{Device}: released {Path} ({Why})", _backend.Device.Name, SocketPath, why);
+    });
+
+    private void CloseListener()
+    {
+        if (_listener == null)
+            return;
+        DisarmListener();
+        _listener.Dispose();
+        _listener = null;
+        if (_bound is { } bound)
+            UnixSocket.UnlinkIfSame(SocketPath, bound);
+        _bound = null;
     }
 
     /// <summary>Closes the current connection as if the front end had gone (e.g. the device is being removed).</summary>
@@ -337,21 +412,14 @@ public sealed class VhostUserEndpoint : IDisposable
             _control.Invoke(() =>
             {
                 CloseConnection("back end shutting down");
-                if (_listener != null)
-                {
-                    DisarmListener();
-                    _listener.Dispose();
-                    _listener = null;
-                }
+                CloseListener();
             });
         }
         catch (ObjectDisposedException)
         {
             _listener?.Dispose();
-        }
-        if (!_clientMode && _adopted == null)
-        {
-            try { File.Delete(SocketPath); } catch (IOException) { }
+            if (_bound is { } bound)
+                UnixSocket.UnlinkIfSame(SocketPath, bound);
         }
     }
 

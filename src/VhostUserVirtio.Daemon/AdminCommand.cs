@@ -208,7 +208,7 @@ internal static class AdminCommand
         return $"VF {vf} {where} ({length} byte(s)) <- 0x{parsed:x}\n";
     }
 
-    private static OwnerDriver Connect(string socket)
+    internal static OwnerDriver Connect(string socket)
     {
         var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
         try

@@ -28,6 +28,12 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "fstat", SetLastError = true)]
     internal static partial int Fstat(int fd, StatBuffer* buf);
 
+    [LibraryImport(Lib, EntryPoint = "lstat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int Lstat(string path, StatBuffer* buf);
+
+    [LibraryImport(Lib, EntryPoint = "rename", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int Rename(string from, string to);
+
     [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
     internal static partial int Fcntl(int fd, int cmd, int arg);
 
@@ -256,10 +262,12 @@ internal static unsafe partial class Libc
         public int Type;
     }
 
-    /// <summary>struct stat on x86_64: 144 bytes; st_size at 48, st_blksize at 56.</summary>
+    /// <summary>struct stat on x86_64: 144 bytes; st_dev at 0, st_ino at 8, st_size at 48, st_blksize at 56.</summary>
     [StructLayout(LayoutKind.Explicit, Size = 144)]
     internal struct StatBuffer
     {
+        [FieldOffset(0)] public ulong Device;
+        [FieldOffset(8)] public ulong Inode;
         [FieldOffset(24)] public uint Mode;
         [FieldOffset(48)] public long Size;
         [FieldOffset(56)] public long BlockSize;

@@ -42,6 +42,60 @@ public sealed unsafe class UnixSocket : IDisposable
     }
 
     /// <summary>
+    /// Creates a socket listening on <paramref name="path"/> that takes the path over from whoever
+    /// holds it now, without a moment where the path is missing or refuses: the socket is bound to a
+    /// sibling name and renamed over the path (an atomic replace). Connections already made to the
+    /// previous listener stay with it; every later connect reaches this one. A path that exists and is
+    /// not a socket is never replaced (ArgumentException).
+    /// </summary>
+    public static UnixSocket ListenReplacing(string path, int backlog = 4)
+    {
+        if (!Path.IsPathFullyQualified(path))
+            throw new ArgumentException($"{path}: not an absolute path", nameof(path));
+        if (Identity(path) is { IsSocket: false })
+            throw new ArgumentException($"{path} exists and is not a socket", nameof(path));
+        string temporary = $"{path}.{Environment.ProcessId}.new";
+        if (Encoding.UTF8.GetByteCount(temporary) >= SunPathLength)
+            throw new ArgumentException($"{path}: too long to take over (the temporary name must fit in {SunPathLength - 1} bytes)", nameof(path));
+        var sock = Create();
+        try
+        {
+            try { File.Delete(temporary); } catch (IOException) { }
+            WithAddress(temporary, (addr, len) => NativeException.Check(Libc.Bind(sock.Descriptor.Number, addr, len), $"bind({temporary})"));
+            NativeException.Check(Libc.Listen(sock.Descriptor.Number, backlog), "listen");
+            NativeException.Check(Libc.Rename(temporary, path), $"rename({temporary}, {path})");
+            return sock;
+        }
+        catch
+        {
+            sock.Dispose();
+            try { File.Delete(temporary); } catch (IOException) { }
+            throw;
+        }
+    }
+
+    /// <summary>Which file a path names now (lstat), or null if none: to tell later whether the path is still ours.</summary>
+    public static PathIdentity? Identity(string path)
+    {
+        Libc.StatBuffer st;
+        if (Libc.Lstat(path, &st) != 0)
+            return null;
+        return new PathIdentity(st.Device, st.Inode, (st.Mode & Libc.S_IFMT) == Libc.S_IFSOCK);
+    }
+
+    /// <summary>
+    /// Removes the socket file at <paramref name="path"/> only if it is still <paramref name="bound"/>:
+    /// a path taken over by another listener (another process after a handover) is left to it.
+    /// </summary>
+    public static bool UnlinkIfSame(string path, PathIdentity bound)
+    {
+        if (Identity(path) is not { } now || now.Device != bound.Device || now.Inode != bound.Inode)
+            return false;
+        try { File.Delete(path); } catch (IOException) { return false; }
+        return true;
+    }
+
+    /// <summary>
     /// Takes over a listening AF_UNIX stream socket created by someone else (libvirt's --fd=N): checks
     /// that it is one, then makes it non-blocking and CLOEXEC. Throws ArgumentException when
     /// <paramref name="fd"/> is not such a socket; in that case the descriptor is left untouched and not owned.
@@ -303,3 +357,6 @@ public sealed unsafe class UnixSocket : IDisposable
 
     public void Dispose() => Descriptor.Dispose();
 }
+
+/// <summary>The file a path named when looked at (device and inode), and whether it was a socket.</summary>
+public readonly record struct PathIdentity(ulong Device, ulong Inode, bool IsSocket);

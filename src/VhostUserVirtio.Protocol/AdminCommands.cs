@@ -26,6 +26,7 @@ public enum AdminOpcode : ushort
     MemberResource = 0x40,
     MemberResourceAttrs = 0x41,
     NetMemberCtrl = 0x42,
+    MemberSocket = 0x43,
 }
 
 /// <summary>Group types (group_type).</summary>

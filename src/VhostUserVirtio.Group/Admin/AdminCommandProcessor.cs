@@ -54,6 +54,7 @@ public sealed class AdminCommandProcessor
         _modifyOpcode = objectOpcodes == ResourceObjectOpcodes.Paragraphs ? (ushort)0xb : (ushort)0xc;
         _queryOpcode = objectOpcodes == ResourceObjectOpcodes.Paragraphs ? (ushort)0xc : (ushort)0xb;
         _parts = new DevicePartsCommands(group, Objects);
+        _sockets = new MemberSocketCommands(group, logger);
         Profile = profile;
         if (profile == AdminProfile.Seed)
         {
@@ -76,13 +77,14 @@ public sealed class AdminCommandProcessor
 
     private readonly ushort _modifyOpcode, _queryOpcode;
     private readonly DevicePartsCommands _parts;
+    private readonly MemberSocketCommands _sockets;
     private readonly SeedMigrationCommands? _seed;
 
     /// <summary>The SR-IOV opcodes both profiles offer: list, legacy interface, and the project's member commands.</summary>
     private static readonly AdminOpcodeSet Common = AdminOpcodeSet.Of(AdminOpcode.ListQuery, AdminOpcode.ListUse,
         AdminOpcode.LegacyCommonCfgWrite, AdminOpcode.LegacyCommonCfgRead, AdminOpcode.LegacyDevCfgWrite,
         AdminOpcode.LegacyDevCfgRead, AdminOpcode.LegacyNotifyInfo,
-        AdminOpcode.MemberResource, AdminOpcode.MemberResourceAttrs, AdminOpcode.NetMemberCtrl);
+        AdminOpcode.MemberResource, AdminOpcode.MemberResourceAttrs, AdminOpcode.NetMemberCtrl, AdminOpcode.MemberSocket);
 
     /// <summary>Which opcodes 0x7 and above mean (docs/owner-binding.md "Admin command profiles").</summary>
     public AdminProfile Profile { get; }
@@ -93,7 +95,7 @@ public sealed class AdminCommandProcessor
     /// <summary>
     /// Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks. Spec profile: 0x0–0x6,
     /// resource objects 0xa–0xd, device parts 0xe–0x11; seed profile: 0x0–0x6 and the seed's 0x7–0xd.
-    /// Both: the project block 0x40–0x42.
+    /// Both: the project block 0x40–0x43.
     /// </summary>
     public AdminOpcodeSet SrIovSupported { get; }
 
@@ -228,6 +230,8 @@ public sealed class AdminCommandProcessor
                 return Legacy.LegacyNetInterface.NotifyInfo(result);
             case AdminOpcode.NetMemberCtrl:
                 return NetMemberCtrl(member, data);
+            case AdminOpcode.MemberSocket:
+                return _sockets.Execute(member, data, result, resultRoom);
             case AdminOpcode.MemberResource:
                 return MemberResource(member, data, result);
             case AdminOpcode.MemberResourceAttrs:

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
+using Nerdbank.Streams;
 using VhostUserVirtio.Group.Migration;
 using VhostUserVirtio.Protocol;
 
@@ -56,8 +57,8 @@ internal sealed class SeedMigrationCommands(IAdminGroupState group, ILogger logg
         public byte[]? Read;
         public int ReadAt;
         public bool ReadEnded;
-        /// <summary>The context written in Freeze so far.</summary>
-        public readonly ArrayBufferWriter<byte> Written = new();
+        /// <summary>The context written in Freeze so far, in pooled segments (it grows chunk by chunk).</summary>
+        public readonly Sequence<byte> Written = new(ArrayPool<byte>.Shared);
 
         public void DropRead()
         {
@@ -70,7 +71,12 @@ internal sealed class SeedMigrationCommands(IAdminGroupState group, ILogger logg
     private readonly Dictionary<ulong, Context> _contexts = new();
 
     /// <summary>Owner reset: modes and contexts are forgotten (the processor resumes every member).</summary>
-    public void Reset() => _contexts.Clear();
+    public void Reset()
+    {
+        foreach (var c in _contexts.Values)
+            c.Written.Dispose();
+        _contexts.Clear();
+    }
 
     /// <summary>Whether member <paramref name="id"/> is in Freeze.</summary>
     public bool Frozen(ulong id) => Find(id) is { } c && ModeOf(c) == SeedMode.Freeze;
@@ -96,7 +102,7 @@ internal sealed class SeedMigrationCommands(IAdminGroupState group, ILogger logg
                 return FieldsQuery(result);
             case SeedOpcode.DevCtxDiscard:
                 c.DropRead();
-                c.Written.Clear();
+                c.Written.Reset();
                 return AdminOutcome.Ok();
             default:
                 return AdminOutcome.Invalid(AdminQualifier.InvalidOpcode);
@@ -118,15 +124,15 @@ internal sealed class SeedMigrationCommands(IAdminGroupState group, ILogger logg
         if (mode == current)
             return AdminOutcome.Ok();
         var m = c.Member;
-        if (current == SeedMode.Freeze && c.Written.WrittenCount > 0)
+        if (current == SeedMode.Freeze && c.Written.Length > 0)
         {
-            var stream = new ReadOnlySequence<byte>(c.Written.WrittenMemory);
+            var stream = c.Written.AsReadOnlySequence;
             if (NetMemberMigration.Restore(stream, m.Device, m.Endpoint.Backend.Queues, new MemberVectors(group.Msix, m.Id - 1), out _) is { } refused)
             {
                 logger.LogWarning("admin: context written to {Device} refused on leaving Freeze: {Error}", m.Device.Name, refused);
                 return AdminOutcome.Invalid(AdminQualifier.InvalidField);
             }
-            c.Written.Clear();
+            c.Written.Reset();
             group.LegacyOf((ulong)m.Id)?.ConfigChanged();
             logger.LogInformation("admin: context written to {Device} applied", m.Device.Name);
         }
@@ -199,7 +205,7 @@ internal sealed class SeedMigrationCommands(IAdminGroupState group, ILogger logg
     {
         if (ModeOf(c) != SeedMode.Freeze)
             return new AdminOutcome(AdminStatus.Ebusy, AdminQualifier.InvalidCommand);
-        if (dataCut || c.Written.WrittenCount + data.Length > DevicePartsWriter.MaxLength(Shape(c.Member)))
+        if (dataCut || c.Written.Length + data.Length > DevicePartsWriter.MaxLength(Shape(c.Member)))
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
         c.Written.Write(data);
         return AdminOutcome.Ok();
@@ -246,7 +252,10 @@ internal sealed class SeedMigrationCommands(IAdminGroupState group, ILogger logg
         if (group.MemberOf(id) is not { } member)
             return null;
         if (!_contexts.TryGetValue(id, out var c) || c.Member != member)
+        {
+            c?.Written.Dispose();
             _contexts[id] = c = new Context(member);
+        }
         return c;
     }
 

@@ -47,12 +47,15 @@ public sealed partial class DaemonProcess : IDisposable
         }
     }
 
-    /// <summary>Starts <c>dotnet vhost-virtio.dll args</c>.</summary>
-    public static DaemonProcess Start(IEnumerable<string> args, string? workingDirectory = null)
+    /// <summary>
+    /// Starts <c>dotnet vhost-virtio.dll args</c>, or <c>launcher… dotnet vhost-virtio.dll args</c> when a
+    /// launcher is given (e.g. <c>ip netns exec NS</c>, which execs the rest in the same process).
+    /// </summary>
+    public static DaemonProcess Start(IEnumerable<string> args, string? workingDirectory = null, IReadOnlyList<string>? launcher = null)
     {
         // `dotnet test` tells child processes which host it runs under; fall back to PATH.
         var host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h : "dotnet";
-        var info = new ProcessStartInfo(host)
+        var info = new ProcessStartInfo(launcher is { Count: > 0 } ? launcher[0] : host)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -60,6 +63,12 @@ public sealed partial class DaemonProcess : IDisposable
             UseShellExecute = false,
             WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
         };
+        if (launcher is { Count: > 0 })
+        {
+            foreach (var word in launcher.Skip(1))
+                info.ArgumentList.Add(word);
+            info.ArgumentList.Add(host);
+        }
         info.ArgumentList.Add(DaemonPath);
         foreach (var a in args)
             info.ArgumentList.Add(a);
