@@ -157,16 +157,24 @@ public sealed class VhostUserEndpoint : IDisposable
     /// Gives the device's socket up (the other half of a handover): the connected front end is
     /// disconnected, the listener closed and its path removed only if it still names our socket (the
     /// back end taking over has put its own there). Until a <see cref="TakeOver"/> nobody can connect.
-    /// Safe from any thread; done on the control loop.
+    /// Safe from any thread; done on the control loop. A client-mode endpoint has nothing to give up
+    /// (it would only connect again): InvalidOperationException.
     /// </summary>
-    public void Release(string why) => _control.Post(() =>
+    public void Release(string why)
+    {
+        if (_clientMode)
+            throw new InvalidOperationException("a client-mode endpoint connects to its front end; it has no socket to release");
+        _control.Post(() => ReleaseNow(why));
+    }
+
+    private void ReleaseNow(string why)
     {
         if (_disposed)
             return;
         CloseConnection(why);
         CloseListener();
         _logger.LogInformation("{Device}: released {Path} ({Why})", _backend.Device.Name, SocketPath, why);
-    });
+    }
 
     private void CloseListener()
     {

@@ -61,7 +61,15 @@ internal sealed class MemberSocketCommands(IAdminGroupState group, ILogger logge
             default:
                 if (!stopped)
                     return new AdminOutcome(AdminStatus.Ebusy, AdminQualifier.InvalidCommand);
-                endpoint.Release("handed over to another back end by the owner");
+                try
+                {
+                    endpoint.Release("handed over to another back end by the owner");
+                }
+                catch (InvalidOperationException e)
+                {
+                    logger.LogWarning("admin: {Device} cannot release its socket: {Error}", m.Device.Name, e.Message);
+                    return AdminOutcome.Invalid(AdminQualifier.InvalidField);
+                }
                 return AdminOutcome.Ok();
         }
     }
