@@ -30,7 +30,8 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 
 # 1. Host packages.
 missing=()
-for p in qemu-system-x86 qemu-utils busybox-static; do
+# iproute2: the handover test joins two daemons through a bridge in a network namespace of its own.
+for p in qemu-system-x86 qemu-utils busybox-static iproute2; do
     installed "$p" || missing+=("$p")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -42,7 +43,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     log "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
 else
-    log "qemu-system-x86, qemu-utils and busybox-static already installed"
+    log "qemu-system-x86, qemu-utils, busybox-static and iproute2 already installed"
 fi
 log "$(qemu-system-x86_64 --version | head -n 1)"
 
