@@ -176,7 +176,7 @@ public sealed class DevicePartsStreamTests
     [Fact]
     public void Every_truncation_point_of_a_stream_is_refused()
     {
-        RandomMemberStates.Run(40, (rng, _) =>
+        RandomMemberStates.Run(200, (rng, _) =>
         {
             var (shape, state) = Case(rng);
             var stream = Encode(state);
@@ -191,7 +191,7 @@ public sealed class DevicePartsStreamTests
     [Fact]
     public void Every_swap_of_two_records_is_refused_as_out_of_order()
     {
-        RandomMemberStates.Run(40, (rng, _) =>
+        RandomMemberStates.Run(200, (rng, _) =>
         {
             var (shape, state) = Case(rng);
             var records = Records(Encode(state));
@@ -208,7 +208,7 @@ public sealed class DevicePartsStreamTests
     [Fact]
     public void Every_record_given_twice_is_refused_as_a_duplicate()
     {
-        RandomMemberStates.Run(40, (rng, _) =>
+        RandomMemberStates.Run(200, (rng, _) =>
         {
             var (shape, state) = Case(rng);
             var records = Records(Encode(state));
@@ -225,7 +225,7 @@ public sealed class DevicePartsStreamTests
     [Fact]
     public void Removing_any_record_but_the_optional_device_features_or_the_mac_is_refused_as_missing()
     {
-        RandomMemberStates.Run(40, (rng, _) =>
+        RandomMemberStates.Run(200, (rng, _) =>
         {
             var (shape, state) = Case(rng);
             var records = Records(Encode(state));
