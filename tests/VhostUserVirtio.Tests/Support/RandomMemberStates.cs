@@ -29,7 +29,7 @@ public static class RandomMemberStates
             }
             catch (Exception e)
             {
-                throw new Xunit.Sdk.XunitException($"iteration {i} of seed {seed} (replay: DEVICE_PARTS_SEED={seed}): {e.Message}");
+                throw new Xunit.Sdk.XunitException($"iteration {i} of seed {seed} (replay: DEVICE_PARTS_SEED={seed}): {e.Message}", e);
             }
         }
     }
