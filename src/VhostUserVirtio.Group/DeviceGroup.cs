@@ -124,7 +124,10 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
             _loggers.CreateLogger("VhostUserVirtio.Legacy"));
         var member = new GroupMember(id, device, endpoint, legacy);
         if (id != 0)
+        {
             endpoint.Backend.StateStore = new Migration.MemberStateStore(member, Msix);
+            device.StoppedBy = () => endpoint.Backend.MemberStopped;
+        }
         return member;
     }
 

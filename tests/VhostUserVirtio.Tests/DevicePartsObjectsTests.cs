@@ -138,4 +138,52 @@ public sealed class DevicePartsObjectsTests
         Assert.Equal(0, _objects.DriverGetLimit);
         AssertStatus(_objects.Create(1, ObjectData(0, DevicePartsObjects.GetObject)), AdminStatus.Einval);
     }
+
+    [Fact]
+    public void Query_returns_what_the_last_successful_modify_set_and_a_failed_modify_changes_nothing()
+    {
+        AssertStatus(_objects.DriverCapSet(CapSet(2, 1)), AdminStatus.Ok);
+        AssertStatus(_objects.Create(1, ObjectData(0, DevicePartsObjects.GetObject)), AdminStatus.Ok);
+        AssertStatus(_objects.Modify(ObjectData(0, DevicePartsObjects.SetObject)), AdminStatus.Ok);
+        var result = new byte[16];
+        AssertStatus(_objects.Query(QueryData(0), result), AdminStatus.Ok);
+        Assert.Equal(new byte[] { DevicePartsObjects.SetObject, 0, 0, 0, 0, 0, 0, 0 }, result[..8]);
+        Assert.True(_objects.TryGet(0, out ulong member, out _));
+        Assert.Equal(1UL, member); // the object stays the member's it was created for
+
+        // Refused MODIFYs: a second SET object (ENOSPC), flags, reserved bytes, an unknown kind (EINVAL).
+        AssertStatus(_objects.Create(2, ObjectData(1, DevicePartsObjects.GetObject)), AdminStatus.Ok);
+        AssertStatus(_objects.Modify(ObjectData(1, DevicePartsObjects.SetObject)), AdminStatus.Enospc);
+        AssertStatus(_objects.Modify(ObjectData(1, DevicePartsObjects.SetObject, flags: 1)), AdminStatus.Einval);
+        var reserved = ObjectData(1, DevicePartsObjects.SetObject);
+        reserved[23] = 1;
+        AssertStatus(_objects.Modify(reserved), AdminStatus.Einval);
+        AssertStatus(_objects.Modify(ObjectData(1, 2)), AdminStatus.Einval);
+        AssertStatus(_objects.Query(QueryData(1), result), AdminStatus.Ok);
+        Assert.Equal(DevicePartsObjects.GetObject, result[0]);
+        Assert.Equal(2, _objects.Count);
+    }
+
+    [Fact]
+    public void Driver_cap_set_of_an_unknown_capability_fails_with_enxio_and_changes_nothing()
+    {
+        AssertStatus(_objects.DriverCapSet(CapSet(2, 1)), AdminStatus.Ok);
+        AssertStatus(_objects.DriverCapSet(CapSet(1, 1, id: 0x0800)), AdminStatus.Enxio);
+        AssertStatus(_objects.DriverCapSet(CapSet(1, 1, id: 0x1000)), AdminStatus.Enxio);
+        Assert.Equal((2, 1), (_objects.DriverGetLimit, _objects.DriverSetLimit));
+        var result = new byte[8];
+        AssertStatus(_objects.DeviceCapGet(CapSet(0, 0, id: 0x1000)[..8], result), AdminStatus.Enxio);
+    }
+
+    [Fact]
+    public void Object_ids_run_from_zero_below_the_sum_of_the_drivers_limits_and_are_unique_across_kinds()
+    {
+        AssertStatus(_objects.DriverCapSet(CapSet(2, 1)), AdminStatus.Ok);
+        AssertStatus(_objects.Create(1, ObjectData(0, DevicePartsObjects.SetObject)), AdminStatus.Ok);
+        AssertStatus(_objects.Create(1, ObjectData(0, DevicePartsObjects.GetObject)), AdminStatus.Eexist); // one id space for the type
+        AssertStatus(_objects.Create(1, ObjectData(2, DevicePartsObjects.GetObject)), AdminStatus.Ok);
+        AssertStatus(_objects.Create(1, ObjectData(3, DevicePartsObjects.GetObject)), AdminStatus.Einval);
+        AssertStatus(_objects.Create(1, ObjectData(uint.MaxValue, DevicePartsObjects.GetObject)), AdminStatus.Einval);
+        Assert.Equal(2, _objects.Count);
+    }
 }

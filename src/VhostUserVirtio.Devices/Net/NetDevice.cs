@@ -234,6 +234,11 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
 
     // ---- receive: ISwitchPort ----
 
+    /// <summary>Whether the owner has stopped this device (read on the data path); unset, it never is.</summary>
+    public Func<bool>? StoppedBy { get; set; }
+
+    public bool Stopped => StoppedBy?.Invoke() ?? false;
+
     public bool Deliver(in Frame frame, Mac destination, out DropReason reason)
     {
         if (!LinkUp)

@@ -14,4 +14,10 @@ public interface ISwitchPort
 
     /// <summary>Sends the notifications deferred by <see cref="Deliver"/> (one per burst, not per frame).</summary>
     void FlushNotifications();
+
+    /// <summary>
+    /// Stopped by its owner (VIRTIO 1.4 DEV_MODE_SET): frames for it are discarded without being
+    /// offered or counted, since a stopped device's state changes only through its driver.
+    /// </summary>
+    bool Stopped => false;
 }

@@ -127,6 +127,8 @@ public sealed class L2Switch
 
     private void DeliverTo(ISwitchPort port, in Frame frame, Mac dst)
     {
+        if (port.Stopped)
+            return;
         var c = port.Counters;
         if (port.Deliver(frame, dst, out var reason))
         {

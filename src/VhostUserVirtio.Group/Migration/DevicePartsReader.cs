@@ -76,10 +76,14 @@ public static class DevicePartsReader
             reader.Advance(h.Length);
             if (b.Take(h, selectorKey, v, shape) is { } bad)
                 return Fail(bad.Kind, $"part at offset {at}: {h}: {bad.Detail}");
+            if (b.FeatureMismatch is { } differ && key >= Key(DevicePartType.PciCommonCfg, DeviceParts.CommonNumQueues))
+                return differ;
             previous = key;
             any = true;
         }
 
+        if (b.FeatureMismatch is { } features)
+            return features;
         if (Missing(seen, shape) is { } missing)
             return Fail(DeviceStateErrorKind.Missing, $"the stream has no {missing} part");
         if (b.CheckVectors() is { } vectors)
@@ -184,18 +188,27 @@ public static class DevicePartsReader
         private bool _link, _trusted;
         private MemberCounters _counters = MemberCounters.Zero;
 
+        /// <summary>
+        /// Features that are not this device's, reported once the stream is past num_queues (the part
+        /// after them in the order): a device of another queue count also offers other features (MQ,
+        /// CTRL_VQ), and the queue count is the reason an operator can act on.
+        /// </summary>
+        public DeviceStateError? FeatureMismatch { get; private set; }
+
         public DeviceStateError? Take(DevicePartHeader h, ulong selectorKey, ReadOnlySpan<byte> v, NetMemberShape shape)
         {
             switch (h.Type)
             {
                 case DevicePartType.DevFeatures:
                     _deviceFeatures = BinaryPrimitives.ReadUInt64LittleEndian(v);
-                    return _deviceFeatures == shape.DeviceFeatures ? null
-                        : new(DeviceStateErrorKind.FeatureMismatch, $"device features 0x{_deviceFeatures:x} are not this device's 0x{shape.DeviceFeatures:x}");
+                    if (_deviceFeatures != shape.DeviceFeatures)
+                        FeatureMismatch ??= new(DeviceStateErrorKind.FeatureMismatch, $"device features 0x{_deviceFeatures:x} are not this device's 0x{shape.DeviceFeatures:x}");
+                    return null;
                 case DevicePartType.DrvFeatures:
                     _driverFeatures = BinaryPrimitives.ReadUInt64LittleEndian(v);
-                    return (_driverFeatures & ~shape.DeviceFeatures) == 0 ? null
-                        : new(DeviceStateErrorKind.FeatureMismatch, $"driver features 0x{_driverFeatures:x} include bits this device does not offer (0x{_driverFeatures & ~shape.DeviceFeatures:x})");
+                    if ((_driverFeatures & ~shape.DeviceFeatures) != 0)
+                        FeatureMismatch ??= new(DeviceStateErrorKind.FeatureMismatch, $"driver features 0x{_driverFeatures:x} include bits this device does not offer (0x{_driverFeatures & ~shape.DeviceFeatures:x})");
+                    return null;
                 case DevicePartType.PciCommonCfg when selectorKey == DeviceParts.CommonConfigMsixVector:
                     _configVector = BinaryPrimitives.ReadUInt16LittleEndian(v);
                     return null;
