@@ -34,6 +34,7 @@ internal static class DeviceCatalog
         return string.Join("; ", status.Ports.Select(p =>
                    $"{p.Name} {(p.Connected ? "up" : "idle")}{(p.LegacyDriven ? " legacy" : "")} tx={p.Counters.TxPackets} rx={p.Counters.RxPackets} drops={p.Counters.Drops.Values.Sum()}" +
                    (p.Counters.MacsNotLearned > 0 ? $" not-learned={p.Counters.MacsNotLearned}" : "")))
-               + $"; macs={status.MacTable.Count} floods={status.Floods}";
+               + $"; macs={status.MacTable.Count} floods={status.Floods}"
+               + (status.DroppedWhileStopped > 0 ? $" dropped-while-stopped={status.DroppedWhileStopped}" : "");
     }
 }

@@ -191,7 +191,7 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
             .Concat(Uplink == null ? [] : [new PortStatus(Uplink.Name, "", true, true, null, Snapshot(Uplink.Counters))])
             .ToList(),
         Switch.Snapshot().Select(e => new MacEntry(e.Mac.ToString(), e.Port, e.AgeMs)).ToList(),
-        Switch.Floods));
+        Switch.Floods, Switch.DroppedWhileStopped));
 
     private static CounterSnapshot Snapshot(PortCounters c) => new(c.TxPackets, c.TxBytes, c.RxPackets, c.RxBytes,
         c.NonZeroDrops().ToDictionary(d => d.Reason.ToString(), d => d.Count), c.LearnedMacs, c.MacsNotLearned);
@@ -222,4 +222,4 @@ public sealed record PortStatus(string Name, string Socket, bool Connected, bool
 
 public sealed record MacEntry(string Mac, string Port, long AgeMs);
 
-public sealed record GroupStatus(IReadOnlyList<PortStatus> Ports, IReadOnlyList<MacEntry> MacTable, long Floods);
+public sealed record GroupStatus(IReadOnlyList<PortStatus> Ports, IReadOnlyList<MacEntry> MacTable, long Floods, long DroppedWhileStopped = 0);

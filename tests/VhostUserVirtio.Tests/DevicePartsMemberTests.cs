@@ -249,6 +249,8 @@ public sealed class DevicePartsMemberTests : IDisposable
         Assert.Equal(2L, _backend.Member(1).Device.Counters.TxPackets);
         Assert.Equal(before, GetAll(2, 0));
         Assert.True(vf2.NothingWithin(200), "a stopped VF received a frame");
+        // Not lost without a trace: the switch counts what it held back from the stopped port.
+        Assert.Equal(2L, _backend.Group.Status().DroppedWhileStopped);
     }
 
     // ---- §4.3 capabilities ----

@@ -17,7 +17,8 @@ public interface ISwitchPort
 
     /// <summary>
     /// Stopped by its owner (VIRTIO 1.4 DEV_MODE_SET): frames for it are discarded without being
-    /// offered or counted, since a stopped device's state changes only through its driver.
+    /// offered or counted on the port, since a stopped device's state changes only through its
+    /// driver; the switch counts them (<see cref="L2Switch.DroppedWhileStopped"/>).
     /// </summary>
     bool Stopped => false;
 }

@@ -65,6 +65,12 @@ public sealed class L2Switch
     /// <summary>Frames flooded (broadcast, multicast, unknown unicast).</summary>
     public long Floods { get; private set; }
 
+    /// <summary>
+    /// Frames not offered to a port because its owner had stopped it. Counted here, not on the port:
+    /// a stopped device's own counters are part of its state and must not move.
+    /// </summary>
+    public long DroppedWhileStopped { get; private set; }
+
     public void Attach(ISwitchPort port)
     {
         lock (_table)
@@ -128,7 +134,10 @@ public sealed class L2Switch
     private void DeliverTo(ISwitchPort port, in Frame frame, Mac dst)
     {
         if (port.Stopped)
+        {
+            DroppedWhileStopped++;
             return;
+        }
         var c = port.Counters;
         if (port.Deliver(frame, dst, out var reason))
         {
