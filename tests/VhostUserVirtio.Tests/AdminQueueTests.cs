@@ -12,7 +12,7 @@ namespace VhostUserVirtio.Tests;
 public abstract class OwnerTest : IDisposable
 {
     protected readonly GroupBackend _backend = new(vfs: 2);
-    protected readonly OwnerDriver _owner;
+    protected OwnerDriver _owner; // a test may reconnect as a new owner driver
 
     protected OwnerTest(bool useAllCommands)
     {

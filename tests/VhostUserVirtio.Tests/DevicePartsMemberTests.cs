@@ -5,6 +5,8 @@ using VhostUserVirtio.Group.Migration;
 using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Tests.Support;
 
+using static VhostUserVirtio.Tests.Support.PartsStream;
+
 namespace VhostUserVirtio.Tests;
 
 /// <summary>
@@ -14,33 +16,10 @@ namespace VhostUserVirtio.Tests;
 /// another queue count, are refused and leave the member exactly as it was (its parts compared
 /// byte for byte before and after); the metadata, selection and object rules of the commands.
 /// </summary>
-public sealed class DevicePartsMemberTests : IDisposable
+public sealed class DevicePartsMemberTests() : OwnerTest(useAllCommands: true)
 {
     private const ushort SrIov = (ushort)AdminGroupType.SrIov, Self = (ushort)AdminGroupType.Self;
     private const byte Get = 0, Set = 1;
-    private readonly GroupBackend _backend = new(vfs: 2);
-    private OwnerDriver _owner;
-
-    public DevicePartsMemberTests()
-    {
-        try
-        {
-            _owner = OwnerDriver.Connect(_backend.Socket(0));
-            _owner.UseAllCommands();
-        }
-        catch
-        {
-            _owner?.Dispose();
-            _backend.Dispose();
-            throw;
-        }
-    }
-
-    public void Dispose()
-    {
-        _owner.Dispose();
-        _backend.Dispose();
-    }
 
     private AdminReply Run(AdminOpcode op, ushort group, ulong member, byte[] data, int result = 64) =>
         _owner.Admin.Execute((ushort)op, group, member, data, result);
@@ -79,16 +58,20 @@ public sealed class DevicePartsMemberTests : IDisposable
 
     private NetMemberShape ShapeOf(int vf) => NetMemberShape.Of(_backend.Member(vf).Device, _backend.Group.Msix.PerVfMax);
 
-    private static List<byte[]> Records(byte[] stream)
+    /// <summary>
+    /// VF1 configured and stopped with a GET object (id 0); VF2 stopped with a GET (1) and a SET (2)
+    /// object. Returns VF1's stream and VF2's parts as they are before anything is set.
+    /// </summary>
+    private (byte[] Stream, byte[] Before) SourceAndStoppedTarget()
     {
-        var records = new List<byte[]>();
-        for (int at = 0; at < stream.Length;)
-        {
-            int length = DeviceParts.HeaderSize + (int)BinaryPrimitives.ReadUInt32LittleEndian(stream.AsSpan(at + 12));
-            records.Add(stream[at..(at + length)]);
-            at += length;
-        }
-        return records;
+        ConfigureVf1();
+        Limits(get: 2, set: 1);
+        Create(1, 0, Get);
+        Create(2, 1, Get);
+        Create(2, 2, Set);
+        Stop(1);
+        Stop(2);
+        return (GetAll(1, 0), GetAll(2, 1));
     }
 
     /// <summary>VF1 with every owner-settable part away from a fresh member's: trust, MAC, modes, tables, link, MSI-X vectors.</summary>
@@ -108,15 +91,7 @@ public sealed class DevicePartsMemberTests : IDisposable
     [Fact]
     public void Every_truncation_and_every_swap_of_two_records_is_refused_and_leaves_the_member_exactly_as_it_was()
     {
-        ConfigureVf1();
-        Limits(get: 2, set: 1);
-        Create(1, 0, Get);
-        Create(2, 1, Get);
-        Create(2, 2, Set);
-        Stop(1);
-        Stop(2);
-        var stream = GetAll(1, 0);
-        var before = GetAll(2, 1);
+        var (stream, before) = SourceAndStoppedTarget();
         Assert.NotEqual(before, stream);
         int vectorsBefore = _backend.Group.Msix.Assigned(1);
 
@@ -175,14 +150,7 @@ public sealed class DevicePartsMemberTests : IDisposable
         Assert.Null(error);
         Assert.Equal(DeviceStateErrorKind.ShapeMismatch, DevicePartsReader.TryRead(new ReadOnlySequence<byte>(foreign!), ShapeOf(2), out _)?.Kind);
 
-        ConfigureVf1();
-        Limits(get: 2, set: 1);
-        Create(1, 0, Get);
-        Create(2, 1, Get);
-        Create(2, 2, Set);
-        Stop(1);
-        Stop(2);
-        var before = GetAll(2, 1);
+        var (_, before) = SourceAndStoppedTarget();
         AssertStatus(SetParts(2, 2, foreign!), AdminStatus.Einval, AdminQualifier.InvalidField);
         Assert.Equal(before, GetAll(2, 1));
 
@@ -201,15 +169,7 @@ public sealed class DevicePartsMemberTests : IDisposable
     [InlineData("unknown part")]
     public void Set_fails_on_a_part_the_device_would_not_hold_and_changes_nothing(string what)
     {
-        ConfigureVf1();
-        Limits(get: 2, set: 1);
-        Create(1, 0, Get);
-        Create(2, 1, Get);
-        Create(2, 2, Set);
-        Stop(1);
-        Stop(2);
-        var stream = GetAll(1, 0);
-        var before = GetAll(2, 1);
+        var (stream, before) = SourceAndStoppedTarget();
         switch (what)
         {
             case "length": // DEVICE_STATUS (the fifth record) claims 2 bytes

@@ -3,6 +3,8 @@ using System.Buffers.Binary;
 using VhostUserVirtio.Group.Migration;
 using VhostUserVirtio.Tests.Support;
 
+using static VhostUserVirtio.Tests.Support.PartsStream;
+
 namespace VhostUserVirtio.Tests;
 
 /// <summary>
@@ -15,28 +17,6 @@ namespace VhostUserVirtio.Tests;
 [Trait("tier", "unit")]
 public sealed class DevicePartsStreamTests
 {
-    private static byte[] Encode(NetMemberState state)
-    {
-        using var sequence = DevicePartsWriter.Build(state);
-        return sequence.AsReadOnlySequence.ToArray();
-    }
-
-    private static DeviceStateError? Read(byte[] bytes, NetMemberShape shape, out NetMemberState? state) =>
-        DevicePartsReader.TryRead(new ReadOnlySequence<byte>(bytes), shape, out state);
-
-    private static List<byte[]> Records(byte[] stream)
-    {
-        var records = new List<byte[]>();
-        for (int at = 0; at < stream.Length;)
-        {
-            int length = DeviceParts.HeaderSize + (int)BinaryPrimitives.ReadUInt32LittleEndian(stream.AsSpan(at + 12));
-            records.Add(stream[at..(at + length)]);
-            at += length;
-        }
-        return records;
-    }
-
-    private static byte[] Join(IEnumerable<byte[]> records) => [.. records.SelectMany(r => r)];
 
     private static DeviceStateErrorKind Refusal(byte[] bytes, NetMemberShape shape)
     {

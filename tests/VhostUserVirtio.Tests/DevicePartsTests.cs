@@ -4,6 +4,8 @@ using CsCheck;
 using VhostUserVirtio.Devices.Switch;
 using VhostUserVirtio.Group.Migration;
 
+using static VhostUserVirtio.Tests.Support.PartsStream;
+
 namespace VhostUserVirtio.Tests;
 
 /// <summary>
@@ -84,28 +86,6 @@ public sealed class DevicePartsTests
         select (shape, state);
 
     // ---- helpers ----
-
-    private static byte[] Encode(NetMemberState state)
-    {
-        using var sequence = DevicePartsWriter.Build(state);
-        return sequence.AsReadOnlySequence.ToArray();
-    }
-
-    private static DeviceStateError? Read(byte[] bytes, NetMemberShape shape, out NetMemberState? state) =>
-        DevicePartsReader.TryRead(new ReadOnlySequence<byte>(bytes), shape, out state);
-
-    /// <summary>The stream's records (header + value), in stream order.</summary>
-    private static List<byte[]> Records(byte[] stream)
-    {
-        var records = new List<byte[]>();
-        for (int at = 0; at < stream.Length;)
-        {
-            int length = DeviceParts.HeaderSize + (int)BitConverter.ToUInt32(stream, at + 12);
-            records.Add(stream[at..(at + length)]);
-            at += length;
-        }
-        return records;
-    }
 
     private static DeviceStateErrorKind RefusalOf(byte[] bytes, NetMemberShape shape)
     {
