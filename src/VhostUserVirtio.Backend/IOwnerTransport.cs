@@ -16,4 +16,10 @@ public interface IOwnerTransport
     /// and forgets its state; the back end then releases the device from the owner.
     /// </summary>
     void FrontEndReset();
+
+    /// <summary>
+    /// The transport places the rings in a memory of its own (a managed device's window into its
+    /// owner's memory), not in the device's front-end memory: that memory's changes leave them alone.
+    /// </summary>
+    bool OwnsMemory => false;
 }

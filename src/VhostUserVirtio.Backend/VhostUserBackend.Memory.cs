@@ -133,10 +133,13 @@ public sealed partial class VhostUserBackend
                 {
                     _workerMemory = memory;
                     _workerLog = log;
+                    // Before this worker's share of the retirement below: whatever placed rings in the
+                    // old snapshot (managed devices in their owner's memory) moves first.
+                    WorkerMemoryChanged?.Invoke(memory, log);
                 }
                 foreach (var q in _queues)
                 {
-                    if (q.Owner != worker || !q.Started)
+                    if (q.Owner != worker || !q.Started || q.Transport is { OwnsMemory: true })
                         continue;
                     if (q.Ring.Memory != memory && q.Ring.Remap(memory) is { } error)
                     {
@@ -173,6 +176,13 @@ public sealed partial class VhostUserBackend
     }
 
     private GuestMemory _workerMemory = GuestMemory.Empty;
+
+    /// <summary>
+    /// Called on the pinned worker whenever <see cref="WorkerMemory"/> or <see cref="WorkerLog"/>
+    /// changes, before anything retired is unmapped: users of this memory other than this device's
+    /// own rings (managed devices whose DMA space is a window into it) move their rings there.
+    /// </summary>
+    public Action<GuestMemory, DirtyLog?>? WorkerMemoryChanged { get; set; }
 
     /// <summary>
     /// The memory snapshot as the pinned worker sees it: replaced only on that worker, by the changes

@@ -88,6 +88,10 @@ public sealed partial class VhostUserBackend
         FrontendRequest.SetConfig or FrontendRequest.SetStatus or FrontendRequest.NetSetMtu or
         FrontendRequest.ResetDevice or FrontendRequest.ResetOwner;
 
+    /// <summary>Ring resources a front end hands over; refused when the owner's transport supplies them itself (a managed device).</summary>
+    private static bool SuppliesRingResources(FrontendRequest request) => request is FrontendRequest.SetVringKick or
+        FrontendRequest.SetVringCall or FrontendRequest.SetVringErr;
+
     /// <summary>Front-end requests that would drive the device themselves; refused while the owner drives it.</summary>
     private static bool DrivesTheDevice(FrontendRequest request) => request is FrontendRequest.SetFeatures or
         FrontendRequest.SetVringNum or FrontendRequest.SetVringAddr or FrontendRequest.SetVringBase or

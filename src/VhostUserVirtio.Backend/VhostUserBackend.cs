@@ -117,6 +117,9 @@ public sealed partial class VhostUserBackend : IDisposable
             if (OwnerDriven && DrivesTheDevice(request) && !(request == FrontendRequest.SetFeatures && SwitchesLogging(message.PayloadU64)))
                 return Reject(message, rule, new(MessageErrorKind.InvalidState,
                     $"{request} refused: the group owner drives this device; its front end supplies memory, call and kick descriptors only"));
+            if (_ownerTransport is { OwnsMemory: true } && SuppliesRingResources(request))
+                return Reject(message, rule, new(MessageErrorKind.InvalidState,
+                    $"{request} refused: the group owner drives this device through its transport queue, in the owner's memory"));
 
             byte[]? reply;
             try
@@ -366,6 +369,17 @@ public sealed partial class VhostUserBackend : IDisposable
     /// <summary>RESET_DEVICE / RESET_OWNER: every ring stopped and forgotten, device back to its initial state.</summary>
     private void ResetDevice()
     {
+        if (_ownerTransport is { OwnsMemory: true })
+        {
+            // The owner drives the device through its transport queue, in its own memory: a front end
+            // that merely connected meanwhile (all its ring set-up refused) resets nothing of it.
+            _ackedFeatures = 0;
+            _featuresSet = false;
+            _logAll = false;
+            _status = 0;
+            ReleaseFrontEndDrive();
+            return;
+        }
         EndOwnerDrive();
         foreach (var q in _queues)
             ResetQueue(q);

@@ -30,6 +30,7 @@ public sealed class VhostUserEndpoint : IDisposable
     // removed only while it is still ours: after a handover another process's socket sits there.
     private PathIdentity? _bound;
     private volatile string _socketPath;
+    private readonly bool _ownsPath;
     private ulong _listenerToken;
     private bool _listenerArmed;
     // Accepting failed (e.g. EMFILE): the listener is out of epoll for this long, doubling up to the maximum.
@@ -54,12 +55,14 @@ public sealed class VhostUserEndpoint : IDisposable
     private readonly LogRateLimit _acceptLog = new(burst: 3);
     private static int _peerIoFallbackLogged;
 
+    /// <param name="ownsPath">The adopted listener was bound at <paramref name="socketPath"/> for this endpoint: remove the file when done.</param>
     public VhostUserEndpoint(string socketPath, bool clientMode, VhostUserBackend backend, EventLoop control, ILogger logger,
-        TimeSpan? retryInterval = null, UnixSocket? adoptedListener = null)
+        TimeSpan? retryInterval = null, UnixSocket? adoptedListener = null, bool ownsPath = false)
     {
         if (clientMode && adoptedListener != null)
             throw new ArgumentException("an adopted listening socket cannot be used in client mode", nameof(adoptedListener));
         _adopted = adoptedListener;
+        _ownsPath = ownsPath;
         _socketPath = socketPath;
         _clientMode = clientMode;
         _backend = backend;
@@ -89,7 +92,7 @@ public sealed class VhostUserEndpoint : IDisposable
         _control.Invoke(() =>
         {
             _listener = _adopted ?? UnixSocket.Listen(SocketPath);
-            if (_adopted == null)
+            if (_adopted == null || _ownsPath)
                 _bound = UnixSocket.Identity(SocketPath);
             ArmListener();
         });

@@ -44,10 +44,34 @@ public sealed class VhostUserServer : IDisposable
     public VhostUserEndpoint Serve(IVirtioDevice device, Interop.UnixSocket listener, string description, Worker? pinnedWorker = null) =>
         ServeCore(device, description, false, listener, pinnedWorker);
 
+    /// <summary>
+    /// A back end for <paramref name="device"/> that no socket serves yet (callable on any thread): a
+    /// device created from a data-path worker is usable there at once, and its socket is served
+    /// later on the control loop (<see cref="Serve(VhostUserBackend, Interop.UnixSocket, string)"/>).
+    /// </summary>
+    /// <param name="logger">The device's logger; by default one named after it (loggers live as long as the factory: pass a shared one for devices made by the thousand).</param>
+    public VhostUserBackend CreateBackend(IVirtioDevice device, Worker? pinnedWorker = null, ILogger? logger = null) =>
+        new(device, Workers, logger ?? _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name), pinnedWorker, MemoryPolicy) { ControlLoop = Control };
+
+    /// <summary>
+    /// Serves <paramref name="backend"/> on <paramref name="listener"/>, a socket its caller bound at
+    /// <paramref name="socketPath"/>; the endpoint removes that file when it stops, if it still names
+    /// the socket. Call on the control loop (or let it block on it).
+    /// </summary>
+    public VhostUserEndpoint Serve(VhostUserBackend backend, Interop.UnixSocket listener, string socketPath, ILogger? logger = null)
+    {
+        logger ??= _loggers.CreateLogger("VhostUserVirtio.Device." + backend.Device.Name);
+        var endpoint = new VhostUserEndpoint(socketPath, false, backend, Control, logger, adoptedListener: listener, ownsPath: true);
+        endpoint.Start();
+        lock (_gate)
+            _endpoints.Add(endpoint);
+        return endpoint;
+    }
+
     private VhostUserEndpoint ServeCore(IVirtioDevice device, string socketPath, bool clientMode, Interop.UnixSocket? listener, Worker? pinnedWorker)
     {
+        var backend = CreateBackend(device, pinnedWorker);
         var logger = _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name);
-        var backend = new VhostUserBackend(device, Workers, logger, pinnedWorker, MemoryPolicy) { ControlLoop = Control };
         var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger, adoptedListener: listener);
         endpoint.Start();
         lock (_gate)

@@ -22,6 +22,8 @@ internal static class DeviceCatalog
         TrustVfs = s.TrustVfs,
         AdminProfile = s.AdminProfile,
         ResourceObjectOpcodes = s.ResourceObjectOpcodes,
+        MaxManagedDevices = s.MaxVdevs,
+        TransportFeatureBit = s.TransportFeatureBit,
         ClientMode = s.ClientMode,
         OwnerSocketPath = s.SocketPath,
         OwnerListener = s.Fd is { } fd ? Interop.UnixSocket.AdoptListener(fd) : null,

@@ -23,7 +23,9 @@ internal sealed record DaemonSettings(
     int MaxMacsPerPort,
     bool TrustVfs,
     Group.Admin.AdminProfile AdminProfile,
-    Group.Admin.ResourceObjectOpcodes ResourceObjectOpcodes);
+    Group.Admin.ResourceObjectOpcodes ResourceObjectOpcodes,
+    int MaxVdevs = 64,
+    int TransportFeatureBit = 47);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -83,6 +85,20 @@ internal sealed class ServeOptions
         Description = "MACs the switch learns per port; a port sending more source MACs fills only its own share (its frames are still forwarded).",
         HelpName = "N",
         DefaultValueFactory = _ => Devices.Switch.L2Switch.DefaultMaxMacsPerPort,
+    };
+
+    private readonly Option<int> _maxVdevs = new("--max-vdevs")
+    {
+        Description = "Managed devices the owner's transport queue may create at once (max_vdevs); 0: no transport queue.",
+        HelpName = "N",
+        DefaultValueFactory = _ => 64,
+    };
+
+    private readonly Option<int> _transportBit = new("--transport-feature-bit")
+    {
+        Description = "The feature bit the owner offers as VIRTIO_F_TRANSPT_VQ (one of 44–49, which VIRTIO 1.4 leaves unallocated).",
+        HelpName = "BIT",
+        DefaultValueFactory = _ => 47,
     };
 
     private readonly Option<bool> _trustVfs = new("--trust-vfs")
@@ -185,6 +201,8 @@ internal sealed class ServeOptions
         AddRange(_workers, 1, MaxWorkers);
         AddRange(_maxMacsPerPort, 1, Group.DeviceGroupOptions.MaxMacsPerPortLimit);
         AddRange(_pollUs, 0, 1_000_000);
+        AddRange(_maxVdevs, 0, Group.DeviceGroupOptions.MaxManagedDevicesLimit);
+        AddRange(_transportBit, 44, 49);
         _fd.Validators.Add(r =>
         {
             if (r.GetValueOrDefault<int?>() is < 0)
@@ -202,7 +220,7 @@ internal sealed class ServeOptions
                 r.AddError($"--max-guest-memory must be a size of at least 1M, like 512M, 64G or 1T (got '{r.GetValueOrDefault<string>()}').");
         });
 
-        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _adminProfile, _objectOpcodes, _workers, _pollUs, _client,
+        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _maxVdevs, _transportBit, _adminProfile, _objectOpcodes, _workers, _pollUs, _client,
                      _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
@@ -267,5 +285,7 @@ internal sealed class ServeOptions
         MaxMacsPerPort: r.GetValue(_maxMacsPerPort),
         TrustVfs: r.GetValue(_trustVfs),
         AdminProfile: AdminProfiles[r.GetValue(_adminProfile)!],
-        ResourceObjectOpcodes: ObjectOpcodes[r.GetValue(_objectOpcodes)!]);
+        ResourceObjectOpcodes: ObjectOpcodes[r.GetValue(_objectOpcodes)!],
+        MaxVdevs: r.GetValue(_socketPath) != null || r.GetValue(_fd) != null ? 0 : r.GetValue(_maxVdevs),
+        TransportFeatureBit: r.GetValue(_transportBit));
 }

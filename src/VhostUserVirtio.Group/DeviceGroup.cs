@@ -31,13 +31,22 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
         Msix = new Admin.MsixPool(options.Vfs);
         if (options.MaxMacsPerPort < 1 || options.MaxMacsPerPort > DeviceGroupOptions.MaxMacsPerPortLimit)
             throw new ArgumentOutOfRangeException(nameof(options), $"MACs per port must be 1..{DeviceGroupOptions.MaxMacsPerPortLimit}");
-        // Room for every port's full share (owner, VFs, uplink): per-port limits, not the table, bind.
-        int ports = options.Vfs + 2;
+        if (options.MaxManagedDevices < 0 || options.MaxManagedDevices > DeviceGroupOptions.MaxManagedDevicesLimit)
+            throw new ArgumentOutOfRangeException(nameof(options), $"managed devices must be 0..{DeviceGroupOptions.MaxManagedDevicesLimit}");
+        if (options.TransportFeatureBit is < 44 or > 49)
+            throw new ArgumentOutOfRangeException(nameof(options), "the transport queue's feature bit must be one VIRTIO 1.4 leaves unallocated (44–49)");
+        // Room for every port's full share (owner, VFs, managed devices, uplink): per-port limits, not the table, bind.
+        int ports = options.Vfs + options.MaxManagedDevices + 2;
         Switch = new L2Switch(loggers.CreateLogger("VhostUserVirtio.Switch"), options.MacAgeing,
             maxEntries: Math.Max(L2Switch.DefaultMaxEntries, ports * options.MaxMacsPerPort), maxMacsPerPort: options.MaxMacsPerPort);
     }
 
     public DeviceGroupOptions Options { get; }
+    internal VhostUserServer Server => _server;
+    internal ILoggerFactory Loggers => _loggers;
+
+    /// <summary>The owner's transport queue and its managed devices; null when it offers none.</summary>
+    public Transport.TransportQueueProcessor? Transport => (Owner?.Endpoint.Backend.Device as OwnerDevice)?.Transport;
     public Worker DataPath { get; }
     public L2Switch Switch { get; }
     public GroupMember? Owner { get; private set; }
@@ -122,6 +131,12 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
                 : Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id)), Options.ClientMode, DataPath);
         var legacy = id == 0 ? null : new Legacy.LegacyNetInterface(id, device, endpoint.Backend, () => Msix.Assigned(id - 1),
             _loggers.CreateLogger("VhostUserVirtio.Legacy"));
+        if (served is OwnerDevice { Transport: { } transport })
+        {
+            // Managed devices driven through the transport queue live in the owner's memory.
+            transport.OwnerBackend = endpoint.Backend;
+            endpoint.Backend.WorkerMemoryChanged = transport.OwnerMemoryChanged;
+        }
         var member = new GroupMember(id, device, endpoint, legacy);
         if (id != 0)
         {
@@ -188,6 +203,8 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
     public GroupStatus Status() => DataPath.Loop.Invoke(() => new GroupStatus(
         AllDevices.Select(m => new PortStatus(m.Name, m.SocketPath, m.Endpoint.IsConnected, m.Device.LinkUp, m.Device.Mac?.ToString(), Snapshot(m.Device.Counters),
                 m.Legacy?.Active == true, m.Device.Trusted))
+            .Concat((Transport?.Devices ?? []).Select(d => new PortStatus(d.Name, d.SocketPath, d.VmmAttached || d.Transport.Status != 0,
+                d.Device.LinkUp, d.Device.Mac?.ToString(), Snapshot(d.Device.Counters), false, d.Device.Trusted)))
             .Concat(Uplink == null ? [] : [new PortStatus(Uplink.Name, "", true, true, null, Snapshot(Uplink.Counters))])
             .ToList(),
         Switch.Snapshot().Select(e => new MacEntry(e.Mac.ToString(), e.Port, e.AgeMs)).ToList(),

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend;
 using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Group.Admin;
+using VhostUserVirtio.Group.Transport;
 using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Queue;
 
@@ -10,9 +11,10 @@ namespace VhostUserVirtio.Group;
 
 /// <summary>
 /// The group owner (PF) as served over vhost-user (docs/owner-binding.md): a virtio-net device plus
-/// VIRTIO_F_ADMIN_VQ and VIRTIO_F_SR_IOV, its admin queue after the net queues, and the owner
-/// information block at config offset 0xC0 telling the owner driver where the admin queue is and how
-/// many VFs exist.
+/// VIRTIO_F_ADMIN_VQ and VIRTIO_F_SR_IOV, its admin queue after the net queues, with
+/// VIRTIO_F_TRANSPT_VQ its transport queue after that, and the owner information block at config
+/// offset 0xC0 telling the owner driver where those queues are and how many VFs and managed devices
+/// there may be.
 /// </summary>
 public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
 {
@@ -31,7 +33,17 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
         _group = group;
         _logger = logger;
         Admin = new AdminCommandProcessor(group, logger, group.Options.ResourceObjectOpcodes, group.Options.AdminProfile);
+        if (group.Options.MaxManagedDevices > 0)
+        {
+            Transport = new TransportQueueProcessor(group, AdminQueueIndex + 1, logger);
+            _transportFeature = VirtioFeature.Mask(group.Options.TransportFeatureBit);
+        }
     }
+
+    private readonly ulong _transportFeature;
+
+    /// <summary>The transport queue and its managed devices; null when the owner offers none (max_vdevs 0).</summary>
+    public TransportQueueProcessor? Transport { get; }
 
     public NetDevice Net { get; }
     public AdminCommandProcessor Admin { get; }
@@ -40,9 +52,9 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
     public int AdminQueueIndex => Net.QueueCount;
 
     public string Name => Net.Name;
-    public ulong Features => Net.Features | VirtioFeature.Mask(VirtioFeature.AdminVq) | VirtioFeature.Mask(VirtioFeature.SrIov);
+    public ulong Features => Net.Features | VirtioFeature.Mask(VirtioFeature.AdminVq) | VirtioFeature.Mask(VirtioFeature.SrIov) | _transportFeature;
     public ProtocolFeatures ExtraProtocolFeatures => Net.ExtraProtocolFeatures;
-    public int QueueCount => Net.QueueCount + 1;
+    public int QueueCount => Net.QueueCount + 1 + (Transport != null ? 1 : 0);
     public int MaxQueueSize => Net.MaxQueueSize;
     public int ConfigSize => InfoBlockOffset + InfoBlockSize;
 
@@ -54,11 +66,11 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
         var info = config[InfoBlockOffset..];
         BinaryPrimitives.WriteUInt16LittleEndian(info, (ushort)AdminQueueIndex);    // admin_queue_index
         BinaryPrimitives.WriteUInt16LittleEndian(info[2..], 1);                    // admin_queue_num
-        BinaryPrimitives.WriteUInt16LittleEndian(info[4..], 0);                    // tvq_index (no transport queue yet)
-        BinaryPrimitives.WriteUInt16LittleEndian(info[6..], 0);                    // tvq_num
+        BinaryPrimitives.WriteUInt16LittleEndian(info[4..], (ushort)(Transport?.QueueIndex ?? 0)); // tvq_index
+        BinaryPrimitives.WriteUInt16LittleEndian(info[6..], Transport != null ? (ushort)1 : (ushort)0); // tvq_num
         BinaryPrimitives.WriteUInt16LittleEndian(info[8..], (ushort)TotalVfs);     // total_vfs
         BinaryPrimitives.WriteUInt16LittleEndian(info[10..], (ushort)NumVfs);      // num_vfs
-        BinaryPrimitives.WriteUInt16LittleEndian(info[12..], 0);                   // max_vdevs
+        BinaryPrimitives.WriteUInt16LittleEndian(info[12..], (ushort)(Transport?.MaxDevices ?? 0)); // max_vdevs
         BinaryPrimitives.WriteUInt16LittleEndian(info[14..], 0);                   // binding_version
         config.Slice(offset, data.Length).CopyTo(data);
     }
@@ -76,37 +88,48 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
     }
 
     public void SetDriverFeatures(ulong features) =>
-        Net.SetDriverFeatures(features & ~(VirtioFeature.Mask(VirtioFeature.AdminVq) | VirtioFeature.Mask(VirtioFeature.SrIov)));
+        Net.SetDriverFeatures(features & ~(VirtioFeature.Mask(VirtioFeature.AdminVq) | VirtioFeature.Mask(VirtioFeature.SrIov) | _transportFeature));
+
+    /// <summary>The admin queue or the transport queue, which are the owner's own (not the net device's).</summary>
+    private bool IsOwnerQueue(int index) => index == AdminQueueIndex || (Transport != null && index == Transport.QueueIndex);
 
     public void QueueStarted(DeviceQueue queue)
     {
-        if (queue.Index != AdminQueueIndex)
+        if (!IsOwnerQueue(queue.Index))
             Net.QueueStarted(queue);
     }
 
     public void QueueStopped(DeviceQueue queue)
     {
-        if (queue.Index != AdminQueueIndex)
+        if (!IsOwnerQueue(queue.Index))
             Net.QueueStopped(queue);
     }
 
-    public bool WantsKicks(int queueIndex) => queueIndex == AdminQueueIndex || Net.WantsKicks(queueIndex);
+    public bool WantsKicks(int queueIndex) => IsOwnerQueue(queueIndex) || Net.WantsKicks(queueIndex);
 
     public void ProcessQueue(DeviceQueue queue)
     {
-        if (queue.Index != AdminQueueIndex)
+        if (queue.Index == AdminQueueIndex)
+        {
+            var handler = new AdminHandler(Admin);
+            queue.Drain(ref handler);
+        }
+        else if (Transport != null && queue.Index == Transport.QueueIndex)
+        {
+            var handler = new TransportHandler(Transport);
+            queue.Drain(ref handler);
+        }
+        else
         {
             Net.ProcessQueue(queue);
-            return;
         }
-        var handler = new AdminHandler(Admin);
-        queue.Drain(ref handler);
     }
 
     public void Reset()
     {
         Net.Reset();
         Admin.Reset();
+        Transport?.OwnerReset();
     }
 
     public void AnnounceMac(ReadOnlySpan<byte> mac) => Net.AnnounceMac(mac);
@@ -116,5 +139,10 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
     private readonly struct AdminHandler(AdminCommandProcessor admin) : IChainHandler
     {
         public uint Handle(DescriptorChain chain) => admin.Handle(chain);
+    }
+
+    private readonly struct TransportHandler(TransportQueueProcessor transport) : IChainHandler
+    {
+        public uint Handle(DescriptorChain chain) => transport.Handle(chain);
     }
 }

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend;
+using VhostUserVirtio.Memory;
 using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.Group;
@@ -23,15 +24,48 @@ public sealed class OwnerDrivenMember : IOwnerTransport
     private readonly Action _frontEndReset;
     private readonly ILogger _logger;
     private ulong _features;
+    // A DMA space of its own (a managed device's window into its owner's memory), or null: the
+    // member's own front end's memory.
+    private GuestMemory? _dma;
+    private DirtyLog? _dmaLog;
 
     /// <param name="raise">A ring has used buffers the driver wants to hear about: raise the transport's interrupt.</param>
     /// <param name="frontEndReset">The member's front end reset the device or left: the transport's own state is void.</param>
-    public OwnerDrivenMember(VhostUserBackend backend, Action<DeviceQueue> raise, Action frontEndReset, ILogger logger)
+    /// <param name="ownDmaSpace">Rings live in a DMA space the transport gives (<see cref="SetDmaSpace"/>), not in the front end's memory.</param>
+    public OwnerDrivenMember(VhostUserBackend backend, Action<DeviceQueue> raise, Action frontEndReset, ILogger logger, bool ownDmaSpace = false)
     {
         _backend = backend;
         _raise = raise;
         _frontEndReset = frontEndReset;
         _logger = logger;
+        if (ownDmaSpace)
+            _dma = GuestMemory.Empty;
+    }
+
+    /// <summary>Whether the rings live in a DMA space of the transport's own.</summary>
+    public bool OwnsMemory => _dma != null;
+
+    /// <summary>
+    /// Moves the DMA space (own-DMA transports only; pinned worker): running rings are remapped there
+    /// at once, before the caller lets the previous snapshot go. A ring whose memory is gone breaks.
+    /// </summary>
+    public void SetDmaSpace(GuestMemory memory, DirtyLog? log)
+    {
+        if (_dma == null)
+            throw new InvalidOperationException("this transport uses its front end's memory");
+        _dma = memory;
+        _dmaLog = log;
+        foreach (var q in _backend.Queues)
+        {
+            if (!q.Started || q.Transport != this)
+                continue;
+            if (q.Ring.Memory != memory && q.Ring.Remap(memory) is { } error)
+            {
+                q.Ring.Break(error.Kind, $"after its DMA space changed: {error.Detail}");
+                q.ReportFault();
+            }
+            q.Ring.SetDirtyLog(log, q.Ring.UsedRing);
+        }
     }
 
     private Worker Worker => _backend.PinnedWorker ?? throw new InvalidOperationException("an owner-driven member needs a pinned worker");
@@ -70,16 +104,17 @@ public sealed class OwnerDrivenMember : IOwnerTransport
             return $"queue {index} does not exist";
         if (placement.Size > _backend.Device.MaxQueueSize)
             return $"queue size {placement.Size} exceeds the device's {_backend.Device.MaxQueueSize}";
-        var memory = _backend.WorkerMemory;
+        var memory = _dma ?? _backend.WorkerMemory;
         if (memory.Regions.Count == 0)
-            return "the member's front end has given no memory table (no DMA space)";
+            return _dma != null ? "the device has no DMA space (no window into the owner's memory)"
+                : "the member's front end has given no memory table (no DMA space)";
         // Checked before the running ring is touched: a refused placement changes nothing.
         if (placement.Check(memory) is { } refused)
             return refused.Detail;
         var q = queues[index];
         StopRing(index);
         // Logged at the used ring's own address while the member's front end migrates its memory.
-        if (q.Start(Worker, memory, placement, _features, nextAvail: 0, transport: this, _backend.WorkerLog, placement.Used) is { } error)
+        if (q.Start(Worker, memory, placement, _features, nextAvail: 0, transport: this, _dma != null ? _dmaLog : _backend.WorkerLog, placement.Used) is { } error)
         {
             q.Ring.Reset();
             return error.Detail;

@@ -110,6 +110,23 @@ public sealed unsafe class GuestMemory
         return true;
     }
 
+    /// <summary>
+    /// A view of [<paramref name="start"/>, start+<paramref name="length"/>) of this snapshot at the same
+    /// addresses: everything outside it reads as unmapped. What a device with its own DMA space gets of
+    /// a memory it shares with others (a managed device's window into its owner's memory). The view
+    /// maps nothing of its own; it is usable exactly as long as this snapshot is.
+    /// </summary>
+    public GuestMemory Window(ulong start, ulong length)
+    {
+        if (length == 0 || start + length < start)
+            return Empty;
+        var slices = new List<MemoryRegion>();
+        foreach (var r in _regions)
+            if (r.Slice(start, length) is { } slice)
+                slices.Add(slice);
+        return slices.Count == 0 ? Empty : new GuestMemory(slices.ToArray());
+    }
+
     /// <summary>Translates a front-end virtual address (as used for ring addresses) to a guest physical address.</summary>
     public bool TryUserToGuest(ulong userAddress, out ulong gpa)
     {

@@ -14,6 +14,8 @@ public sealed unsafe class MemoryRegion : IDisposable
     private const ulong MaxGranule = 1UL << 30;
 
     private readonly MemoryMapping _mapping;
+    // A slice shares its parent's mapping and never unmaps it: the parent's owner retires it.
+    private readonly bool _ownsMapping = true;
 
     private MemoryRegion(ulong gpa, ulong size, ulong userAddress, ulong mmapOffset, MemoryMapping mapping, ulong lead, string? unsealedReason)
     {
@@ -24,6 +26,30 @@ public sealed unsafe class MemoryRegion : IDisposable
         _mapping = mapping;
         HostBase = (byte*)mapping.Address + lead;
         UnsealedReason = unsealedReason;
+    }
+
+    private MemoryRegion(MemoryRegion parent, ulong gpa, ulong size)
+    {
+        ulong skip = gpa - parent.GuestPhysicalAddress;
+        GuestPhysicalAddress = gpa;
+        Size = size;
+        UserAddress = parent.UserAddress + skip;
+        MmapOffset = parent.MmapOffset + skip;
+        _mapping = parent._mapping;
+        _ownsMapping = false;
+        HostBase = parent.HostBase + skip;
+        UnsealedReason = parent.UnsealedReason;
+    }
+
+    /// <summary>
+    /// The part of this region inside [gpa, gpa+size), at the same guest addresses, or null if they do
+    /// not overlap. It lives only as long as this region is mapped (see <see cref="GuestMemory.Window"/>).
+    /// </summary>
+    internal MemoryRegion? Slice(ulong gpa, ulong size)
+    {
+        ulong start = Math.Max(gpa, GuestPhysicalAddress);
+        ulong end = Math.Min(gpa + size, GuestEnd);
+        return start < end ? new MemoryRegion(this, start, end - start) : null;
     }
 
     public ulong GuestPhysicalAddress { get; }
@@ -135,7 +161,11 @@ public sealed unsafe class MemoryRegion : IDisposable
     public override string ToString() =>
         $"gpa 0x{GuestPhysicalAddress:x}..0x{GuestEnd:x} uva 0x{UserAddress:x} offset 0x{MmapOffset:x}";
 
-    public void Dispose() => _mapping.Dispose();
+    public void Dispose()
+    {
+        if (_ownsMapping)
+            _mapping.Dispose();
+    }
 }
 
 /// <summary>Why a region was refused, for callers and tests that need more than the message.</summary>
