@@ -21,6 +21,7 @@ public sealed unsafe class DriverQueue : IDisposable
     private readonly ulong[] _indirectTable; // per head: an indirect table area, allocated on first use
     private readonly Stack<ushort> _free = new();
     private ushort _availIdx;
+    private readonly Func<ulong, ulong, ulong> _allocate;
     private ushort _lastUsed;
 
     public DriverQueue(GuestRam ram, int index, int size) : this(ram, index, size, legacyLayout: false)
@@ -31,25 +32,35 @@ public sealed unsafe class DriverQueue : IDisposable
     /// Place the rings the way a legacy (transitional) device expects them: one 4096-aligned area found
     /// from its page frame number (<see cref="LegacyPfn"/>), see <see cref="SplitRing.LegacyLayout"/>.
     /// </param>
-    public DriverQueue(GuestRam ram, int index, int size, bool legacyLayout)
+    public DriverQueue(GuestRam ram, int index, int size, bool legacyLayout) : this(ram, index, size, legacyLayout, ram.Allocate)
+    {
+    }
+
+    /// <summary>A queue whose rings (and indirect tables) come from <paramref name="arena"/>, e.g. a device's DMA window.</summary>
+    public DriverQueue(RamArena arena, int index, int size) : this(arena.Ram, index, size, legacyLayout: false, arena.Allocate)
+    {
+    }
+
+    private DriverQueue(GuestRam ram, int index, int size, bool legacyLayout, Func<ulong, ulong, ulong> allocate)
     {
         if (!SplitRing.IsValidSize(size))
             throw new ArgumentOutOfRangeException(nameof(size), "queue size must be a power of two");
         _ram = ram;
+        _allocate = allocate;
         Index = index;
         Size = size;
         if (legacyLayout)
         {
             var (availOffset, usedOffset, total) = SplitRing.LegacyLayout(size);
-            DescriptorTable = ram.Allocate(total, SplitRing.LegacyAlignment);
+            DescriptorTable = allocate(total, SplitRing.LegacyAlignment);
             AvailableRing = DescriptorTable + availOffset;
             UsedRing = DescriptorTable + usedOffset;
         }
         else
         {
-            DescriptorTable = ram.Allocate(SplitRing.DescriptorTableSize(size), 4096);
-            AvailableRing = ram.Allocate(SplitRing.AvailableRingSize(size), SplitRing.AvailableAlignment);
-            UsedRing = ram.Allocate(SplitRing.UsedRingSize(size), 4096);
+            DescriptorTable = allocate(SplitRing.DescriptorTableSize(size), 4096);
+            AvailableRing = allocate(SplitRing.AvailableRingSize(size), SplitRing.AvailableAlignment);
+            UsedRing = allocate(SplitRing.UsedRingSize(size), 4096);
         }
         ram.Span(DescriptorTable, (int)SplitRing.DescriptorTableSize(size)).Clear();
         ram.Span(AvailableRing, (int)SplitRing.AvailableRingSize(size)).Clear();
@@ -124,7 +135,7 @@ public sealed unsafe class DriverQueue : IDisposable
             throw new InvalidOperationException("no room for an indirect chain");
         ushort head = _free.Pop();
         if (_indirectTable[head] == 0)
-            _indirectTable[head] = _ram.Allocate((ulong)(Size * SplitRing.DescriptorSize), 16);
+            _indirectTable[head] = _allocate((ulong)(Size * SplitRing.DescriptorSize), 16);
         ulong table = _indirectTable[head];
         for (int i = 0; i < buffers.Length; i++)
         {

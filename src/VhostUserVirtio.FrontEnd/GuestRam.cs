@@ -95,3 +95,34 @@ public sealed unsafe class GuestRam : IDisposable
 
 /// <summary>One region of <see cref="GuestRam"/>.</summary>
 public sealed record RamRegion(ulong Gpa, ulong Size, ulong UserAddress, ulong MmapOffset, FileDescriptor Fd, MemoryMapping Mapping);
+
+/// <summary>
+/// A range of guest RAM with its own allocator: what a driver places in a device's DMA window (rings,
+/// buffers) stays inside it, whatever else is allocated from the RAM meanwhile.
+/// </summary>
+public sealed class RamArena
+{
+    private ulong _next;
+
+    /// <summary>Reserves <paramref name="size"/> bytes of <paramref name="ram"/>, page-aligned.</summary>
+    public RamArena(GuestRam ram, ulong size)
+    {
+        Ram = ram;
+        Size = size;
+        Start = ram.Allocate(size, 4096);
+        _next = Start;
+    }
+
+    public GuestRam Ram { get; }
+    public ulong Start { get; }
+    public ulong Size { get; }
+
+    public ulong Allocate(ulong size, ulong alignment = 16)
+    {
+        ulong start = (_next + alignment - 1) & ~(alignment - 1);
+        if (start + size > Start + Size || start + size < start)
+            throw new InvalidOperationException($"arena at 0x{Start:x} ({Size} bytes) exhausted allocating {size} bytes");
+        _next = start + size;
+        return start;
+    }
+}
