@@ -95,25 +95,32 @@ internal static class VdevCommand
         var words = new Argument<string[]>("set VALUE") { Arity = new ArgumentArity(0, 2), Description = "set VALUE: write the status (decimal or 0x hex)." };
         status.Arguments.Add(id);
         status.Arguments.Add(words);
-        status.SetAction(r => Run(r.GetValue(socket)!, t =>
+        status.SetAction(r =>
         {
             ulong device = r.GetValue(id);
             var rest = r.GetValue(words) ?? [];
-            var text = new StringBuilder();
-            if (rest.Length > 0)
+            byte? value = null;
+            return Run(r.GetValue(socket)!, t =>
             {
+                var text = new StringBuilder();
+                if (value is { } v)
+                {
+                    t.StatusSet(device, v);
+                    text.Append(CultureInfo.InvariantCulture, $"vdev {device}: status <- 0x{v:x2}\n");
+                }
+                byte s = t.StatusGet(device);
+                text.Append(CultureInfo.InvariantCulture, $"vdev {device}: status 0x{s:x2} {StatusNames(s)}\n");
+                return text.ToString();
+            }, check: () =>
+            {
+                if (rest.Length == 0)
+                    return;
                 if (rest.Length != 2 || rest[0] != "set")
                     throw new FormatException("expected: status ID [set VALUE]");
-                var value = ParseNumber(rest[1]);
-                if (value > byte.MaxValue)
-                    throw new FormatException($"status {value} does not fit in a byte");
-                t.StatusSet(device, (byte)value);
-                text.Append(CultureInfo.InvariantCulture, $"vdev {device}: status <- 0x{value:x2}\n");
-            }
-            byte s = t.StatusGet(device);
-            text.Append(CultureInfo.InvariantCulture, $"vdev {device}: status 0x{s:x2} {StatusNames(s)}\n");
-            return text.ToString();
-        }));
+                var parsed = ParseNumber(rest[1]);
+                value = parsed <= byte.MaxValue ? (byte)parsed : throw new FormatException($"status {parsed} does not fit in a byte");
+            });
+        });
         return status;
     }
 
@@ -128,14 +135,21 @@ internal static class VdevCommand
         var read = new Command("read", "Read config bytes (CFG_READ).");
         read.Arguments.Add(offset);
         read.Arguments.Add(length);
-        read.SetAction(r => Run(r.GetValue(socket)!, t =>
+        read.SetAction(r =>
         {
-            ulong off = ParseNumber(r.GetValue(offset)!), len = ParseNumber(r.GetValue(length)!);
-            if (off > uint.MaxValue || len is < 1 or > 4096)
-                throw new FormatException("OFFSET must fit in 32 bits and LEN be 1..4096");
-            var bytes = t.CfgRead(r.GetValue(id), (uint)off, (uint)len);
-            return $"vdev {r.GetValue(id)} config 0x{off:x} ({len} byte(s)): {Convert.ToHexString(bytes).ToLowerInvariant()}\n";
-        }));
+            ulong off = 0, len = 0;
+            return Run(r.GetValue(socket)!, t =>
+            {
+                var bytes = t.CfgRead(r.GetValue(id), (uint)off, (uint)len);
+                return $"vdev {r.GetValue(id)} config 0x{off:x} ({len} byte(s)): {Convert.ToHexString(bytes).ToLowerInvariant()}\n";
+            }, check: () =>
+            {
+                off = ParseNumber(r.GetValue(offset)!);
+                len = ParseNumber(r.GetValue(length)!);
+                if (off > uint.MaxValue || len is < 1 or > 4096)
+                    throw new FormatException("OFFSET must fit in 32 bits and LEN be 1..4096");
+            });
+        });
         cfg.Subcommands.Add(read);
         return cfg;
     }
@@ -147,11 +161,16 @@ internal static class VdevCommand
         return $"vdev {id}: {type}, {i.NumQueues} queue(s) of at most {i.MaxQueueSize}, config {i.ConfigSize} bytes, {i.MaxVectors} MSI vector(s)\n";
     }
 
-    /// <summary>Connects as the owner driver, runs <paramref name="action"/> on its transport queue and prints the result; exit 1 with a message on any failure.</summary>
-    private static int Run(string socket, Func<TransportQueueClient, string> action)
+    /// <summary>
+    /// Checks the arguments (<paramref name="check"/>, before connecting), connects as the owner driver,
+    /// runs <paramref name="action"/> on its transport queue and prints the result; exit 1 with a
+    /// message on any failure.
+    /// </summary>
+    private static int Run(string socket, Func<TransportQueueClient, string> action, Action? check = null)
     {
         try
         {
+            check?.Invoke();
             using var owner = AdminCommand.Connect(socket);
             var transport = owner.Transport
                 ?? throw new FrontEndException($"the owner on {socket} has no transport queue (tvq_num is 0): it cannot manage vdevs");
