@@ -12,6 +12,7 @@ var serveOptions = new ServeOptions(serve);
 serve.SetAction(result => ServeCommand.Execute(serveOptions.Bind(result)));
 root.Subcommands.Add(serve);
 root.Subcommands.Add(AdminCommand.Create());
+root.Subcommands.Add(VdevCommand.Create());
 root.Subcommands.Add(MigrateMemberCommand.Create());
 
 var parsed = root.Parse(args);

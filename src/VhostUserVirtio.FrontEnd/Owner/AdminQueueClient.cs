@@ -23,13 +23,13 @@ public sealed record AdminReply(ushort Status, ushort Qualifier, byte[] Result, 
 /// </summary>
 public sealed class AdminQueueClient
 {
-    private readonly GuestRam _ram;
     private readonly DriverQueue _queue;
+    private readonly CommandChains _chains;
 
     public AdminQueueClient(GuestRam ram, DriverQueue queue)
     {
-        _ram = ram;
         _queue = queue;
+        _chains = new CommandChains(ram, queue, "admin queue");
     }
 
     public DriverQueue Queue => _queue;
@@ -67,53 +67,14 @@ public sealed class AdminQueueClient
     /// the given sizes, followed by <paramref name="writableLength"/> writable bytes split likewise.
     /// Returns the head; call <see cref="Complete"/> (after a kick) to read the reply.
     /// </summary>
-    public ushort Post(ReadOnlySpan<byte> readable, int writableLength, int[] readableSplit, int[] writableSplit)
-    {
-        if (readableSplit.Sum() != readable.Length)
-            throw new ArgumentException("readable split does not add up");
-        if (writableSplit.Sum() != writableLength)
-            throw new ArgumentException("writable split does not add up");
-        // Commands reuse buffer areas: a long-running owner driver must not use up its RAM.
-        bool pooled = readable.Length <= AreaHalf && writableLength <= AreaHalf;
-        ulong area = pooled ? (_freeAreas.Count > 0 ? _freeAreas.Pop() : _ram.Allocate(2 * AreaHalf, 64))
-                            : _ram.Allocate((ulong)(readable.Length + writableLength + 1), 64);
-        ulong w = pooled ? area + AreaHalf : area + (ulong)readable.Length;
-        var buffers = new List<BufferSpec>();
-        int offset = 0;
-        foreach (int size in readableSplit)
-        {
-            readable.Slice(offset, size).CopyTo(_ram.Span(area + (ulong)offset, size));
-            buffers.Add(new BufferSpec(area + (ulong)offset, (uint)size, false));
-            offset += size;
-        }
-        _ram.Span(w, writableLength).Fill(0xee); // to see what the device wrote
-        offset = 0;
-        foreach (int size in writableSplit)
-        {
-            buffers.Add(new BufferSpec(w + (ulong)offset, (uint)size, true));
-            offset += size;
-        }
-        ushort head = _queue.AddChain(buffers.ToArray());
-        _inFlight[head] = (w, writableLength, pooled ? area : null);
-        return head;
-    }
-
-    /// <summary>Each pooled area holds a command's readable part, then (at this offset) its writable part.</summary>
-    private const int AreaHalf = 8192;
-    private readonly Stack<ulong> _freeAreas = new();
-    private readonly Dictionary<ushort, (ulong Writable, int Length, ulong? Area)> _inFlight = new();
+    public ushort Post(ReadOnlySpan<byte> readable, int writableLength, int[] readableSplit, int[] writableSplit) =>
+        _chains.Post(readable, writableLength, readableSplit, writableSplit);
 
     /// <summary>Waits for the next used element, which must be <paramref name="head"/> (commands complete in order).</summary>
     public AdminReply Complete(ushort head, int timeoutMs = 10_000)
     {
-        var (id, len) = _queue.WaitUsed(timeoutMs);
-        if (id != head)
-            throw new FrontEndException($"admin queue completed head {id} before {head}: commands must complete in queue order");
-        var (addr, length, area) = _inFlight[id];
-        _inFlight.Remove(id);
-        var written = _ram.Span(addr, length).ToArray();
-        if (area is { } a)
-            _freeAreas.Push(a);
+        var (written, len) = _chains.Complete(head, timeoutMs);
+        int length = written.Length;
         ushort status = length >= 2 ? BinaryPrimitives.ReadUInt16LittleEndian(written) : (ushort)0xffff;
         ushort qualifier = length >= 4 ? BinaryPrimitives.ReadUInt16LittleEndian(written.AsSpan(2)) : (ushort)0xffff;
         var result = len > 8 ? written.AsSpan(8, (int)Math.Min(len - 8, (uint)(length - 8))).ToArray() : [];

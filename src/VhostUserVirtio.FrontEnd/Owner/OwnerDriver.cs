@@ -19,8 +19,9 @@ public sealed record OwnerInfo(ushort AdminQueueIndex, ushort AdminQueueNum, ush
 
 /// <summary>
 /// The owner (PF) driver, as a hypervisor's PF driver would be: connects to pf.sock, reads the owner
-/// information block, brings the PF up with every ring including the admin queue, and issues admin
-/// commands through <see cref="Admin"/>.
+/// information block, brings the PF up with every ring including the admin queue and the transport
+/// queue (when it has one), and issues admin commands through <see cref="Admin"/> and transport-queue
+/// commands through <see cref="Transport"/>.
 /// </summary>
 public sealed class OwnerDriver : IDisposable
 {
@@ -29,11 +30,19 @@ public sealed class OwnerDriver : IDisposable
         Session = session;
         Info = info;
         Admin = new AdminQueueClient(session.Ram, session.Queues[info.AdminQueueIndex]);
+        if (info.TvqNum > 0)
+            Transport = new TransportQueueClient(session.Ram, session.Queues[info.TvqIndex]);
     }
 
     public FrontEndSession Session { get; }
     public OwnerInfo Info { get; }
     public AdminQueueClient Admin { get; }
+    /// <summary>The transport virtqueue (the first one, when the owner has several); null when the owner has none.</summary>
+    public TransportQueueClient? Transport { get; }
+
+    /// <summary>Rings the owner driver sets up: through the admin queue(s) and the transport queue(s), whichever ends later.</summary>
+    public static int QueueCountFor(OwnerInfo info) =>
+        Math.Max(info.AdminQueueIndex + info.AdminQueueNum, info.TvqNum > 0 ? info.TvqIndex + info.TvqNum : 0);
 
     /// <param name="connectTimeout">How long to keep trying while the socket is missing or refuses (default 10 s).</param>
     public static OwnerDriver Connect(string pfSocket, int adminQueueSize = 64, TimeSpan? connectTimeout = null)
@@ -52,7 +61,7 @@ public sealed class OwnerDriver : IDisposable
         }
         var session = FrontEndSession.Start(pfSocket, new FrontEndSession.Options
         {
-            QueueCount = info.AdminQueueIndex + info.AdminQueueNum,
+            QueueCount = QueueCountFor(info),
             QueueSize = adminQueueSize,
             ConnectTimeout = timeout,
         });
