@@ -163,9 +163,9 @@ public sealed class ManagedNetDriver : IDisposable
         {
             _transport.StatusSet(Id, 0);
         }
-        catch (Exception e) when (e is FrontEndException or TimeoutException or IOException)
+        catch (Exception e) when (e is FrontEndException or TimeoutException or IOException or ArgumentException or ObjectDisposedException)
         {
-            // The owner may already be gone; its reset resets the device anyway.
+            // The owner (and its memory) may already be gone; its reset resets the device anyway.
         }
         Rx?.Dispose();
         Tx?.Dispose();
