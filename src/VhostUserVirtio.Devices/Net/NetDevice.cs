@@ -41,8 +41,10 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     private readonly Action<Action> _onDataPath;
     private readonly DeviceQueue?[] _queues;
     private readonly bool[] _notifyPending;
-    private readonly (ushort Head, uint Length)[] _rxUsed;
-    private readonly byte[] _controlBuffer = new byte[4096];
+    // Allocated when a ring first starts (not per packet): an idle device, such as a managed device
+    // nobody drives yet, costs a few hundred bytes, not 12 KiB.
+    private (ushort Head, uint Length)[] _rxUsed = [];
+    private byte[] _controlBuffer = [];
     private ulong _driverFeatures;
     private int _headerSize = VirtioNet.HeaderSize;
     private bool _mergeable;
@@ -68,7 +70,6 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         QueueCount = 2 * options.QueuePairs + (options.ControlQueue ? 1 : 0);
         _queues = new DeviceQueue?[QueueCount];
         _notifyPending = new bool[QueueCount];
-        _rxUsed = new (ushort, uint)[options.MaxQueueSize];
         Filter.Address = _mac;
     }
 
@@ -129,7 +130,15 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         _headerSize = _mergeable || VirtioFeature.Has(features, VirtioFeature.Version1) ? VirtioNet.HeaderSize : VirtioNet.LegacyHeaderSize;
     }
 
-    public void QueueStarted(DeviceQueue queue) => _queues[queue.Index] = queue;
+    public void QueueStarted(DeviceQueue queue)
+    {
+        if (_rxUsed.Length == 0)
+        {
+            _rxUsed = new (ushort, uint)[Options.MaxQueueSize];
+            _controlBuffer = new byte[4096];
+        }
+        _queues[queue.Index] = queue;
+    }
 
     public void QueueStopped(DeviceQueue queue) => _queues[queue.Index] = null;
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Managed devices through the transport queue: what an idle one costs in resident memory, and how
+# long DEV_CREATE and DEV_DESTROY take as the owner driver sees them.
+#   scripts/bench-vdev.sh [count] [rounds]     # default 1000 devices, 3 rounds; CSV on stdout
+# Then BenchmarkDotNet's create+destroy benchmark (ManagedDeviceBenchmark); its results go to
+# BenchmarkDotNet.Artifacts/. Targets: under 1 ms per create, under 64 KiB per idle device.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+project="$root/tests/VhostUserVirtio.Benchmarks/VhostUserVirtio.Benchmarks.csproj"
+dotnet build "$project" -c Release --nologo -v quiet
+cd "$root"
+echo "== idle managed devices: memory and latency (${1:-1000} devices x ${2:-3} rounds)" >&2
+dotnet run --project "$project" -c Release --no-build -- vdev-footprint "${1:-1000}" "${2:-3}"
+echo "== BenchmarkDotNet: DEV_CREATE + DEV_DESTROY" >&2
+dotnet run --project "$project" -c Release --no-build -- --filter '*ManagedDeviceBenchmark*' --artifacts "$root/BenchmarkDotNet.Artifacts"
