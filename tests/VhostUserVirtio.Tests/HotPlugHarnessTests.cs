@@ -27,6 +27,9 @@ public sealed class HotPlugHarnessTests
         // vectors=0: QEMU 7.2 under TCG crashes once a guest enables MSI-X on a vhost-user virtio-net device.
         AssertJson("""{"driver": "virtio-net-pci", "id": "dv1", "netdev": "nv1", "mac": "02:56:56:00:01:01", "vectors": 0}""",
             QmpHotPlug.DeviceAddArguments("dv1", "nv1", "02:56:56:00:01:01"));
+        // On q35 the NIC goes on a pcie-root-port: the root bus takes no hot-plugs.
+        AssertJson("""{"driver": "virtio-net-pci", "id": "dv1", "netdev": "nv1", "mac": "02:56:56:00:01:01", "vectors": 0, "bus": "hp0"}""",
+            QmpHotPlug.DeviceAddArguments("dv1", "nv1", "02:56:56:00:01:01", bus: "hp0"));
     }
 
     [Fact]

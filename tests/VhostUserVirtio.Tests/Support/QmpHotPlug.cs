@@ -43,23 +43,30 @@ public static class QmpHotPlug
 
     /// <summary>
     /// device_add: virtio-net-pci on the netdev. vectors=0 (INTx): QEMU 7.2 under TCG crashes when a
-    /// guest enables MSI-X on a vhost-user virtio-net device (docs/qemu-configs).
+    /// guest enables MSI-X on a vhost-user virtio-net device (docs/qemu-configs). On q35 the device
+    /// needs a <paramref name="bus"/> that takes hot-plugs (a pcie-root-port): pcie.0 does not.
     /// </summary>
-    public static Dictionary<string, object> DeviceAddArguments(string deviceId, string netdevId, string mac) => new()
+    public static Dictionary<string, object> DeviceAddArguments(string deviceId, string netdevId, string mac, string? bus = null)
     {
-        ["driver"] = "virtio-net-pci",
-        ["id"] = deviceId,
-        ["netdev"] = netdevId,
-        ["mac"] = mac,
-        ["vectors"] = 0,
-    };
+        var arguments = new Dictionary<string, object>
+        {
+            ["driver"] = "virtio-net-pci",
+            ["id"] = deviceId,
+            ["netdev"] = netdevId,
+            ["mac"] = mac,
+            ["vectors"] = 0,
+        };
+        if (bus != null)
+            arguments["bus"] = bus;
+        return arguments;
+    }
 
     /// <summary>
     /// Plugs a NIC backed by the vhost-user socket <paramref name="socketPath"/> into the running
     /// guest. What was added before a failure is removed again, so a failed plug leaves nothing behind.
     /// </summary>
     public static HotPluggedNic HotPlugNic(this QmpClient qmp, string chardevId, string socketPath, string netdevId, string deviceId, string mac,
-        int? reconnectSeconds = null)
+        int? reconnectSeconds = null, string? bus = null)
     {
         qmp.Execute("chardev-add", ChardevAddArguments(chardevId, socketPath, reconnectSeconds));
         try
@@ -67,7 +74,7 @@ public static class QmpHotPlug
             qmp.Execute("netdev_add", NetdevAddArguments(netdevId, chardevId));
             try
             {
-                qmp.Execute("device_add", DeviceAddArguments(deviceId, netdevId, mac));
+                qmp.Execute("device_add", DeviceAddArguments(deviceId, netdevId, mac, bus));
                 return new HotPluggedNic(chardevId, netdevId, deviceId, mac);
             }
             catch
@@ -85,7 +92,7 @@ public static class QmpHotPlug
 
     /// <summary>
     /// Unplugs the NIC: device_del, then waits for its DEVICE_DELETED event (the guest has to let go of
-    /// a PCI device first, so this takes the guest's cooperation), then netdev_del and chardev-remove.
+    /// a PCI device first, so this takes the guest's cooperation), then removes the netdev and its chardev.
     /// Throws <see cref="TimeoutException"/> when the guest never released the device.
     /// </summary>
     public static void Unplug(this QmpClient qmp, string deviceId, string netdevId, string chardevId, TimeSpan timeout)
@@ -101,8 +108,26 @@ public static class QmpHotPlug
                 throw new TimeoutException($"no DEVICE_DELETED for {deviceId} within {timeout.TotalSeconds:F0} s: the guest did not release it");
             Thread.Sleep(100);
         }
+        qmp.RemoveBackend(netdevId, chardevId);
+    }
+
+    /// <summary>
+    /// netdev_del, then chardev-remove if the chardev is still there: QEMU 7.2 deletes a vhost-user
+    /// netdev's chardev with it, and refuses to remove it again ("Chardev … not found").
+    /// </summary>
+    public static void RemoveBackend(this QmpClient qmp, string netdevId, string chardevId)
+    {
         qmp.Execute("netdev_del", new { id = netdevId });
-        qmp.Execute("chardev-remove", new { id = chardevId });
+        if (HasChardev(qmp, chardevId))
+            qmp.Execute("chardev-remove", new { id = chardevId });
+    }
+
+    /// <summary>Whether query-chardev lists <paramref name="chardevId"/>.</summary>
+    public static bool HasChardev(this QmpClient qmp, string chardevId)
+    {
+        var list = qmp.Execute("query-chardev");
+        return list.ValueKind == JsonValueKind.Array && list.EnumerateArray().Any(c =>
+            c.TryGetProperty("label", out var label) && label.ValueKind == JsonValueKind.String && label.GetString() == chardevId);
     }
 
     public static void Unplug(this QmpClient qmp, HotPluggedNic nic, TimeSpan timeout) =>
