@@ -9,7 +9,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 project="$root/tests/VhostUserVirtio.Benchmarks/VhostUserVirtio.Benchmarks.csproj"
 dotnet build "$project" -c Release --nologo -v quiet
 cd "$root"
-echo "== idle managed devices: memory and latency (${1:-1000} devices x ${2:-3} rounds)" >&2
-dotnet run --project "$project" -c Release --no-build -- vdev-footprint "${1:-1000}" "${2:-3}"
+count="${1:-1000}" rounds="${2:-3}"
+echo "== idle managed devices: memory and latency ($count devices, $rounds fresh processes)" >&2
+for ((r = 1; r <= rounds; r++)); do
+    header=()
+    [[ $r -eq 1 ]] && header=(--header)
+    dotnet run --project "$project" -c Release --no-build -- vdev-footprint "$count" "${header[@]}"
+done
 echo "== BenchmarkDotNet: DEV_CREATE + DEV_DESTROY" >&2
 dotnet run --project "$project" -c Release --no-build -- --filter '*ManagedDeviceBenchmark*' --artifacts "$root/BenchmarkDotNet.Artifacts"

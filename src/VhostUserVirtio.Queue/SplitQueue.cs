@@ -31,7 +31,14 @@ public sealed unsafe class SplitQueue
     private DirtyLog? _usedLog;
     private ulong _usedLogBase;
 
-    public SplitQueue(int maxSize) => _chain = new DescriptorChain(maxSize);
+    /// <param name="maxSize">The largest size the device allows. The chain's room for that many segments
+    /// is taken when a ring of a given size is configured, not here: an idle queue (a device nobody
+    /// drives yet) costs a few bytes, not 16 per possible descriptor.</param>
+    public SplitQueue(int maxSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxSize, 1);
+        _chain = new DescriptorChain(1);
+    }
 
     public ushort Size => _size;
     /// <summary>The memory snapshot the ring currently works against.</summary>

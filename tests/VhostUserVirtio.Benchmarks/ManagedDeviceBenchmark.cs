@@ -47,32 +47,30 @@ public class ManagedDeviceBenchmark
 }
 
 /// <summary>
-/// What an idle managed device costs: the group creates <c>count</c> of them through its transport
-/// queue, and the process's resident set (VmRSS, after a full GC) before and after is divided by the
-/// count; create and destroy latencies of every device are kept and summarised. Run with
-/// <c>vdev-footprint [count] [rounds]</c>; rounds repeat the measurement in fresh groups.
+/// What an idle managed device costs: a fresh group warms every create and destroy path (100 rounds,
+/// so the JIT and the pools are done), then creates <c>count</c> devices through its transport queue;
+/// the process's resident set (VmRSS, after a full GC) and the live managed heap before and after are
+/// divided by the count. Create and destroy latencies of every device are summarised. One process per
+/// measurement (scripts/bench-vdev.sh runs several): a heap grown by an earlier round would hide the cost.
 /// </summary>
 public static class ManagedDeviceFootprint
 {
-    public static void Run(int count, int rounds)
+    public const string Header = "devices,rss_before_kib,rss_after_kib,rss_kib_per_device,heap_kib_per_device,create_median_ms,create_p99_ms,destroy_median_ms,destroy_p99_ms";
+
+    public static void Run(int count)
     {
-        Console.WriteLine($"managed device footprint: {count} idle devices per round, {rounds} round(s)");
-        Console.WriteLine("round,devices,rss_before_kib,rss_after_kib,kib_per_device,create_median_ms,create_p99_ms,destroy_median_ms,destroy_p99_ms");
-        for (int round = 1; round <= rounds; round++)
+        string directory = Path.Combine(Path.GetTempPath(), "vuv-vdev-footprint-" + Guid.NewGuid().ToString("N")[..12]);
+        try
         {
-            string directory = Path.Combine(Path.GetTempPath(), "vuv-vdev-footprint-" + Guid.NewGuid().ToString("N")[..12]);
             using var server = new VhostUserServer(NullLoggerFactory.Instance);
-            using var group = new DeviceGroup(server, new DeviceGroupOptions
-            {
-                SocketDirectory = directory,
-                Vfs = 1,
-                MaxManagedDevices = count,
-            }, NullLoggerFactory.Instance);
+            using var group = new DeviceGroup(server, new DeviceGroupOptions { SocketDirectory = directory, Vfs = 1, MaxManagedDevices = count },
+                NullLoggerFactory.Instance);
             group.Start();
             using var owner = OwnerDriver.Connect(Path.Combine(directory, "pf.sock"));
             var transport = owner.Transport!;
-            transport.DevDestroy(transport.DevCreate()); // warm the paths
-            long before = Settle();
+            for (int i = 0; i < 100; i++)
+                transport.DevDestroy(transport.DevCreate());
+            var (rssBefore, heapBefore) = Settle();
             var create = new List<double>(count);
             var ids = new List<uint>(count);
             var clock = new Stopwatch();
@@ -82,7 +80,7 @@ public static class ManagedDeviceFootprint
                 ids.Add(transport.DevCreate());
                 create.Add(clock.Elapsed.TotalMilliseconds);
             }
-            long after = Settle();
+            var (rssAfter, heapAfter) = Settle();
             var destroy = new List<double>(count);
             foreach (var id in ids)
             {
@@ -90,21 +88,24 @@ public static class ManagedDeviceFootprint
                 transport.DevDestroy(id);
                 destroy.Add(clock.Elapsed.TotalMilliseconds);
             }
-            Console.WriteLine($"{round},{count},{before},{after},{(after - before) / (double)count:0.0}," +
+            Console.WriteLine($"{count},{rssBefore},{rssAfter},{(rssAfter - rssBefore) / (double)count:0.0},{(heapAfter - heapBefore) / 1024.0 / count:0.0}," +
                 $"{Percentile(create, 0.5):0.000},{Percentile(create, 0.99):0.000},{Percentile(destroy, 0.5):0.000},{Percentile(destroy, 0.99):0.000}");
+        }
+        finally
+        {
             try { Directory.Delete(directory, recursive: true); } catch (IOException) { }
         }
     }
 
-    /// <summary>VmRSS in KiB once the collector has run and the control loop has finished serving new sockets.</summary>
-    private static long Settle()
+    /// <summary>VmRSS (KiB) and live managed bytes once the control loop has served the new sockets and the collector has run.</summary>
+    private static (long RssKib, long HeapBytes) Settle()
     {
         Thread.Sleep(500);
         GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
         GC.WaitForPendingFinalizers();
-        GC.Collect();
+        long heap = GC.GetTotalMemory(forceFullCollection: true);
         var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
-        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
+        return (long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]), heap);
     }
 
     private static double Percentile(List<double> values, double p)
