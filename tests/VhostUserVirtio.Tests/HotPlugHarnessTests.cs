@@ -27,6 +27,10 @@ public sealed class HotPlugHarnessTests
         // vectors=0: QEMU 7.2 under TCG crashes once a guest enables MSI-X on a vhost-user virtio-net device.
         AssertJson("""{"driver": "virtio-net-pci", "id": "dv1", "netdev": "nv1", "mac": "02:56:56:00:01:01", "vectors": 0}""",
             QmpHotPlug.DeviceAddArguments("dv1", "nv1", "02:56:56:00:01:01"));
+        // q35's root bus cannot take a hot-plugged device: a root port on the command line can.
+        AssertJson("""{"driver": "virtio-net-pci", "id": "dv1", "netdev": "nv1", "mac": "02:56:56:00:01:01", "vectors": 0, "bus": "hp1"}""",
+            QmpHotPlug.DeviceAddArguments("dv1", "nv1", "02:56:56:00:01:01", bus: "hp1"));
+        Assert.Equal(["-device", "pcie-root-port,id=hp1,chassis=2"], QmpHotPlug.RootPortArguments("hp1", chassis: 2));
     }
 
     [Fact]

@@ -45,21 +45,36 @@ public static class QmpHotPlug
     /// device_add: virtio-net-pci on the netdev. vectors=0 (INTx): QEMU 7.2 under TCG crashes when a
     /// guest enables MSI-X on a vhost-user virtio-net device (docs/qemu-configs).
     /// </summary>
-    public static Dictionary<string, object> DeviceAddArguments(string deviceId, string netdevId, string mac) => new()
+    /// <param name="bus">The hot-plug capable bus, e.g. a root port from <see cref="RootPortArguments"/>: q35's pcie.0 is not.</param>
+    public static Dictionary<string, object> DeviceAddArguments(string deviceId, string netdevId, string mac, string? bus = null)
     {
-        ["driver"] = "virtio-net-pci",
-        ["id"] = deviceId,
-        ["netdev"] = netdevId,
-        ["mac"] = mac,
-        ["vectors"] = 0,
-    };
+        var arguments = new Dictionary<string, object>
+        {
+            ["driver"] = "virtio-net-pci",
+            ["id"] = deviceId,
+            ["netdev"] = netdevId,
+            ["mac"] = mac,
+            ["vectors"] = 0,
+        };
+        if (bus != null)
+            arguments["bus"] = bus;
+        return arguments;
+    }
+
+    /// <summary>
+    /// QEMU command-line arguments for an empty PCIe root port to plug a device into later: q35's root
+    /// bus refuses hot-plug ("Bus 'pcie.0' does not support hotplugging"). One port per device plugged
+    /// at the same time; <paramref name="chassis"/> must differ between ports.
+    /// </summary>
+    public static string[] RootPortArguments(string portId, int chassis = 1) =>
+        ["-device", $"pcie-root-port,id={portId},chassis={chassis}"];
 
     /// <summary>
     /// Plugs a NIC backed by the vhost-user socket <paramref name="socketPath"/> into the running
     /// guest. What was added before a failure is removed again, so a failed plug leaves nothing behind.
     /// </summary>
     public static HotPluggedNic HotPlugNic(this QmpClient qmp, string chardevId, string socketPath, string netdevId, string deviceId, string mac,
-        int? reconnectSeconds = null)
+        string? bus = null, int? reconnectSeconds = null)
     {
         qmp.Execute("chardev-add", ChardevAddArguments(chardevId, socketPath, reconnectSeconds));
         try
@@ -67,7 +82,7 @@ public static class QmpHotPlug
             qmp.Execute("netdev_add", NetdevAddArguments(netdevId, chardevId));
             try
             {
-                qmp.Execute("device_add", DeviceAddArguments(deviceId, netdevId, mac));
+                qmp.Execute("device_add", DeviceAddArguments(deviceId, netdevId, mac, bus));
                 return new HotPluggedNic(chardevId, netdevId, deviceId, mac);
             }
             catch
@@ -85,7 +100,8 @@ public static class QmpHotPlug
 
     /// <summary>
     /// Unplugs the NIC: device_del, then waits for its DEVICE_DELETED event (the guest has to let go of
-    /// a PCI device first, so this takes the guest's cooperation), then netdev_del and chardev-remove.
+    /// a PCI device first, so this takes the guest's cooperation), then netdev_del and, if the netdev
+    /// did not take it along, chardev-remove.
     /// Throws <see cref="TimeoutException"/> when the guest never released the device.
     /// </summary>
     public static void Unplug(this QmpClient qmp, string deviceId, string netdevId, string chardevId, TimeSpan timeout)
@@ -102,8 +118,14 @@ public static class QmpHotPlug
             Thread.Sleep(100);
         }
         qmp.Execute("netdev_del", new { id = netdevId });
-        qmp.Execute("chardev-remove", new { id = chardevId });
+        // A vhost-user netdev takes its chardev with it when deleted (QEMU 7.2); remove it only if it stayed.
+        if (qmp.HasChardev(chardevId))
+            qmp.Execute("chardev-remove", new { id = chardevId });
     }
+
+    /// <summary>query-chardev: whether a chardev with this id exists.</summary>
+    public static bool HasChardev(this QmpClient qmp, string chardevId) =>
+        qmp.Execute("query-chardev").EnumerateArray().Any(c => c.TryGetProperty("label", out var l) && l.GetString() == chardevId);
 
     public static void Unplug(this QmpClient qmp, HotPluggedNic nic, TimeSpan timeout) =>
         qmp.Unplug(nic.DeviceId, nic.NetdevId, nic.ChardevId, timeout);
