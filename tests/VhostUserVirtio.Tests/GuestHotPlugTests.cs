@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using VhostUserVirtio.FrontEnd.Owner;
+using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Tests.Support;
 using Xunit.Abstractions;
 
@@ -83,5 +85,73 @@ public sealed class GuestHotPlugTests(ITestOutputHelper output) : IDisposable
         catch (IOException) { }
         Assert.True(guest.WaitForExit(TimeSpan.FromMinutes(1)), "QEMU did not quit");
         output.WriteLine($"hot-plug round trip in {clock.Elapsed.TotalSeconds:F1} s after boot");
+    }
+
+    /// <summary>
+    /// A managed device created through the owner's transport queue is plugged into a running guest
+    /// on its own socket, pings a peer on a VF, refuses transport-state changes while the VMM drives
+    /// it, and after the unplug is destroyed (its socket goes).
+    /// </summary>
+    [Fact(Skip = "needs an owner that serves the transport queue (VIRTIO_F_TRANSPT_VQ)")]
+    public void A_vdev_created_through_the_transport_queue_is_hot_plugged_into_a_running_guest_and_destroyed_after_the_unplug()
+    {
+        using var backend = new GroupBackend(vfs: 1);
+        using var owner = OwnerDriver.Connect(backend.Socket(0));
+        owner.UseAllCommands();
+        var tvq = owner.Transport ?? throw new InvalidOperationException("the owner has no transport queue");
+        uint id = tvq.DevCreate();
+        var socket = Path.Combine(backend.Directory, $"vdev{id}.sock");
+        Assert.True(File.Exists(socket), $"no {socket} after DEV_CREATE");
+        // The vdev's own MAC, as its config space reports it: an untrusted device may send only from it.
+        var mac = string.Join(":", tvq.CfgRead(id, 0, 6).Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)));
+
+        using var peer = new NetFrontEnd(backend.Socket(1));
+        peer.PostRx(64);
+        var host = new MiniHost(Convert.FromHexString(peer.Mac.Replace(":", "", StringComparison.Ordinal)), MiniHost.ParseIp("10.0.0.1"));
+        var qmpPath = Path.Combine(_dir, "qmp.sock");
+        using var guest = QemuGuest.Start(new GuestOptions
+        {
+            Name = "hotplug-vdev",
+            TestScript = GuestScripts.HotPlugPing(mac, "10.0.0.9", "10.0.0.1", count: 5),
+            QmpSocket = qmpPath,
+            ExtraQemuArgs = QmpHotPlug.RootPortArguments("hp1"),
+            ConsoleLogPath = Path.Combine(_dir, "console.log"),
+            Log = output.WriteLine,
+        });
+        guest.WaitForBoot(Deadline);
+        using var qmp = QmpClient.Connect(qmpPath, TimeSpan.FromSeconds(30));
+        guest.WaitForLine(GuestScripts.HotPlugWaitingMarker, Deadline);
+        var nic = qmp.HotPlugNic($"cvdev{id}", socket, $"nvdev{id}", $"dvdev{id}", mac, bus: "hp1");
+
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < Deadline && !guest.HasExited
+            && !guest.Lines.Any(l => l.Contains(GuestScripts.HotPlugPingedMarker, StringComparison.Ordinal)))
+        {
+            try
+            {
+                var (_, frame) = peer.Receive(100);
+                peer.PostRx(1);
+                if (host.Handle(frame) is { } answer)
+                    peer.Send(answer);
+            }
+            catch (TimeoutException)
+            {
+            }
+        }
+        Assert.True(guest.Lines.Any(l => l.Contains(GuestScripts.HotPlugPingedMarker, StringComparison.Ordinal)), guest.Describe());
+        // While the VMM drives it, reads answer and transport-state changes are refused.
+        Assert.NotEqual(0, tvq.StatusGet(id));
+        var busy = Assert.Throws<TransportCommandException>(() => tvq.StatusSet(id, 0));
+        Assert.Equal(AdminStatus.Ebusy, busy.Status);
+
+        qmp.Unplug(nic, TimeSpan.FromMinutes(1));
+        guest.WaitForLine(GuestScripts.HotPlugGoneMarker, Deadline);
+        tvq.DevDestroy(id);
+        Assert.DoesNotContain(id, tvq.DevList());
+        Assert.False(File.Exists(socket), $"{socket} is still there after DEV_DESTROY");
+        Assert.Equal(5, GuestScripts.Parse(guest.Lines).Pings.Single().Received);
+        try { qmp.Execute("quit"); }
+        catch (IOException) { }
+        Assert.True(guest.WaitForExit(TimeSpan.FromMinutes(1)), "QEMU did not quit");
     }
 }
