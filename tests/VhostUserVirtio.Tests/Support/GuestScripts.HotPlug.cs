@@ -18,10 +18,12 @@ public static partial class GuestScripts
     /// <paramref name="count"/> times (after waiting up to <paramref name="peerWaitSeconds"/> for a
     /// first answer) and prints PING-RESULT, IFSTAT and HOTPLUG-PINGED; then waits up to
     /// <paramref name="goneSeconds"/> for the interface to disappear (unplug it after that marker) and
-    /// prints HOTPLUG-GONE. Exits 0 when a ping was answered and the interface went away.
+    /// for every hot-plug slot to be powered off, and prints HOTPLUG-GONE.
+    /// Then stays up <paramref name="holdSeconds"/> so the host can finish the unplug over QMP (quit
+    /// QEMU when done). Exits 0 when a ping was answered and the interface went away.
     /// </summary>
     public static string HotPlugPing(string mac, string ip, string peer, int count = 5, double intervalSeconds = 0.5,
-        int appearSeconds = 120, int peerWaitSeconds = 60, int goneSeconds = 120)
+        int appearSeconds = 120, int peerWaitSeconds = 60, int goneSeconds = 120, int holdSeconds = 120)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(appearSeconds, 1);
@@ -68,7 +70,15 @@ public static partial class GuestScripts
                 [ $n -ge $(({{goneSeconds}} * 10)) ] && { echo "GUEST-ERROR $a (MAC $mac) still present after {{goneSeconds}} s"; exit 5; }
                 n=$((n + 1)); usleep 100000
             done
+            # The interface goes while pciehp unbinds the driver; the slot's power-off, which makes QEMU
+            # finish the unplug (DEVICE_DELETED), comes right after. Powering down before it would lose that.
+            n=0
+            while grep -qx 1 /sys/bus/pci/slots/*/power 2>/dev/null && [ $n -lt $(({{goneSeconds}} * 10)) ]; do
+                n=$((n + 1)); usleep 100000
+            done
             echo "{{HotPlugGoneMarker}} $mac if=$a"
+            # QEMU ends with the guest: stay up while the host finishes over QMP (netdev_del, chardev-remove).
+            sleep {{holdSeconds}}
             [ "${rx:-0}" -gt 0 ]
 
             """;
