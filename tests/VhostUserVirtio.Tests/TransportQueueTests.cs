@@ -141,6 +141,13 @@ public sealed class TransportQueueTests : IDisposable
         Tvq.Queue.Notify();
         var reply = Tvq.Complete(head);
         AssertRefused(reply, AdminStatus.Einval, AdminQualifier.InvalidField);
+        // VQ_RESET without VIRTIO_F_RING_RESET negotiated; CONFIG_VECTOR_SET of a vector that does not exist
+        // assigns none; an MSI vector past the table; no doorbell BAR over vhost-user (NOTIFY instead).
+        AssertRefused(Tvq.Execute(id, TransportOpcode.VqReset, TransportFrames.Index(0), 4), AdminStatus.Einval, AdminQualifier.InvalidField);
+        Assert.Equal(0xFFFF, Tvq.ConfigVectorSet(id, 99));
+        AssertRefused(Tvq.Execute(id, TransportOpcode.MsiGet, TransportFrames.Index(4), 16), AdminStatus.Einval, AdminQualifier.InvalidField);
+        Assert.Equal(new MsiVector(0, 0, false, false), Tvq.MsiGet(id, 3));
+        Assert.Equal(new NotifyInfo(0, 0, 0), Tvq.NotifyInfo(id));
         // After all that, the device is as it was and the queue still answers.
         Assert.Equal(0, Tvq.StatusGet(id));
         Assert.Equal([id], Tvq.DevList());
