@@ -191,8 +191,8 @@ public sealed class VhostUserEndpoint : IDisposable
         _bound = null;
     }
 
-    /// <summary>Closes the current connection as if the front end had gone (e.g. the device is being removed).</summary>
-    public void Disconnect() => _control.Invoke(() => CloseConnection("disconnected by the back end"));
+    /// <summary>Closes the current connection as if the front end had gone (e.g. the device is being removed); <paramref name="why"/> is logged.</summary>
+    public void Disconnect(string why = "disconnected by the back end") => _control.Invoke(() => CloseConnection(why));
 
     private void TryConnect()
     {

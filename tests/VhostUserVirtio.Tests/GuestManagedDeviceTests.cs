@@ -1,5 +1,3 @@
-using System.Buffers.Binary;
-using System.Diagnostics;
 using VhostUserVirtio.FrontEnd.Owner;
 using VhostUserVirtio.Tests.Support;
 using Xunit.Abstractions;
@@ -38,50 +36,14 @@ public sealed class GuestManagedDeviceTests(ITestOutputHelper output) : IDisposa
         {
             Name = "managed-peer",
             Nics = [new GuestNic(backend.Socket(1), GuestMac)],
-            TestScript = $$"""
-                {{GuestScripts.ShellFunctions}}
-                i=$(find_if {{GuestMac}}) || { echo "GUEST-ERROR no interface"; exit 2; }
-                echo 1 > /proc/sys/net/ipv6/conf/$i/disable_ipv6 2>/dev/null
-                must ip addr add 10.0.0.2/24 dev $i
-                must ip link set $i up
-                wait_carrier $i 30
-                echo GUEST-NET-READY
-                out=$(ping -c 5 -i 0.3 -W 2 -w 30 10.0.0.1 2>&1); echo "$out"
-                rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-                echo "GUEST-PING-RECEIVED ${rx:-0}"
-                # Stay up while the managed device pings this guest.
-                n=0; while [ $n -lt 300 ] && [ ! -e /tmp/never ]; do usleep 100000; n=$((n + 1)); done
-                exit 0
-                """,
+            TestScript = PingExchange.GuestScript(GuestMac, "10.0.0.2", "10.0.0.1"),
             ConsoleLogPath = Path.Combine(_dir, "console.log"),
             Log = output.WriteLine,
         });
         guest.WaitForBoot(TimeSpan.FromMinutes(3));
-        guest.WaitForLine("GUEST-NET-READY", TimeSpan.FromMinutes(2));
+        guest.WaitForLine(PingExchange.GuestReadyMarker, TimeSpan.FromMinutes(2));
 
-        // Serve the guest's ARP and pings while pinging it: one loop on the managed device's rings.
-        var guestIp = MiniHost.ParseIp("10.0.0.2");
-        uint guestKey = BinaryPrimitives.ReadUInt32BigEndian(guestIp);
-        var clock = Stopwatch.StartNew();
-        ushort sent = 0;
-        long nextSend = 0;
-        string? guestResult = null;
-        while (clock.Elapsed < TimeSpan.FromMinutes(3))
-        {
-            var frame = vdev.Receive(100);
-            if (frame != null && host.Handle(frame) is { } answer)
-                vdev.Send(answer);
-            if (clock.ElapsedMilliseconds >= nextSend && sent < 5)
-            {
-                vdev.Send(host.Neighbours.TryGetValue(guestKey, out var guestMac)
-                    ? host.EchoRequest(guestMac, guestIp, ++sent)
-                    : host.ArpRequest(guestIp));
-                nextSend = clock.ElapsedMilliseconds + 300;
-            }
-            guestResult ??= guest.Lines.FirstOrDefault(l => l.StartsWith("GUEST-PING-RECEIVED", StringComparison.Ordinal));
-            if (guestResult != null && host.EchoRepliesSeen.Distinct().Count() == 5)
-                break;
-        }
+        string? guestResult = PingExchange.Run(guest, host, "10.0.0.2", vdev.Receive, f => vdev.Send(f), TimeSpan.FromMinutes(3));
         output.WriteLine($"managed device: {host.EchoRepliesSeen.Distinct().Count()}/5 echo replies from the guest, answered {host.EchoRequestsAnswered} " +
             $"echo requests; guest: {guestResult}; MSI data rx 0x{vdev.MsiData(0):x} tx 0x{vdev.MsiData(1):x}");
 

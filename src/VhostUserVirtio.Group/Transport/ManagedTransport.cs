@@ -40,7 +40,8 @@ internal sealed class ManagedTransport
     private readonly OwnerDrivenMember _rings;
     private readonly QueueConfig[] _queues;
     private readonly MsiVector[] _msi;
-    private readonly LogRateLimit _msiLog = new();
+    // Whatever the owner's driver gets wrong repeatedly (rings it misplaces, MSI targets gone) is logged at this rate.
+    private readonly LogRateLimit _refusedLog = new();
     private ulong _driverFeatures;
     private byte _status;
     private uint _generation;
@@ -299,13 +300,13 @@ internal sealed class ManagedTransport
         {
             if (Start(index) is { } refused)
             {
-                _logger.LogLimited(_msiLog, LogLevel.Warning, "{Device}: queue {Queue} refused: {Reason}", _device.Name, index, refused);
+                _logger.LogLimited(_refusedLog, LogLevel.Warning, "{Device}: queue {Queue} refused: {Reason}", _device.Name, index, refused);
                 return AdminOutcome.Invalid(AdminQualifier.InvalidField);
             }
         }
         else if (Placement(index).Check(_host.OwnerMemory.Window(WindowBase, WindowLength)) is { } misplaced)
         {
-            _logger.LogLimited(_msiLog, LogLevel.Warning, "{Device}: queue {Queue} refused: {Reason}", _device.Name, index, misplaced.Detail);
+            _logger.LogLimited(_refusedLog, LogLevel.Warning, "{Device}: queue {Queue} refused: {Reason}", _device.Name, index, misplaced.Detail);
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
         }
         _queues[index].Enabled = true;
@@ -412,7 +413,7 @@ internal sealed class ManagedTransport
         BinaryPrimitives.WriteUInt32LittleEndian(message, v.Data);
         if (!_host.OwnerMemory.Write(v.Address, message))
         {
-            _logger.LogLimited(_msiLog, LogLevel.Warning, "{Device}: MSI vector {Vector} at 0x{Address:x} is outside the owner's memory; not sent",
+            _logger.LogLimited(_refusedLog, LogLevel.Warning, "{Device}: MSI vector {Vector} at 0x{Address:x} is outside the owner's memory; not sent",
                 _device.Name, vector, v.Address);
             return;
         }

@@ -22,7 +22,7 @@ namespace VhostUserVirtio.Group.Transport;
 /// </summary>
 public sealed class TransportQueueProcessor : IManagedDeviceHost
 {
-    /// <summary>VIRTIO 1.4 device status and the MAC block managed devices take their addresses from (after the VFs').</summary>
+    /// <summary>Managed devices take their MACs from the group's base plus this and their id: a block clear of the VFs'.</summary>
     private const ulong MacOffset = 0x1_0000;
 
     private readonly DeviceGroup _group;
@@ -291,7 +291,10 @@ public sealed class TransportQueueProcessor : IManagedDeviceHost
         server.Control.Post(() =>
         {
             if (device.Endpoint is { } endpoint)
-                server.Remove(endpoint);   // disconnects a VMM, removes the socket
+            {
+                endpoint.Disconnect($"{device.Name} destroyed by the owner (DEV_DESTROY)");
+                server.Remove(endpoint);   // removes the socket
+            }
             sw.Detach(device.Device);
         });
         _logger.LogInformation("transport queue: destroyed {Device}", device.Name);
@@ -350,13 +353,6 @@ public sealed class TransportQueueProcessor : IManagedDeviceHost
     {
         foreach (var d in _snapshot)
             d.Transport.OwnerMemoryChanged(memory, log);
-    }
-
-    /// <summary>Shutdown: every managed device's socket goes with the server; the switch forgets them.</summary>
-    internal void Dispose()
-    {
-        foreach (var d in _snapshot)
-            d.Destroyed = true;
     }
 
     // ---- IManagedDeviceHost ----
