@@ -157,10 +157,11 @@ public sealed class GuestHotPlugTests(ITestOutputHelper output) : IDisposable
         {
             Name = "hotplug",
             Memory = "256M",
-            // The guest stays up after the script: its interface goes before QEMU finishes the unplug
-            // (DEVICE_DELETED), and QEMU still has to let go of the netdev afterwards.
+            // The wrapper keeps the guest up after the script (so the script itself need not hold): its
+            // interface goes before QEMU finishes the unplug (DEVICE_DELETED), and QEMU still has to let
+            // go of the netdev afterwards.
             TestScript = $"sh /hotplug.sh\necho \"{ScriptDoneMarker} $?\"\nsleep 3600\n",
-            Files = new Dictionary<string, string> { ["/hotplug.sh"] = GuestScripts.HotPlugPing(mac, GuestIp, HostIp, count: 5, intervalSeconds: 0.5) },
+            Files = new Dictionary<string, string> { ["/hotplug.sh"] = GuestScripts.HotPlugPing(mac, GuestIp, HostIp, count: 5, intervalSeconds: 0.5, holdSeconds: 1) },
             QmpSocket = qmpSocket,
             ExtraQemuArgs = ["-device", $"pcie-root-port,id={RootPort},bus=pcie.0,chassis=1,slot=1"],
             ConsoleLogPath = Path.Combine(_dir, "console.log"),
