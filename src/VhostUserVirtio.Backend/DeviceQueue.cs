@@ -116,6 +116,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         if (!Started)
             return Ring.NextAvail;
         CheckOn(Owner!);
+        Ring.PublishUsed();
         Detach();
         Started = false;
         Transport = null;
@@ -171,6 +172,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     /// <summary>Signals the call descriptor if the driver has not suppressed notifications.</summary>
     public void NotifyIfNeeded()
     {
+        Ring.PublishUsed(); // whatever was written back is the driver's, notified or not
         if (Paused || !Ring.NeedsNotification())
             return;
         if (Transport != null)
@@ -255,6 +257,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         if (Paused)
             return;
         Paused = true;
+        Ring.PublishUsed(); // every buffer taken is written back before the stop completes
         Unlisten();
     }
 

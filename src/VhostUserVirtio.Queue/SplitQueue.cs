@@ -48,9 +48,19 @@ public sealed unsafe class SplitQueue
     public ulong UsedRing { get; private set; }
 
     /// <summary>Index of the next available-ring entry to consume (free-running, wraps at 2^16).</summary>
-    public ushort NextAvail { get; set; }
-    /// <summary>Index of the next used-ring entry to fill (free-running).</summary>
+    public ushort NextAvail
+    {
+        get => _nextAvail;
+        set => _nextAvail = _availSeen = value; // the driver's index is read again on the next pop
+    }
+
+    /// <summary>Index of the next used-ring entry to fill (free-running). Published to the driver by <see cref="PublishUsed"/>.</summary>
     public ushort NextUsed { get; private set; }
+
+    // The driver's avail index as last read: chains up to it are popped without touching the cache
+    // line the driver writes (read again only when they are used up). The used index as last
+    // published: a burst of used elements is published with one store, before the notification decision.
+    private ushort _nextAvail, _availSeen, _usedPublished;
 
     /// <summary>VIRTIO_F_RING_EVENT_IDX negotiated.</summary>
     public bool EventIdx { get; set; }
@@ -142,6 +152,7 @@ public sealed unsafe class SplitQueue
     {
         if (_used != null)
             NextUsed = Volatile.Read(ref *(ushort*)(_used + 2));
+        _usedPublished = NextUsed;
         _signalledUsedValid = false;
     }
 
@@ -158,6 +169,7 @@ public sealed unsafe class SplitQueue
         Fault = null;
         NextAvail = 0;
         NextUsed = 0;
+        _usedPublished = 0;
         _signalledUsedValid = false;
         ChainsPopped = 0;
     }
@@ -174,16 +186,21 @@ public sealed unsafe class SplitQueue
     {
         if (!IsReady)
             return null;
-        ushort availIdx = ReadAvailIndex();
-        ushort pending = (ushort)(availIdx - NextAvail);
-        if (pending == 0)
-            return null;
-        if (pending > _size)
+        if (_availSeen == _nextAvail)
         {
-            Break(RingErrorKind.AvailIndexOutOfRange, $"avail index moved {pending} entries ahead, more than the queue size {_size}");
-            return null;
+            // Everything seen so far is popped: only now look at the driver's index again.
+            ushort availIdx = ReadAvailIndex();
+            ushort ahead = (ushort)(availIdx - _nextAvail);
+            if (ahead == 0)
+                return null;
+            if (ahead > _size)
+            {
+                Break(RingErrorKind.AvailIndexOutOfRange, $"avail index moved {ahead} entries ahead, more than the queue size {_size}");
+                return null;
+            }
+            _availSeen = availIdx;
         }
-        ushort head = BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(_avail + 4 + 2 * (NextAvail & (_size - 1)), 2));
+        ushort head = BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(_avail + 4 + 2 * (_nextAvail & (_size - 1)), 2));
         if (head >= _size)
         {
             Break(RingErrorKind.HeadOutOfRange, $"available head {head} is not below the queue size {_size}");
@@ -194,7 +211,7 @@ public sealed unsafe class SplitQueue
             Break(error.Kind, $"chain at head {head}: {error.Detail}");
             return null;
         }
-        NextAvail++;
+        _nextAvail++;
         ChainsPopped++;
         return _chain;
     }
@@ -282,9 +299,10 @@ public sealed unsafe class SplitQueue
             DescriptorChain? chain;
             while (handled < budget && (chain = Pop()) != null)
             {
-                PushUsed(chain.Head, handler.Handle(chain));
+                PushUsed(chain.Head, handler.Handle(chain), publish: false);
                 handled++;
             }
+            PublishUsed();
             if (handled >= budget && IsReady)
                 return new DrainResult(handled, BudgetSpent: true);
             if (!rearm || !EnableNotification())
@@ -293,7 +311,7 @@ public sealed unsafe class SplitQueue
     }
 
     /// <summary>True when the driver has published buffers not yet popped (a cheap look for pollers).</summary>
-    public bool HasPending => IsReady && ReadAvailIndex() != NextAvail;
+    public bool HasPending => IsReady && (_availSeen != _nextAvail || ReadAvailIndex() != _nextAvail);
 
     /// <summary>
     /// Gives back the last <paramref name="count"/> popped chains unconsumed, as if never popped (e.g. a
@@ -302,12 +320,16 @@ public sealed unsafe class SplitQueue
     /// </summary>
     public void Rewind(int count)
     {
-        NextAvail -= (ushort)count;
+        _nextAvail -= (ushort)count; // still at or behind what was seen of the driver's index
         ChainsPopped -= (ulong)count;
     }
 
-    /// <summary>Returns a chain to the driver with the number of bytes written into it.</summary>
-    public void PushUsed(ushort head, uint length)
+    /// <summary>
+    /// Returns a chain to the driver with the number of bytes written into it. With
+    /// <paramref name="publish"/> false the element is written but the used index is left for
+    /// <see cref="PublishUsed"/>, so a burst costs one store to the cache line the driver polls.
+    /// </summary>
+    public void PushUsed(ushort head, uint length, bool publish = true)
     {
         if (!IsReady)
             return;
@@ -316,13 +338,24 @@ public sealed unsafe class SplitQueue
         BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(elem, 4), head);
         BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(elem + 4, 4), length);
         NextUsed++;
-        // Release: the element is visible before the index that publishes it.
-        Volatile.Write(ref *(ushort*)(_used + 2), NextUsed);
         if (_usedLog != null)
-        {
             LogUsed((ulong)offset, SplitRing.UsedElementSize);
-            LogUsed(2, 2);
-        }
+        if (publish)
+            PublishUsed();
+    }
+
+    /// <summary>
+    /// Publishes the used elements written so far (release: the elements are visible before the index).
+    /// Call before the notification decision, before a stop or pause, and at the end of a burst.
+    /// </summary>
+    public void PublishUsed()
+    {
+        // Not IsReady: a ring that broke in the middle of a burst still gives back what it handled.
+        if (_used == null || _usedPublished == NextUsed)
+            return;
+        Volatile.Write(ref *(ushort*)(_used + 2), NextUsed);
+        _usedPublished = NextUsed;
+        LogUsed(2, 2);
     }
 
     /// <summary>
@@ -333,6 +366,7 @@ public sealed unsafe class SplitQueue
     {
         if (!IsReady)
             return false;
+        PublishUsed();
         // Full fence: our used-index store must be visible before we read the driver's suppression state.
         Interlocked.MemoryBarrier();
         if (!EventIdx)

@@ -335,8 +335,9 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
 
         if (popped > 1)
             PatchNumBuffers(queue, numBuffersAt0, numBuffersAt1, (ushort)popped);
+        // Published with the burst's notification decision (FlushNotifications → NotifyIfNeeded).
         for (int i = 0; i < popped; i++)
-            ring.PushUsed(_rxUsed[i].Head, _rxUsed[i].Length);
+            ring.PushUsed(_rxUsed[i].Head, _rxUsed[i].Length, publish: false);
         _notifyPending[queue.Index] = true;
         reason = default;
         return true;
