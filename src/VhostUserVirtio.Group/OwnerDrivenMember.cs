@@ -94,13 +94,13 @@ public sealed class OwnerDrivenMember : IOwnerTransport
     }
 
     /// <summary>
-    /// Starts ring <paramref name="index"/> at <paramref name="placement"/> in the member's memory; a
-    /// running one is restarted there. Returns why it cannot start; a refused placement changes nothing.
+    /// Why ring <paramref name="index"/> could not start at <paramref name="placement"/> in the DMA space
+    /// it would start in now, or null: what <see cref="StartRing"/> checks first, for a transport that
+    /// accepts a ring before it runs it (a queue enabled before DRIVER_OK).
     /// </summary>
-    public string? StartRing(int index, RingPlacement placement)
+    public string? CheckPlacement(int index, RingPlacement placement)
     {
-        var queues = _backend.Queues;
-        if ((uint)index >= (uint)queues.Count)
+        if ((uint)index >= (uint)_backend.Queues.Count)
             return $"queue {index} does not exist";
         if (placement.Size > _backend.Device.MaxQueueSize)
             return $"queue size {placement.Size} exceeds the device's {_backend.Device.MaxQueueSize}";
@@ -108,9 +108,20 @@ public sealed class OwnerDrivenMember : IOwnerTransport
         if (memory.Regions.Count == 0)
             return _dma != null ? "the device has no DMA space (no window into the owner's memory)"
                 : "the member's front end has given no memory table (no DMA space)";
+        return placement.Check(memory)?.Detail;
+    }
+
+    /// <summary>
+    /// Starts ring <paramref name="index"/> at <paramref name="placement"/> in the member's memory; a
+    /// running one is restarted there. Returns why it cannot start; a refused placement changes nothing.
+    /// </summary>
+    public string? StartRing(int index, RingPlacement placement)
+    {
         // Checked before the running ring is touched: a refused placement changes nothing.
-        if (placement.Check(memory) is { } refused)
-            return refused.Detail;
+        if (CheckPlacement(index, placement) is { } refused)
+            return refused;
+        var queues = _backend.Queues;
+        var memory = _dma ?? _backend.WorkerMemory;
         var q = queues[index];
         StopRing(index);
         // Logged at the used ring's own address while the member's front end migrates its memory.

@@ -296,17 +296,10 @@ internal sealed class ManagedTransport
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
         if (Claim() is { } busy)
             return busy;
-        if ((_status & DriverOk) != 0)
+        // Running (DRIVER_OK) it starts now; otherwise it is checked in the window it will start in.
+        if (((_status & DriverOk) != 0 ? Start(index) : _rings.CheckPlacement(index, Placement(index))) is { } refused)
         {
-            if (Start(index) is { } refused)
-            {
-                _logger.LogLimited(_refusedLog, LogLevel.Warning, "{Device}: queue {Queue} refused: {Reason}", _device.Name, index, refused);
-                return AdminOutcome.Invalid(AdminQualifier.InvalidField);
-            }
-        }
-        else if (Placement(index).Check(_host.OwnerMemory.Window(WindowBase, WindowLength)) is { } misplaced)
-        {
-            _logger.LogLimited(_refusedLog, LogLevel.Warning, "{Device}: queue {Queue} refused: {Reason}", _device.Name, index, misplaced.Detail);
+            _logger.LogLimited(_refusedLog, LogLevel.Warning, "{Device}: queue {Queue} refused: {Reason}", _device.Name, index, refused);
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
         }
         _queues[index].Enabled = true;

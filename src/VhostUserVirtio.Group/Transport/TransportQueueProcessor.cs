@@ -257,8 +257,7 @@ public sealed class TransportQueueProcessor : IManagedDeviceHost
         }, _group.Switch, action => _group.DataPath.Loop.Post(action), _deviceLogger);
         var backend = _group.Server.CreateBackend(net, _group.DataPath, _deviceLogger);
         var device = new ManagedDevice(id, net, backend, path);
-        device.Attach(this, _deviceLogger);
-        device.Transport.OwnerMemoryChanged(OwnerMemory, OwnerLog);
+        device.Attach(this, _deviceLogger); // no DMA window until DMA_WINDOW_SET cuts one
         _group.Switch.Attach(net);
         _devices.Add(id, device);
         Publish();
