@@ -130,7 +130,8 @@ public unsafe ref struct ChainWriter
 
 /// <summary>
 /// The walk both cursors share: segment by segment, region by region, as host pointers. Segments
-/// were validated at pop time, so translation succeeds; it is checked anyway rather than trusted.
+/// were validated and translated at pop time; one that straddles regions is translated run by run
+/// here (that translation succeeds, and is checked anyway rather than trusted).
 /// </summary>
 internal unsafe ref struct SegmentWalk
 {
@@ -160,8 +161,17 @@ internal unsafe ref struct SegmentWalk
                 continue;
             }
             gpa = seg.Address + _offset;
-            if (!_memory.TryTranslate(gpa, out pointer, out ulong available))
+            ulong available;
+            if (seg.Host != 0)
+            {
+                // Translated (and bounds-checked) when the chain was validated.
+                pointer = (byte*)seg.Host + _offset;
+                available = seg.Length - _offset;
+            }
+            else if (!_memory.TryTranslate(gpa, out pointer, out available))
+            {
                 break;
+            }
             length = (int)Math.Min(Math.Min(available, seg.Length - _offset), (ulong)max);
             _offset += (uint)length;
             return true;

@@ -2,8 +2,13 @@ using VhostUserVirtio.Memory;
 
 namespace VhostUserVirtio.Queue;
 
-/// <summary>One buffer of a chain: guest physical address, length, direction. Already bounds-checked.</summary>
-public readonly record struct Segment(ulong Address, uint Length, bool Writable);
+/// <summary>
+/// One buffer of a chain: guest physical address, length, direction, already bounds-checked; and where
+/// it lies in our mapping when it lies in one region (<see cref="Host"/>), so the copy does not
+/// translate the address again. Zero when it straddles two regions: the cursors then translate run
+/// by run. Valid as long as the chain's memory snapshot is.
+/// </summary>
+public readonly record struct Segment(ulong Address, uint Length, bool Writable, nint Host = 0);
 
 /// <summary>
 /// A validated descriptor chain, copied out of guest memory once (so a guest rewriting its table
@@ -80,9 +85,20 @@ public sealed class DescriptorChain
         ReadableLength = WritableLength = 0;
     }
 
-    /// <summary>Appends a segment; returns the error when it breaks ordering or size rules.</summary>
-    internal RingError? Add(ulong address, uint length, bool writable)
+    /// <summary>
+    /// Appends a segment; returns the error when it lies outside the chain's memory or breaks ordering
+    /// or size rules. The address is translated here, once: the cursors use the result.
+    /// </summary>
+    internal unsafe RingError? Add(ulong address, uint length, bool writable)
     {
+        nint host = 0;
+        if (length != 0)
+        {
+            if (Memory.TryTranslate(address, out byte* p, out ulong available) && available >= length)
+                host = (nint)p;
+            else if (!Memory.IsRangeMapped(address, length))
+                return new(RingErrorKind.BufferOutsideMemory, $"buffer 0x{address:x} (+{length}) is outside guest memory");
+        }
         int count = ReadableCount + WritableCount;
         if (count >= _segments.Length)
             return new(RingErrorKind.ChainTooLong, "descriptor chain longer than the queue size");
@@ -102,7 +118,7 @@ public sealed class DescriptorChain
             ReadableLength += length;
             ReadableCount++;
         }
-        _segments[count] = new Segment(address, length, writable);
+        _segments[count] = new Segment(address, length, writable, host);
         return null;
     }
 }

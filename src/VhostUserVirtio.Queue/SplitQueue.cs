@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using VhostUserVirtio.Memory;
 
@@ -227,18 +228,18 @@ public sealed unsafe class SplitQueue
         int tableSize = _size;
         bool inIndirect = false;
         uint index = head;
-        Span<byte> copy = stackalloc byte[SplitRing.DescriptorSize];
 
         while (true)
         {
             if (--budget < 0)
                 return new(RingErrorKind.ChainTooLong, inIndirect ? "indirect chain longer than its table (loop?)" : "chain longer than the queue size (loop?)");
-            // One read of the descriptor from shared memory; everything below uses the copy.
-            new ReadOnlySpan<byte>(table + SplitRing.DescriptorSize * index, SplitRing.DescriptorSize).CopyTo(copy);
-            ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(copy);
-            uint len = BinaryPrimitives.ReadUInt32LittleEndian(copy[8..]);
-            ushort flags = BinaryPrimitives.ReadUInt16LittleEndian(copy[12..]);
-            ushort next = BinaryPrimitives.ReadUInt16LittleEndian(copy[14..]);
+            // One 16-byte load of the descriptor from shared memory; everything below uses the copy.
+            var d = Unsafe.ReadUnaligned<Vector128<ulong>>(table + SplitRing.DescriptorSize * index);
+            ulong addr = LittleEndian(d.GetElement(0));
+            ulong rest = LittleEndian(d.GetElement(1));
+            uint len = (uint)rest;
+            ushort flags = (ushort)(rest >> 32);
+            ushort next = (ushort)(rest >> 48);
 
             if ((flags & SplitRing.DescIndirect) != 0)
             {
@@ -264,8 +265,7 @@ public sealed unsafe class SplitQueue
                 continue;
             }
 
-            if (len != 0 && !_memory.IsRangeMapped(addr, len))
-                return new(RingErrorKind.BufferOutsideMemory, $"buffer 0x{addr:x} (+{len}) is outside guest memory");
+            // Add checks the buffer lies in guest memory (and keeps where, for the copy).
             if (chain.Add(addr, len, (flags & SplitRing.DescWrite) != 0) is { } error)
                 return error;
 
@@ -276,6 +276,9 @@ public sealed unsafe class SplitQueue
             index = next;
         }
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong LittleEndian(ulong value) => BitConverter.IsLittleEndian ? value : BinaryPrimitives.ReverseEndianness(value);
 
     /// <summary>Chains one <see cref="Drain{THandler}"/> call handles at most (DPDK dequeues bursts of 32).</summary>
     public const int DefaultBudget = 64;
