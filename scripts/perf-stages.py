@@ -28,6 +28,12 @@ STAGES = [
 COMPILED = [(name, re.compile(p)) for name, p in STAGES]
 
 
+def short(symbol):
+    """Type::Method out of a JIT symbol ('instance bool [Asm] Ns.Type::Method(args)[Tier]'), else the symbol."""
+    m = re.search(r"([\w.`+<>]+::[\w.`<>|]+)", symbol)
+    return (m.group(1) if m else symbol)[:100]
+
+
 def samples(stream):
     """Yields each sample's stack (leaf first) as a list of symbol strings."""
     stack = []
@@ -57,7 +63,7 @@ def main():
     total = 0
     for stack in samples(sys.stdin):
         total += 1
-        by_leaf[re.sub(r"\s*\(.*$", "", stack[0])[:110]] += 1
+        by_leaf[short(stack[0])] += 1
         stage = "other (kernel, runtime, idle loop)"
         for frame in stack:
             hit = next((name for name, rx in COMPILED if rx.search(frame)), None)
