@@ -7,8 +7,11 @@
 #     them, prints GUEST-BOOTED, runs /test.sh if present, prints "GUEST-TEST-EXIT <status>" and
 #     powers off. Tests append a second cpio archive holding /test.sh (the kernel unpacks
 #     concatenated archives).
+#   - builds .cache/guest/tools.cpio.gz, a second archive with iperf3 and the shared libraries it
+#     loads (from the host's Debian package, found with ldd), which tests that measure TCP append.
+#     It has a stamp of its own, so the base initramfs is not rebuilt for it.
 # Safe to run again: work whose result is cached (same kernel, busybox and init) is skipped.
-# The last two lines are "GUEST-KERNEL=<path>" and "GUEST-INITRAMFS=<path>".
+# The last lines are "GUEST-KERNEL=<path>", "GUEST-INITRAMFS=<path>" and "GUEST-TOOLS=<path>".
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cache="$root/.cache/guest"
@@ -31,7 +34,8 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # 1. Host packages.
 missing=()
 # iproute2: the handover test joins two daemons through a bridge in a network namespace of its own.
-for p in qemu-system-x86 qemu-utils busybox-static iproute2; do
+# iperf3: copied into the tools archive for the guests' TCP tests and benchmarks.
+for p in qemu-system-x86 qemu-utils busybox-static iproute2 iperf3; do
     installed "$p" || missing+=("$p")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -43,7 +47,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     log "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
 else
-    log "qemu-system-x86, qemu-utils, busybox-static and iproute2 already installed"
+    log "qemu-system-x86, qemu-utils, busybox-static, iproute2 and iperf3 already installed"
 fi
 log "$(qemu-system-x86_64 --version | head -n 1)"
 
@@ -168,5 +172,28 @@ else
     log "initramfs built ($(du -sh "$cache/initramfs.cpio.gz" | cut -f1))"
 fi
 
+# 4. Tools archive: iperf3 with the libraries ldd says it loads, at the same paths as on the host.
+tools_stamp="iperf3=$(dpkg-query -W -f='${Version}' iperf3) libc=$(dpkg-query -W -f='${Version}' libc6)"
+if [[ -f "$cache/tools.stamp" && "$(cat "$cache/tools.stamp")" == "$tools_stamp" && -f "$cache/tools.cpio.gz" ]]; then
+    log "tools archive already built"
+else
+    log "building tools archive (iperf3)"
+    tools="$(mktemp -d "$cache/tools.XXXXXX")"
+    trap 'rm -rf "$tools" "${staging:-}"' EXIT
+    mkdir -p "$tools/usr/bin"
+    cp /usr/bin/iperf3 "$tools/usr/bin/iperf3"
+    ldd /usr/bin/iperf3 | grep -o '/[^ ]*' | while read -r lib; do
+        mkdir -p "$tools$(dirname "$lib")"
+        cp -L "$lib" "$tools$lib"
+    done
+    (cd "$tools" && find . -mindepth 1 | sed 's|^\./||' | LC_ALL=C sort |
+        "$busybox" cpio -o -H newc 2>/dev/null | gzip -6 >"$cache/tools.cpio.gz.tmp")
+    mv "$cache/tools.cpio.gz.tmp" "$cache/tools.cpio.gz"
+    echo "$tools_stamp" >"$cache/tools.stamp"
+    rm -rf "$tools"
+    log "tools archive built ($(du -sh "$cache/tools.cpio.gz" | cut -f1))"
+fi
+
 echo "GUEST-KERNEL=$cache/vmlinuz"
 echo "GUEST-INITRAMFS=$cache/initramfs.cpio.gz"
+echo "GUEST-TOOLS=$cache/tools.cpio.gz"

@@ -35,7 +35,9 @@ internal static class DeviceCatalog
         var status = group.Status();
         return string.Join("; ", status.Ports.Select(p =>
                    $"{p.Name} {(p.Connected ? "up" : "idle")}{(p.LegacyDriven ? " legacy" : "")} tx={p.Counters.TxPackets} rx={p.Counters.RxPackets} drops={p.Counters.Drops.Values.Sum()}" +
-                   (p.Counters.MacsNotLearned > 0 ? $" not-learned={p.Counters.MacsNotLearned}" : "")))
+                   (p.Counters.MacsNotLearned > 0 ? $" not-learned={p.Counters.MacsNotLearned}" : "") +
+                   (p.Counters.Offloads is { Any: true } o
+                       ? $" offloads passed={o.PassedThrough} csum={o.ChecksumsCompleted} segmented={o.FramesSegmented}/{o.SegmentsMade}" : "")))
                + $"; macs={status.MacTable.Count} floods={status.Floods}"
                + (status.DroppedWhileStopped > 0 ? $" dropped-while-stopped={status.DroppedWhileStopped}" : "");
     }

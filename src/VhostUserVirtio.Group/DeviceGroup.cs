@@ -211,7 +211,8 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
         Switch.Floods, Switch.DroppedWhileStopped));
 
     private static CounterSnapshot Snapshot(PortCounters c) => new(c.TxPackets, c.TxBytes, c.RxPackets, c.RxBytes,
-        c.NonZeroDrops().ToDictionary(d => d.Reason.ToString(), d => d.Count), c.LearnedMacs, c.MacsNotLearned);
+        c.NonZeroDrops().ToDictionary(d => d.Reason.ToString(), d => d.Count), c.LearnedMacs, c.MacsNotLearned,
+        new OffloadCounters(c.OffloadsPassedThrough, c.ChecksumsCompleted, c.FramesSegmented, c.SegmentsMade));
 
     public void Dispose()
     {
@@ -229,8 +230,15 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
 
 /// <param name="LearnedMacs">MACs the switch has learned on the port now.</param>
 /// <param name="MacsNotLearned">Sources not learned because the port was at its limit.</param>
+/// <param name="Offloads">Offloaded frames delivered to the port: passed on, or finished by the switch.</param>
 public sealed record CounterSnapshot(long TxPackets, long TxBytes, long RxPackets, long RxBytes, IReadOnlyDictionary<string, long> Drops,
-    int LearnedMacs = 0, long MacsNotLearned = 0);
+    int LearnedMacs = 0, long MacsNotLearned = 0, OffloadCounters? Offloads = null);
+
+/// <summary>Offloaded frames for a port (<see cref="Devices.Switch.PortCounters"/>).</summary>
+public sealed record OffloadCounters(long PassedThrough, long ChecksumsCompleted, long FramesSegmented, long SegmentsMade)
+{
+    public bool Any => PassedThrough + ChecksumsCompleted + FramesSegmented != 0;
+}
 
 /// <param name="LegacyDriven">A VF the owner drives through its legacy registers (its own front end only supplies memory).</param>
 /// <param name="Trusted">The owner's trust: no spoof check, and its driver may change its MAC and receive modes.</param>

@@ -23,6 +23,8 @@ public sealed record NetDeviceOptions
     /// receive modes, as an SR-IOV VF starts out.
     /// </summary>
     public bool Trusted { get; init; }
+    /// <summary>Offer checksum and TCP segmentation offloads (<see cref="NetDevice.OffloadFeatures"/>).</summary>
+    public bool Offloads { get; init; } = true;
 }
 
 /// <summary>
@@ -31,10 +33,10 @@ public sealed record NetDeviceOptions
 /// into the guest's receive buffers (mergeable or not). The control queue, when the front end leaves
 /// it to us, sets receive filters, MAC, announce and queue pairs.
 ///
-/// Offloads (checksum, GSO) are not offered: the switch does not resolve them for the receiver, so
-/// offering them would hand a peer frames it cannot use. All data-path work runs on the group's worker.
+/// Checksum and TCP segmentation offloads are in NetDevice.Offload.cs. All data-path work runs on
+/// the group's worker.
 /// </summary>
-public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
+public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
 {
     private readonly L2Switch _switch;
     private readonly ILogger _logger;
@@ -103,6 +105,8 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
                 f |= VirtioFeature.Mask(VirtioNet.FCtrlVq) | VirtioFeature.Mask(VirtioNet.FCtrlRx) | VirtioFeature.Mask(VirtioNet.FCtrlMacAddr);
             if (Options.QueuePairs > 1)
                 f |= VirtioFeature.Mask(VirtioNet.FMq);
+            if (Options.Offloads)
+                f |= OffloadFeatures;
             return f;
         }
     }
@@ -128,6 +132,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         _driverFeatures = features;
         _mergeable = VirtioFeature.Has(features, VirtioNet.FMrgRxbuf);
         _headerSize = _mergeable || VirtioFeature.Has(features, VirtioFeature.Version1) ? VirtioNet.HeaderSize : VirtioNet.LegacyHeaderSize;
+        SetReceiveOffloads(features);
     }
 
     public void QueueStarted(DeviceQueue queue)
@@ -167,6 +172,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         _driverFeatures = 0;
         _mergeable = false;
         _headerSize = VirtioNet.HeaderSize;
+        SetReceiveOffloads(0);
         _activePairs = Options.QueuePairs;
         _status = (ushort)(_status & VirtioNet.StatusLinkUp);
         Filter.Reset();
@@ -266,6 +272,8 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
             reason = DropReason.NoRxQueue;
             return false;
         }
+        if (!frame.Offload.IsNone && !TakesWhole(frame.Offload))
+            return ReceiveResolved(queue, frame, out reason);
         return Receive(queue, frame, out reason);
     }
 
@@ -285,6 +293,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     /// <summary>
     /// Copies a frame into one receive chain, or several with mergeable buffers (num_buffers patched
     /// into the first header afterwards). If the driver has not posted enough, nothing is consumed.
+    /// The frame's offload request, if any, is one this driver takes: it goes into the header.
     /// </summary>
     private bool Receive(DeviceQueue queue, in Frame frame, out DropReason reason)
     {
@@ -295,6 +304,8 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         ulong numBuffersAt0 = 0, numBuffersAt1 = 0;
         Span<byte> header = stackalloc byte[VirtioNet.HeaderSize];
         header.Clear();
+        if (!frame.Offload.IsNone)
+            frame.Offload.Write(header);
         header[VirtioNet.HeaderNumBuffersOffset] = 1;
 
         while (true)
@@ -339,6 +350,8 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         for (int i = 0; i < popped; i++)
             ring.PushUsed(_rxUsed[i].Head, _rxUsed[i].Length, publish: false);
         _notifyPending[queue.Index] = true;
+        if (!frame.Offload.IsNone)
+            Counters.OffloadsPassedThrough++;
         reason = default;
         return true;
     }
@@ -400,26 +413,26 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
             Span<byte> header = stackalloc byte[VirtioNet.HeaderSize + 12];
             var reader = chain.Reader();
             reader.Read(header[..(hdr + 12)]);
-            // flags (NEEDS_CSUM) and gso_type need CSUM/GSO, which are not offered.
-            if (header[0] != 0 || header[1] != VirtioNet.GsoNone)
-            {
-                counters.Drop(DropReason.BadHeader);
+            // An offload request (flags, gso_type) is checked once, here, and travels with the frame.
+            NetHeader offload = default;
+            if ((header[VirtioNet.HeaderFlagsOffset] | header[VirtioNet.HeaderGsoTypeOffset]) != 0 &&
+                !device.AcceptOffload(chain, header[..NetHeader.Length], hdr, readable - (uint)hdr, out offload))
                 return 0;
-            }
             if (!forward)
             {
                 counters.Drop(DropReason.LinkDown);
                 return 0;
             }
             // Checked before any Frame exists. A chain may repeat one buffer up to 4 GiB; taken as an
-            // int its length would turn negative and pass a signed check.
-            if (readable - (uint)hdr > (uint)(device.Mtu + VirtioNet.EthernetHeader + 4))
+            // int its length would turn negative and pass a signed check. Only a GSO frame may be
+            // longer than the MTU (up to the largest frame, checked with its header).
+            if (!offload.IsGso && readable - (uint)hdr > (uint)(device.Mtu + VirtioNet.EthernetHeader + 4))
             {
                 counters.Drop(DropReason.Oversize);
                 return 0;
             }
             // The addresses just read are the frame's copy: every decision and every receiver uses them.
-            device.ForwardOwn(new Frame(chain, (uint)hdr, header.Slice(hdr, Frame.AddressesLength)));
+            device.ForwardOwn(new Frame(chain, (uint)hdr, header.Slice(hdr, Frame.AddressesLength)) { Offload = offload });
             return 0;
         }
     }

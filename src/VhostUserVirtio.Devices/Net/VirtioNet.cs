@@ -11,6 +11,12 @@ public static class VirtioNet
     public const int FMtu = 3;
     public const int FMac = 5;
     public const int FGso = 6;
+    public const int FGuestTso4 = 7;
+    public const int FGuestTso6 = 8;
+    public const int FGuestEcn = 9;
+    public const int FHostTso4 = 11;
+    public const int FHostTso6 = 12;
+    public const int FHostEcn = 13;
     public const int FMrgRxbuf = 15;
     public const int FStatus = 16;
     public const int FCtrlVq = 17;
@@ -37,7 +43,19 @@ public static class VirtioNet
     public const int LegacyHeaderSize = 10;
     public const int HeaderNumBuffersOffset = 10;
     public const byte HdrFlagNeedsCsum = 1;
+    public const byte HdrFlagDataValid = 2;
     public const byte GsoNone = 0;
+    public const byte GsoTcpV4 = 1;
+    public const byte GsoUdp = 3;
+    public const byte GsoTcpV6 = 4;
+    public const byte GsoEcn = 0x80;
+    // Header field offsets: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (little endian).
+    public const int HeaderFlagsOffset = 0;
+    public const int HeaderGsoTypeOffset = 1;
+    public const int HeaderHdrLenOffset = 2;
+    public const int HeaderGsoSizeOffset = 4;
+    public const int HeaderCsumStartOffset = 6;
+    public const int HeaderCsumOffsetOffset = 8;
 
     public const int EthernetHeader = 14;
     public const int MinMtu = 68;

@@ -1,3 +1,4 @@
+using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.Devices.Switch;
@@ -72,6 +73,13 @@ public readonly ref struct Frame
     public int Length { get; }
     public Mac Destination { get; }
     public Mac Source { get; }
+
+    /// <summary>
+    /// The sender's checked offload request (checksum to complete, GSO to segment), or none. A frame
+    /// longer than an MTU allows is always a GSO frame; a port that cannot take the request as it is
+    /// resolves it (<see cref="Net.Offload.SoftwareOffload"/>).
+    /// </summary>
+    public NetHeader Offload { get; init; }
 
     /// <summary>The frame's length in unsigned arithmetic (a chain may hold up to 4 GiB), refused unless it fits a frame.</summary>
     private static int CheckedLength(DescriptorChain chain, uint offset)

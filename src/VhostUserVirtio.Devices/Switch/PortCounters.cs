@@ -17,7 +17,11 @@ public enum DropReason
     Runt,
     /// <summary>Larger than the port's MTU allows.</summary>
     Oversize,
-    /// <summary>A transmit header asked for an offload that was not negotiated.</summary>
+    /// <summary>
+    /// A transmit header asked for an offload that was not negotiated, or one that does not fit its
+    /// frame (checksum outside it, gso_size or gso_type wrong for it, not TCP over the stated IP
+    /// version). Counted on a receiver when its own copy of the frame no longer fits the request.
+    /// </summary>
     BadHeader,
     /// <summary>The learned port of the destination is the sender itself.</summary>
     Hairpin,
@@ -47,6 +51,15 @@ public sealed class PortCounters
     public long RxPackets;
     public long RxBytes;
 
+    /// <summary>Frames delivered with the sender's offload request passed on in the virtio-net header (checksum or GSO left to the receiver).</summary>
+    public long OffloadsPassedThrough;
+    /// <summary>Frames for this port whose checksum the switch completed (the port did not take NEEDS_CSUM).</summary>
+    public long ChecksumsCompleted;
+    /// <summary>GSO frames for this port the switch cut into segments (the port did not take them whole).</summary>
+    public long FramesSegmented;
+    /// <summary>Segments those made.</summary>
+    public long SegmentsMade;
+
     /// <summary>Source MACs the switch did not learn because the port was at its limit (the frames were still forwarded).</summary>
     public long MacsNotLearned;
 
@@ -73,5 +86,7 @@ public sealed class PortCounters
 
     public override string ToString() =>
         $"tx {TxPackets} pkts/{TxBytes} B, rx {RxPackets} pkts/{RxBytes} B, macs {LearnedMacs}, drops {TotalDrops}" +
+        (OffloadsPassedThrough + FramesSegmented + ChecksumsCompleted != 0
+            ? $", offloads passed {OffloadsPassedThrough} segmented {FramesSegmented}/{SegmentsMade} csum {ChecksumsCompleted}" : "") +
         string.Concat(NonZeroDrops().Select(d => $" {d.Reason}={d.Count}"));
 }

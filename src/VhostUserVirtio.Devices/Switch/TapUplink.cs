@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend;
+using VhostUserVirtio.Devices.Net.Offload;
 using VhostUserVirtio.Interop;
 
 namespace VhostUserVirtio.Devices.Switch;
@@ -22,6 +23,8 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
     private readonly byte[] _rxBuffer = new byte[Frame.MaxLength + 1];
     private readonly byte[] _txBuffer = new byte[Frame.MaxLength];
     private ulong _token;
+    // The TAP has no virtio-net header: offloaded frames go out checksummed and segmented.
+    private SoftwareOffload? _software;
 
     private TapUplink(TapDevice tap, L2Switch @switch, EventLoop loop, ILogger logger)
     {
@@ -74,12 +77,27 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
             reason = DropReason.Oversize;
             return false;
         }
+        if (!frame.Offload.IsNone)
+        {
+            _software ??= new SoftwareOffload(Counters);
+            var sink = new TapSink(_tap);
+            return _software.Resolve(frame, ref sink, out reason);
+        }
         int n = frame.CopyTo(_txBuffer);
         reason = DropReason.UplinkError;
         return _tap.Write(_txBuffer.AsSpan(0, n));
     }
 
     public void FlushNotifications() { }
+
+    private readonly struct TapSink(TapDevice tap) : IFrameSink
+    {
+        public bool Take(ReadOnlySpan<byte> frame, out DropReason reason)
+        {
+            reason = DropReason.UplinkError;
+            return tap.Write(frame);
+        }
+    }
 
     public void Dispose()
     {

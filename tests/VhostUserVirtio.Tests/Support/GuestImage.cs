@@ -10,6 +10,9 @@ namespace VhostUserVirtio.Tests.Support;
 /// </summary>
 public sealed record GuestImage(string Kernel, string Initramfs)
 {
+    /// <summary>The tools archive (iperf3), appended to a guest's initrd on request; null if the script built none.</summary>
+    public string? Tools { get; init; }
+
     private static readonly TimeSpan PrepareTimeout = TimeSpan.FromMinutes(30);
 
     // ExecutionAndPublication: one run even when several test classes start guests at once; a
@@ -70,7 +73,8 @@ public sealed record GuestImage(string Kernel, string Initramfs)
         var initramfs = Value("GUEST-INITRAMFS");
         if (kernel == null || initramfs == null || !File.Exists(kernel) || !File.Exists(initramfs))
             throw new InvalidOperationException($"{script} did not report an existing kernel and initramfs:\n{text}");
-        return new GuestImage(kernel, initramfs);
+        var tools = Value("GUEST-TOOLS");
+        return new GuestImage(kernel, initramfs) { Tools = tools != null && File.Exists(tools) ? tools : null };
     }
 
     private static string Text(StringBuilder output)

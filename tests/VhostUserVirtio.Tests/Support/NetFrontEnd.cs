@@ -93,6 +93,13 @@ public sealed class NetFrontEnd : IDisposable
     /// <summary>Waits for one received packet; returns its num_buffers and the frame (mergeable buffers joined).</summary>
     public (ushort NumBuffers, byte[] Frame) Receive(int timeoutMs = 10_000)
     {
+        var (header, frame) = ReceiveWithHeader(timeoutMs);
+        return (BinaryPrimitives.ReadUInt16LittleEndian(header.AsSpan(10)), frame);
+    }
+
+    /// <summary>Waits for one received packet; returns its virtio-net header and the frame (mergeable buffers joined).</summary>
+    public (byte[] Header, byte[] Frame) ReceiveWithHeader(int timeoutMs = 10_000)
+    {
         var (id, len) = Rx.WaitUsed(timeoutMs);
         var (addr, _) = _rxBuffers[id];
         var first = Session.Ram.Span(addr, (int)len).ToArray();
@@ -103,7 +110,7 @@ public sealed class NetFrontEnd : IDisposable
             var (nid, nlen) = Rx.WaitUsed(timeoutMs);
             data.AddRange(Session.Ram.Span(_rxBuffers[nid].Address, (int)nlen).ToArray());
         }
-        return (numBuffers, data.ToArray());
+        return (first[..HeaderSize], data.ToArray());
     }
 
     /// <summary>True if no packet arrives within <paramref name="ms"/> (the used index does not move).</summary>

@@ -8,7 +8,8 @@ namespace VhostUserVirtio.Tests.Support;
 /// <summary>A virtio-net NIC on a vhost-user back end, reached through a Unix socket.</summary>
 /// <param name="ServerMode">QEMU listens (server=on,wait=off) and the back end connects, e.g. the daemon with --client.</param>
 /// <param name="ReconnectSeconds">QEMU as client retries a lost connection every N seconds (client mode only).</param>
-public sealed record GuestNic(string SocketPath, string Mac, bool ServerMode = false, int? ReconnectSeconds = null);
+/// <param name="DeviceOptions">Appended to the virtio-net-pci device's options, e.g. ",csum=off,guest_tso4=off".</param>
+public sealed record GuestNic(string SocketPath, string Mac, bool ServerMode = false, int? ReconnectSeconds = null, string DeviceOptions = "");
 
 /// <summary>A virtio-net NIC on one of QEMU's own back ends; <paramref name="Backend"/> is the -netdev value without id.</summary>
 public sealed record QemuNic(string Backend, string Mac)
@@ -58,6 +59,8 @@ public sealed record GuestOptions
     /// booting. Its console then continues the migrated guest's, from the moment the guest resumes.
     /// </summary>
     public string? Incoming { get; init; }
+    /// <summary>Append the tools archive (iperf3 and its libraries) that scripts/guest/prepare.sh builds.</summary>
+    public bool Tools { get; init; }
 
     /// <summary>
     /// The options for the destination of a live migration of a guest started with these options:
@@ -132,7 +135,7 @@ public sealed partial class QemuGuest : IDisposable
         try
         {
             var initrd = Path.Combine(tempDir, "initrd.img");
-            WriteInitrd(image.Initramfs, options, initrd);
+            WriteInitrd(image, options, initrd);
             var args = BuildArguments(options, image.Kernel, initrd);
             var info = new ProcessStartInfo("qemu-system-x86_64")
             {
@@ -196,7 +199,7 @@ public sealed partial class QemuGuest : IDisposable
                 chardev += $",reconnect={seconds}";
             args.AddRange(["-chardev", chardev,
                 "-netdev", $"vhost-user,id=n{i},chardev=c{i},queues=1",
-                "-device", $"virtio-net-pci,netdev=n{i},mac={nic.Mac}{vectors}"]);
+                "-device", $"virtio-net-pci,netdev=n{i},mac={nic.Mac}{vectors}{nic.DeviceOptions}"]);
         }
         for (var i = 0; i < options.QemuNics.Count; i++)
         {
@@ -215,7 +218,7 @@ public sealed partial class QemuGuest : IDisposable
     private static string Escape(string value) => value.Replace(",", ",,", StringComparison.Ordinal);
 
     /// <summary>Base initramfs, zero padding to 4 bytes (where the kernel looks for the next header), then our archive.</summary>
-    private static void WriteInitrd(string baseInitramfs, GuestOptions options, string path)
+    private static void WriteInitrd(GuestImage image, GuestOptions options, string path)
     {
         var files = new List<(string, byte[], int)>();
         if (options.TestScript != null)
@@ -223,8 +226,17 @@ public sealed partial class QemuGuest : IDisposable
         foreach (var (name, text) in options.Files)
             files.Add((name, Encoding.UTF8.GetBytes(text), 0x1A4 /* 0644 */));
         using var output = File.Create(path);
-        using (var input = File.OpenRead(baseInitramfs))
+        using (var input = File.OpenRead(image.Initramfs))
             input.CopyTo(output);
+        if (options.Tools)
+        {
+            if (image.Tools == null)
+                throw new InvalidOperationException("scripts/guest/prepare.sh reported no tools archive");
+            while (output.Position % 4 != 0)
+                output.WriteByte(0);
+            using var tools = File.OpenRead(image.Tools);
+            tools.CopyTo(output);
+        }
         if (files.Count == 0)
             return;
         while (output.Position % 4 != 0)
