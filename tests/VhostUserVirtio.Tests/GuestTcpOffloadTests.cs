@@ -46,11 +46,14 @@ public sealed class GuestTcpOffloadTests(ITestOutputHelper output) : IDisposable
 
         Assert.True(status == 0, $"script exit {status}. {guest.Describe()}");
         Assert.NotNull(result);
-        // iperf3 -n stops at the first whole block (128 KiB) at or past the count: what the receiver
-        // counted must be every byte the sender sent, and at least the count.
+        // iperf3 -n stops at the first whole block (128 KiB) at or past the count. Its server stops
+        // counting when the client's end-of-test message arrives, so bytes still in the receiving
+        // socket then are not in its total (seen: 256 KiB short with every frame delivered): the
+        // received total may trail by up to a socket buffer, never exceed what was sent. A data path
+        // that corrupted or lost segments shows as a stalled transfer (timeout, nonzero exit).
         Assert.Equal(0, result.ExitCode);
-        Assert.Equal(result.Sent, result.Received);
         Assert.InRange(result.Sent, Bytes, Bytes + (128 << 10));
+        Assert.InRange(result.Received, result.Sent - (1 << 20), result.Sent);
         if (receiverOffloads)
         {
             Assert.True(receiver.OffloadsPassedThrough > 0, "no offloaded frame reached vf2 whole");
