@@ -57,6 +57,12 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     public bool Enabled { get; set; }
     internal Worker? Owner { get; private set; }
 
+    /// <summary>Serializes deliveries into this ring from workers other than its owner (<see cref="DeliveryGate"/>).</summary>
+    public DeliveryGate Gate { get; } = new();
+
+    /// <summary>Whether the calling thread is the worker that runs this ring.</summary>
+    public bool OnOwner => Owner is { } owner && owner == Worker.Current;
+
     /// <summary>Set while the owner drives this queue (<see cref="IOwnerTransport"/>): it decides how the driver is interrupted.</summary>
     public IOwnerTransport? Transport { get; private set; }
 
@@ -79,18 +85,21 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     {
         CheckOn(worker);
         Stop();
-        Ring.Reset();
-        _faultReported = false;
-        Ring.EventIdx = VirtioFeature.Has(features, VirtioFeature.RingEventIdx);
-        Ring.IndirectAllowed = VirtioFeature.Has(features, VirtioFeature.RingIndirectDesc);
-        if (Ring.Configure(memory, placement) is { } error)
-            return error;
-        Ring.SetDirtyLog(log, usedLogAddress);
-        Ring.NextAvail = nextAvail;
-        Ring.SyncUsedIndex();
-        Transport = transport;
-        _device.QueueStarted(this);
-        Started = true;
+        using (Gate.Exclusive())
+        {
+            Ring.Reset();
+            _faultReported = false;
+            Ring.EventIdx = VirtioFeature.Has(features, VirtioFeature.RingEventIdx);
+            Ring.IndirectAllowed = VirtioFeature.Has(features, VirtioFeature.RingIndirectDesc);
+            if (Ring.Configure(memory, placement) is { } error)
+                return error;
+            Ring.SetDirtyLog(log, usedLogAddress);
+            Ring.NextAvail = nextAvail;
+            Ring.SyncUsedIndex();
+            Transport = transport;
+            _device.QueueStarted(this);
+            Started = true;
+        }
         try
         {
             AttachTo(worker);
@@ -99,11 +108,14 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         {
             // Listening for kicks failed (epoll refused the descriptor, or is out of memory): undo the
             // start completely rather than leave a ring the device thinks runs but nobody serves.
-            Owner = null;
-            Started = false;
-            Transport = null;
-            _device.QueueStopped(this);
-            Ring.Reset();
+            using (Gate.Exclusive())
+            {
+                Owner = null;
+                Started = false;
+                Transport = null;
+                _device.QueueStopped(this);
+                Ring.Reset();
+            }
             return new RingError(RingErrorKind.SetupFailed, $"cannot listen for kicks: {e.Message}");
         }
         Process(); // buffers the driver made available before the start
@@ -116,12 +128,16 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         if (!Started)
             return Ring.NextAvail;
         CheckOn(Owner!);
-        Ring.PublishUsed();
-        Detach();
-        Started = false;
-        Transport = null;
-        _device.QueueStopped(this);
-        return Ring.NextAvail;
+        // Deliveries from other workers finish before, and see the ring stopped after.
+        using (Gate.Exclusive())
+        {
+            Ring.PublishUsed();
+            Started = false;
+            Detach();
+            Transport = null;
+            _device.QueueStopped(this);
+            return Ring.NextAvail;
+        }
     }
 
     /// <summary>
@@ -256,8 +272,11 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     {
         if (Paused)
             return;
-        Paused = true;
-        Ring.PublishUsed(); // every buffer taken is written back before the stop completes
+        using (Gate.Exclusive())
+        {
+            Paused = true;
+            Ring.PublishUsed(); // every buffer taken is written back before the stop completes
+        }
         Unlisten();
     }
 
@@ -266,7 +285,8 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     {
         if (!Paused)
             return;
-        Paused = false;
+        using (Gate.Exclusive())
+            Paused = false;
         if (!Started)
             return;
         Listen();

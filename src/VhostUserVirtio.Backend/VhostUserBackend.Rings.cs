@@ -167,7 +167,7 @@ public sealed partial class VhostUserBackend
             return;
         }
         var placement = new RingPlacement(q.Size, desc, avail, used);
-        var worker = _pinnedWorker ?? _workers.Next();
+        var worker = PlacementOf(q.Index) ?? _workers.Next();
         ulong features = _ackedFeatures;
         ushort nextAvail = q.Base;
         var log = ActiveLog;

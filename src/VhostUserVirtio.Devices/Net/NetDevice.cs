@@ -32,7 +32,8 @@ public sealed record NetDeviceOptions
 /// it to us, sets receive filters, MAC, announce and queue pairs.
 ///
 /// Offloads (checksum, GSO) are not offered: the switch does not resolve them for the receiver, so
-/// offering them would hand a peer frames it cannot use. All data-path work runs on the group's worker.
+/// offering them would hand a peer frames it cannot use. Each ring runs on one of the group's workers;
+/// receive rings also take frames from the other workers' transmit rings (see <see cref="DeliveryGate"/>).
 /// </summary>
 public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
 {
@@ -40,10 +41,10 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     private readonly ILogger _logger;
     private readonly Action<Action> _onDataPath;
     private readonly DeviceQueue?[] _queues;
-    private readonly bool[] _notifyPending;
-    // Allocated when a ring first starts (not per packet): an idle device, such as a managed device
-    // nobody drives yet, costs a few hundred bytes, not 12 KiB.
-    private (ushort Head, uint Length)[] _rxUsed = [];
+    // Per worker lane: the receive rings that worker wrote into during its burst (it notifies them).
+    private readonly bool[]?[] _notifyPending = new bool[]?[Worker.MaxLanes];
+    // The chains of the frame being received, per worker thread; grown once, not per packet.
+    [ThreadStatic] private static (ushort Head, uint Length)[]? t_rxUsed;
     private byte[] _controlBuffer = [];
     private ulong _driverFeatures;
     private int _headerSize = VirtioNet.HeaderSize;
@@ -69,7 +70,6 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         _activePairs = options.QueuePairs;
         QueueCount = 2 * options.QueuePairs + (options.ControlQueue ? 1 : 0);
         _queues = new DeviceQueue?[QueueCount];
-        _notifyPending = new bool[QueueCount];
         Filter.Address = _mac;
     }
 
@@ -132,11 +132,8 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
 
     public void QueueStarted(DeviceQueue queue)
     {
-        if (_rxUsed.Length == 0)
-        {
-            _rxUsed = new (ushort, uint)[Options.MaxQueueSize];
+        if (_controlBuffer.Length == 0)
             _controlBuffer = new byte[4096];
-        }
         _queues[queue.Index] = queue;
     }
 
@@ -266,20 +263,50 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
             reason = DropReason.NoRxQueue;
             return false;
         }
-        return Receive(queue, frame, out reason);
+        // Unlocked when the calling worker runs the ring and no other worker has written into it.
+        bool locked = queue.Gate.Enter(queue.OnOwner);
+        try
+        {
+            // Under the lock the ring's owner cannot be stopping or moving it: look again.
+            if (locked && !ReadyToReceive(queue))
+            {
+                reason = DropReason.NoRxQueue;
+                return false;
+            }
+            return Receive(queue, frame, out reason);
+        }
+        finally
+        {
+            queue.Gate.Exit(locked);
+        }
     }
 
+    private static bool ReadyToReceive(DeviceQueue? q) => q is { Started: true, Enabled: true, Paused: false } && q.Ring.IsReady;
+
+    /// <summary>
+    /// A ready receive ring, preferably one the calling worker runs (each worker delivers into the
+    /// queue pair it serves, without a lock); otherwise one chosen by the destination's hash.
+    /// </summary>
     private DeviceQueue? PickReceiveQueue(Mac destination)
     {
         int pairs = _activePairs;
-        int start = pairs == 1 ? 0 : (int)((destination.Value ^ (destination.Value >> 24)) % (ulong)pairs);
+        if (pairs == 1)
+        {
+            var only = _queues[VirtioNet.ReceiveQueue(0)];
+            return ReadyToReceive(only) ? only : null;
+        }
+        int start = (int)((destination.Value ^ (destination.Value >> 24)) % (ulong)pairs);
+        DeviceQueue? other = null;
         for (int i = 0; i < pairs; i++)
         {
             var q = _queues[VirtioNet.ReceiveQueue((start + i) % pairs)];
-            if (q is { Started: true, Enabled: true, Paused: false } && q.Ring.IsReady)
+            if (!ReadyToReceive(q))
+                continue;
+            if (q!.OnOwner)
                 return q;
+            other ??= q;
         }
-        return null;
+        return other;
     }
 
     /// <summary>
@@ -289,6 +316,9 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     private bool Receive(DeviceQueue queue, in Frame frame, out DropReason reason)
     {
         var ring = queue.Ring;
+        var used = t_rxUsed;
+        if (used == null || used.Length < Options.MaxQueueSize)
+            t_rxUsed = used = new (ushort, uint)[Math.Max(Options.MaxQueueSize, used?.Length ?? 0)];
         var reader = frame.OpenReader();
         int remaining = frame.Length;
         int popped = 0;
@@ -322,10 +352,10 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
                     LocateNumBuffers(chain, out numBuffersAt0, out numBuffersAt1);
             }
             remaining -= reader.CopyTo(ref writer);
-            _rxUsed[popped++] = (chain.Head, writer.Written);
+            used[popped++] = (chain.Head, writer.Written);
             if (remaining == 0)
                 break;
-            if (!_mergeable || popped == _rxUsed.Length)
+            if (!_mergeable || popped == Options.MaxQueueSize)
             {
                 ring.Rewind(popped);
                 reason = DropReason.RxBufferTooSmall;
@@ -337,8 +367,8 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
             PatchNumBuffers(queue, numBuffersAt0, numBuffersAt1, (ushort)popped);
         // Published with the burst's notification decision (FlushNotifications → NotifyIfNeeded).
         for (int i = 0; i < popped; i++)
-            ring.PushUsed(_rxUsed[i].Head, _rxUsed[i].Length, publish: false);
-        _notifyPending[queue.Index] = true;
+            ring.PushUsed(used[i].Head, used[i].Length, publish: false);
+        (_notifyPending[Worker.CurrentLane] ?? CreatePending())[queue.Index] = true;
         reason = default;
         return true;
     }
@@ -371,14 +401,34 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         ring.WriteGuest(high, b);
     }
 
+    private bool[] CreatePending()
+    {
+        var pending = new bool[QueueCount];
+        return Interlocked.CompareExchange(ref _notifyPending[Worker.CurrentLane], pending, null) ?? pending;
+    }
+
+    /// <summary>Publishes and notifies the receive rings the calling worker wrote into since its last flush.</summary>
     public void FlushNotifications()
     {
-        for (int i = 0; i < _notifyPending.Length; i++)
+        if (_notifyPending[Worker.CurrentLane] is not { } pending)
+            return;
+        for (int i = 0; i < pending.Length; i++)
         {
-            if (!_notifyPending[i])
+            if (!pending[i])
                 continue;
-            _notifyPending[i] = false;
-            _queues[i]?.NotifyIfNeeded();
+            pending[i] = false;
+            if (_queues[i] is not { } q)
+                continue;
+            bool locked = q.Gate.Enter(q.OnOwner);
+            try
+            {
+                if (q.Started)
+                    q.NotifyIfNeeded();
+            }
+            finally
+            {
+                q.Gate.Exit(locked);
+            }
         }
     }
 
