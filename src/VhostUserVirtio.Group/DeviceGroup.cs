@@ -48,7 +48,7 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
     }
 
     public DeviceGroupOptions Options { get; }
-    internal VhostUserServer Server => _server;
+    public VhostUserServer Server => _server;
     internal ILoggerFactory Loggers => _loggers;
 
     /// <summary>The owner's transport queue and its managed devices; null when it offers none.</summary>
