@@ -119,8 +119,8 @@ public sealed class WorkerPool : IDisposable
         }
     }
 
-    /// <summary>Round-robin choice of the worker for a queue that is starting.</summary>
-    public Worker Next() => _workers[(int)((uint)Interlocked.Increment(ref _next) % (uint)_workers.Length)];
+    /// <summary>Round-robin choice of the worker for a queue that is starting (or a group's home), worker0 first.</summary>
+    public Worker Next() => _workers[(int)((uint)(Interlocked.Increment(ref _next) - 1) % (uint)_workers.Length)];
 
     public void Dispose()
     {
