@@ -36,7 +36,8 @@ public sealed class WorkerCpuPlacementTests : IDisposable
     {
         int cpu = Environment.ProcessorCount > 1 ? 1 : 0;
         using var daemon = DaemonProcess.Start(["serve", "--socket-dir", _dir, "--vfs", "1", "--queue-pairs", "2", "--workers", "2", "--cpus", $"0,{cpu}"]);
-        daemon.WaitUntil(() => daemon.Output.Contains("ready:"), Deadline, "the ready line");
+        // Not just "ready:": the group logs "device group ready:" before the placement lines.
+        daemon.WaitUntil(() => daemon.Output.Contains("worker(s)"), Deadline, "the daemon's ready line");
         foreach (var expected in new[] { "placement: worker0 (thread ", "on CPU 0, queue pair(s) 0 and the group's control work", "placement: worker1", $"on CPU {cpu}, queue pair(s) 1" })
             Assert.True(daemon.Output.Contains(expected), $"'{expected}' not logged:\n{daemon.Output}");
 
