@@ -61,7 +61,10 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     public DeliveryGate Gate { get; } = new();
 
     /// <summary>Whether the calling thread is the worker that runs this ring.</summary>
-    public bool OnOwner => Owner is { } owner && owner == Worker.Current;
+    public bool OnOwner => IsRunBy(Worker.Current);
+
+    /// <summary>Whether <paramref name="worker"/> (the caller's, from <see cref="Worker.Current"/>) runs this ring.</summary>
+    public bool IsRunBy(Worker? worker) => worker != null && Owner == worker;
 
     /// <summary>Set while the owner drives this queue (<see cref="IOwnerTransport"/>): it decides how the driver is interrupted.</summary>
     public IOwnerTransport? Transport { get; private set; }

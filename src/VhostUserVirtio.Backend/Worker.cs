@@ -46,6 +46,9 @@ public sealed class Worker : IPollSource, IDisposable
     /// <summary>Position in the pool (0-based).</summary>
     public int Position { get; }
 
+    /// <summary>This worker's lane (<see cref="CurrentLane"/> on its thread).</summary>
+    public int Lane => Position + 1;
+
     /// <summary>The kernel's id of the worker's thread (gettid), once the thread has started; 0 before.</summary>
     public int ThreadId { get; private set; }
 

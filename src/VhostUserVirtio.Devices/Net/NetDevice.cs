@@ -43,8 +43,8 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     private readonly DeviceQueue?[] _queues;
     // Per worker lane: the receive rings that worker wrote into during its burst (it notifies them).
     private readonly bool[]?[] _notifyPending = new bool[]?[Worker.MaxLanes];
-    // The chains of the frame being received, per worker thread; grown once, not per packet.
-    [ThreadStatic] private static (ushort Head, uint Length)[]? t_rxUsed;
+    // The chains of the frame being received, per worker lane; allocated once, not per packet.
+    private readonly (ushort Head, uint Length)[]?[] _rxUsed = new (ushort, uint)[]?[Worker.MaxLanes];
     private byte[] _controlBuffer = [];
     private ulong _driverFeatures;
     private int _headerSize = VirtioNet.HeaderSize;
@@ -257,14 +257,15 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
             reason = DropReason.Filtered;
             return false;
         }
-        var queue = PickReceiveQueue(destination);
+        var current = Worker.Current; // one thread-local read per frame
+        var queue = PickReceiveQueue(destination, current);
         if (queue == null)
         {
             reason = DropReason.NoRxQueue;
             return false;
         }
         // Unlocked when the calling worker runs the ring and no other worker has written into it.
-        bool locked = queue.Gate.Enter(queue.OnOwner);
+        bool locked = queue.Gate.Enter(queue.IsRunBy(current));
         try
         {
             // Under the lock the ring's owner cannot be stopping or moving it: look again.
@@ -273,7 +274,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
                 reason = DropReason.NoRxQueue;
                 return false;
             }
-            return Receive(queue, frame, out reason);
+            return Receive(queue, frame, current?.Lane ?? 0, out reason);
         }
         finally
         {
@@ -287,7 +288,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     /// A ready receive ring, preferably one the calling worker runs (each worker delivers into the
     /// queue pair it serves, without a lock); otherwise one chosen by the destination's hash.
     /// </summary>
-    private DeviceQueue? PickReceiveQueue(Mac destination)
+    private DeviceQueue? PickReceiveQueue(Mac destination, Worker? current)
     {
         int pairs = _activePairs;
         if (pairs == 1)
@@ -302,7 +303,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
             var q = _queues[VirtioNet.ReceiveQueue((start + i) % pairs)];
             if (!ReadyToReceive(q))
                 continue;
-            if (q!.OnOwner)
+            if (q!.IsRunBy(current))
                 return q;
             other ??= q;
         }
@@ -313,12 +314,10 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
     /// Copies a frame into one receive chain, or several with mergeable buffers (num_buffers patched
     /// into the first header afterwards). If the driver has not posted enough, nothing is consumed.
     /// </summary>
-    private bool Receive(DeviceQueue queue, in Frame frame, out DropReason reason)
+    private bool Receive(DeviceQueue queue, in Frame frame, int lane, out DropReason reason)
     {
         var ring = queue.Ring;
-        var used = t_rxUsed;
-        if (used == null || used.Length < Options.MaxQueueSize)
-            t_rxUsed = used = new (ushort, uint)[Math.Max(Options.MaxQueueSize, used?.Length ?? 0)];
+        var used = _rxUsed[lane] ??= new (ushort, uint)[Options.MaxQueueSize];
         var reader = frame.OpenReader();
         int remaining = frame.Length;
         int popped = 0;
@@ -368,7 +367,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         // Published with the burst's notification decision (FlushNotifications → NotifyIfNeeded).
         for (int i = 0; i < popped; i++)
             ring.PushUsed(used[i].Head, used[i].Length, publish: false);
-        (_notifyPending[Worker.CurrentLane] ?? CreatePending())[queue.Index] = true;
+        (_notifyPending[lane] ?? CreatePending(lane))[queue.Index] = true;
         reason = default;
         return true;
     }
@@ -401,10 +400,10 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         ring.WriteGuest(high, b);
     }
 
-    private bool[] CreatePending()
+    private bool[] CreatePending(int lane)
     {
         var pending = new bool[QueueCount];
-        return Interlocked.CompareExchange(ref _notifyPending[Worker.CurrentLane], pending, null) ?? pending;
+        return Interlocked.CompareExchange(ref _notifyPending[lane], pending, null) ?? pending;
     }
 
     /// <summary>Publishes and notifies the receive rings the calling worker wrote into since its last flush.</summary>

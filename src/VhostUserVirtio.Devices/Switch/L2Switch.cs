@@ -42,8 +42,9 @@ public sealed class L2Switch
     /// What one worker keeps to itself: its counts, the ports it delivered to in this burst, and the
     /// last destination and source it looked up, valid while the table's epoch has not moved.
     /// </summary>
-    private sealed class WorkerState
+    private sealed class WorkerState(int lane)
     {
+        public readonly int Lane = lane;
         public long Floods;
         public long DroppedWhileStopped;
         public readonly List<ISwitchPort> PendingFlush = new();
@@ -107,11 +108,14 @@ public sealed class L2Switch
         return total;
     }
 
-    private WorkerState Local => _workers[Worker.CurrentLane] ?? CreateLocal(Worker.CurrentLane);
+    // The thread-local lane is read once per frame: each read is a call into the TLS resolver here.
+    private WorkerState Local => LocalAt(Worker.CurrentLane);
+
+    private WorkerState LocalAt(int lane) => _workers[lane] ?? CreateLocal(lane);
 
     private WorkerState CreateLocal(int lane)
     {
-        var state = new WorkerState();
+        var state = new WorkerState(lane);
         return Interlocked.CompareExchange(ref _workers[lane], state, null) ?? state;
     }
 
@@ -138,8 +142,9 @@ public sealed class L2Switch
     /// </summary>
     public void Forward(ISwitchPort from, in Frame frame)
     {
-        var local = Local;
-        var counters = from.Counters.Local;
+        int lane = Worker.CurrentLane;
+        var local = LocalAt(lane);
+        var counters = from.Counters.LaneAt(lane);
         counters.TxPackets++;
         counters.TxBytes += frame.Length;
         long now = Environment.TickCount64;
@@ -200,7 +205,7 @@ public sealed class L2Switch
             local.DroppedWhileStopped++;
             return;
         }
-        var c = port.Counters.Local;
+        var c = port.Counters.LaneAt(local.Lane);
         if (port.Deliver(frame, dst, out var reason))
         {
             c.RxPackets++;

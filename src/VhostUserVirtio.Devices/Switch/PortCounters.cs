@@ -62,7 +62,10 @@ public sealed class PortCounters
     private int _learnedMacs;
 
     /// <summary>The calling worker's lane (created on its first count).</summary>
-    public Lane Local => _lanes[Worker.CurrentLane] ?? CreateLane(Worker.CurrentLane);
+    public Lane Local => LaneAt(Worker.CurrentLane);
+
+    /// <summary>Lane <paramref name="lane"/> (the caller's <see cref="Worker.CurrentLane"/>, read once per frame).</summary>
+    public Lane LaneAt(int lane) => _lanes[lane] ?? CreateLane(lane);
 
     private Lane CreateLane(int index)
     {
