@@ -74,9 +74,14 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
             reason = DropReason.Oversize;
             return false;
         }
-        int n = frame.CopyTo(_txBuffer);
         reason = DropReason.UplinkError;
-        return _tap.Write(_txBuffer.AsSpan(0, n));
+        // Every worker of the group may deliver here: one frame at a time through the one buffer
+        // (a system call per frame anyway, so the lock costs little).
+        lock (_txBuffer)
+        {
+            int n = frame.CopyTo(_txBuffer);
+            return _tap.Write(_txBuffer.AsSpan(0, n));
+        }
     }
 
     public void FlushNotifications() { }
