@@ -194,10 +194,28 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         Ring.PublishUsed(); // whatever was written back is the driver's, notified or not
         if (Paused || !Ring.NeedsNotification())
             return;
-        if (Transport != null)
-            Transport.Raise(this);
-        else
+        if (Transport == null)
             SignalCall();
+        else if (Owner is { } owner && !owner.Loop.IsLoopThread)
+            RaiseOnOwner(owner); // another worker delivered: the owner's transport state is its worker's
+        else
+            Transport.Raise(this);
+    }
+
+    private Action? _raiseOnOwner;
+    private int _raiseQueued;
+
+    /// <summary>Has the ring's own worker raise the owner's interrupt (coalesced; one delegate per ring, made once).</summary>
+    private void RaiseOnOwner(Worker owner)
+    {
+        if (Interlocked.Exchange(ref _raiseQueued, 1) != 0)
+            return;
+        owner.Loop.Post(_raiseOnOwner ??= () =>
+        {
+            Volatile.Write(ref _raiseQueued, 0);
+            if (Started && !Paused && Transport is { } transport)
+                transport.Raise(this);
+        });
     }
 
     /// <summary>Signals the call descriptor, if the front end gave one (the interrupt itself).</summary>

@@ -103,10 +103,11 @@ public sealed partial class VhostUserBackend
                     TryStart(q);
                 break;
             case FrontendRequest.SetVringCall:
-                ReplaceOnWorker(q, () => { var old = q.Call; q.Call = fd; return old; });
+                // Under the ring's gate: another worker delivering into it may be signalling the old one.
+                ReplaceOnWorker(q, () => { using (q.Gate.Exclusive()) { var old = q.Call; q.Call = fd; return old; } });
                 break;
             default:
-                ReplaceOnWorker(q, () => { var old = q.Err; q.Err = fd; return old; });
+                ReplaceOnWorker(q, () => { using (q.Gate.Exclusive()) { var old = q.Err; q.Err = fd; return old; } });
                 break;
         }
     }
