@@ -20,8 +20,16 @@
 #   ours:      the daemon under `taskset -c 1`
 # So each side has one busy core; anything else running on the machine skews the numbers.
 #
+# Queue pairs (--queue-pairs 1,2): each count is a separate row. With N pairs the front end opens N
+# queues per port (virtio-user queues=N, --rxq/--txq N; still one forwarding lcore on CPU 0), and
+# each back end serves them with N threads placed on the back-end CPUs (--be-cpus, default 1),
+# round-robin, the same for all: dpdk N forwarding lcores (net_vhost queues=N), ours --queue-pairs N
+# --workers N --cpus <same CPUs> (worker i serves queue pair i), ovs n_rxq=N with one PMD thread per
+# back-end CPU (pmd-cpu-mask). On a 2-core machine the N back-end threads share CPU 1.
+#
 # Usage: scripts/bench-pvp.sh [--backends dpdk,ovs,ours] [--sizes 64,1518] [--samples 5]
 #                             [--interval 2] [--warmup 5] [--bursts 16] [--rounds 1] [--logs DIR]
+#                             [--queue-pairs 1,2] [--be-cpus 1]
 # Needs root (DPDK, OVS). Installs DPDK and OVS with scripts/dpdk/install.sh --ovs if missing.
 # Everything (processes, sockets, OVS database and logs, DPDK runtime folders) is removed on exit,
 # including Ctrl-C.
@@ -37,6 +45,8 @@ bursts=16      # `start tx_first N`: N bursts of 32 packets per port seed the lo
 rounds=1       # --rounds N: repeat the whole sequence N times, alternating back ends
 logs=          # --logs DIR: keep every process's log there (they are deleted otherwise)
 timeout=60     # seconds to wait for any one thing (startup, link up, a command's output)
+queue_pairs=1  # --queue-pairs 1,2: one row per count
+be_cpus=1      # --be-cpus LIST: the back end's CPUs (its threads are placed on them round-robin)
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -48,12 +58,25 @@ while [[ $# -gt 0 ]]; do
         --bursts) bursts="$2"; shift 2 ;;
         --logs) logs="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        --queue-pairs) queue_pairs="$2"; shift 2 ;;
+        --be-cpus) be_cpus="$2"; shift 2 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "bench-pvp: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 IFS=, read -r -a backend_list <<<"$backends"
 IFS=, read -r -a size_list <<<"$sizes"
+IFS=, read -r -a qp_list <<<"$queue_pairs"
+# The back end's CPUs as a list of numbers (ranges expanded), for placing its threads.
+be_cpu_list=()
+IFS=, read -r -a _parts <<<"$be_cpus"
+for _p in "${_parts[@]}"; do
+    if [[ "$_p" == *-* ]]; then for ((_c = ${_p%-*}; _c <= ${_p#*-}; _c++)); do be_cpu_list+=("$_c"); done
+    else be_cpu_list+=("$_p"); fi
+done
+be_cpu() { echo "${be_cpu_list[$(($1 % ${#be_cpu_list[@]}))]}"; }   # be_cpu I: the CPU of back-end thread I
+be_mask() { local m=0 c; for c in "${be_cpu_list[@]}"; do m=$((m | (1 << c))); done; printf '0x%x' "$m"; }
+qp=1           # queue pairs of the measurement running now
 
 daemon_dll="$root/src/VhostUserVirtio.Daemon/bin/Release/net10.0/vhost-virtio.dll"
 ovs_vswitchd=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
@@ -176,9 +199,9 @@ measure() {
     # --mbuf-size=2176 (the default, written out): 2048 bytes of data room after the 128-byte
     # headroom. --mbuf-size=2048 fits 1518-byte frames too, but made the 1518 B loop 3-5x slower here.
     pmd_start fe --lcores 0@0,1@0 --main-lcore 0 --no-huge -m 1024 --no-pci \
-        --vdev "net_virtio_user0,path=$sock0,queues=1,mac=$mac0" \
-        --vdev "net_virtio_user1,path=$sock1,queues=1,mac=$mac1" -- \
-        --nb-cores=1 --total-num-mbufs=32768 --mbuf-size=2176 --forward-mode=mac \
+        --vdev "net_virtio_user0,path=$sock0,queues=$qp,mac=$mac0" \
+        --vdev "net_virtio_user1,path=$sock1,queues=$qp,mac=$mac1" -- \
+        --nb-cores=1 --rxq="$qp" --txq="$qp" --total-num-mbufs=32768 --mbuf-size=2176 --forward-mode=mac \
         --txpkts="$size" --eth-peer=0,$mac1 --eth-peer=1,$mac0 || { pmd_quit fe; return 1; }
     if ! pmd_link_up fe 0 || ! pmd_link_up fe 1; then
         say "front end ports did not come up"; pmd_quit fe; return 1
@@ -218,23 +241,25 @@ declare -A result=() all_samples=()
 run_sizes() {   # run_sizes BACKEND SOCK0 SOCK1
     local be="$1" size
     for size in "${size_list[@]}"; do
-        say "$be: ${size}-byte packets (warm-up ${warmup} s, ${samples} x ${interval} s)"
+        say "$be: ${size}-byte packets, ${qp} queue pair(s) (warm-up ${warmup} s, ${samples} x ${interval} s)"
         if measure "$2" "$3" "$size"; then
-            all_samples[$be/$size]+=" $measured"
+            all_samples[$be/$size/$qp]+=" $measured"
             # shellcheck disable=SC2086 # one sample per word
-            say "$be: ${size} B median $(fmt "$(printf '%s\n' $measured | median)")pps"
+            say "$be: ${size} B ${qp} qp median $(fmt "$(printf '%s\n' $measured | median)")pps"
         else
-            say "$be: ${size} B failed"; return 1
+            say "$be: ${size} B ${qp} qp failed"; return 1
         fi
     done
 }
 
 # ---- back ends ------------------------------------------------------------------------------
 bench_dpdk() {
-    local d="$work/dpdk"; mkdir -p "$d"
-    pmd_start be --lcores 0@1,1@1 --main-lcore 0 --no-huge -m 1024 --no-pci \
-        --vdev "net_vhost0,iface=$d/vf1.sock,queues=1" --vdev "net_vhost1,iface=$d/vf2.sock,queues=1" -- \
-        --nb-cores=1 --total-num-mbufs=32768 --forward-mode=io || { pmd_quit be; return 1; }
+    local d="$work/dpdk" lcores i; mkdir -p "$d"
+    # Main lcore on the first back-end CPU; forwarding lcore i on back-end CPU i (round-robin).
+    lcores="0@$(be_cpu 0)"; for ((i = 1; i <= qp; i++)); do lcores+=",$i@$(be_cpu $((i - 1)))"; done
+    pmd_start be --lcores "$lcores" --main-lcore 0 --no-huge -m 1024 --no-pci \
+        --vdev "net_vhost0,iface=$d/vf1.sock,queues=$qp" --vdev "net_vhost1,iface=$d/vf2.sock,queues=$qp" -- \
+        --nb-cores="$qp" --rxq="$qp" --txq="$qp" --total-num-mbufs=32768 --forward-mode=io || { pmd_quit be; return 1; }
     pmd_cmd be start >/dev/null || { pmd_quit be; return 1; }
     local rc=0
     run_sizes dpdk "$d/vf1.sock" "$d/vf2.sock" || rc=1
@@ -268,15 +293,15 @@ ovs_up() {   # ovs_up DIR: private ovsdb-server + ovs-vswitchd-dpdk, bridge br0 
     wait_sockets "$pid" "$d/run/db.sock" || { say "ovs: ovsdb-server did not start"; return 1; }
     "${vsctl[@]}" --no-wait init || return 1
     # One PMD thread on CPU 1; memory as for testpmd (memfd-backed, no hugepages).
-    "${vsctl[@]}" --no-wait set Open_vSwitch . other_config:dpdk-init=true other_config:pmd-cpu-mask=0x2 \
+    "${vsctl[@]}" --no-wait set Open_vSwitch . other_config:dpdk-init=true other_config:pmd-cpu-mask="$(be_mask)" \
         "other_config:dpdk-extra=--no-huge --legacy-mem -m 2048 --no-pci --file-prefix $tag-ovs" || return 1
-    taskset -c 1 "$ovs_vswitchd" "$remote" --pidfile="$d/run/ovs-vswitchd.pid" \
+    taskset -c "$be_cpus" "$ovs_vswitchd" "$remote" --pidfile="$d/run/ovs-vswitchd.pid" \
         --unixctl="$d/run/ovs-vswitchd.ctl" --log-file="$d/log/ovs-vswitchd.log" >/dev/null 2>&1 &
     pid=$!; other_pids+=("$pid"); ovs_pids+=("$pid")
     # A new netdev bridge has the single flow actions=NORMAL: a MAC-learning switch.
     "${vsctl[@]}" add-br br0 -- set bridge br0 datapath_type=netdev \
-        -- add-port br0 vf1 -- set Interface vf1 type=dpdkvhostuser \
-        -- add-port br0 vf2 -- set Interface vf2 type=dpdkvhostuser \
+        -- add-port br0 vf1 -- set Interface vf1 type=dpdkvhostuser options:n_rxq="$qp" \
+        -- add-port br0 vf2 -- set Interface vf2 type=dpdkvhostuser options:n_rxq="$qp" \
         || { say "ovs: bridge setup failed"; tail -n 20 "$d/log/ovs-vswitchd.log"; return 1; }
     wait_sockets "$pid" "$d/run/vf1" "$d/run/vf2" \
         || { say "ovs: vhost sockets missing"; tail -n 20 "$d/log/ovs-vswitchd.log"; return 1; }
@@ -294,10 +319,13 @@ bench_ours() {
             || { tail -n 20 "$work/build.log"; return 1; }
         daemon_built=1
     fi
-    # The whole daemon on CPU 1: the front end has CPU 0.
+    # The whole daemon on the back-end CPUs (CPU 1): the front end has CPU 0. Worker i serves
+    # queue pair i, pinned to back-end CPU i as DPDK's forwarding lcore i is.
     # --allow-unsealed-memory: testpmd's --no-huge memory is a memfd that cannot be sealed.
     # OURS_ARGS: extra daemon options to try (e.g. --poll-us 200).
-    taskset -c 1 dotnet "$daemon_dll" serve --socket-dir "$d" --vfs 2 --allow-unsealed-memory ${OURS_ARGS:-} </dev/null >>"$work/ours.log" 2>&1 &
+    local cpus i; cpus="$(be_cpu 0)"; for ((i = 1; i < qp; i++)); do cpus+=",$(be_cpu $i)"; done
+    taskset -c "$be_cpus" dotnet "$daemon_dll" serve --socket-dir "$d" --vfs 2 --allow-unsealed-memory \
+        --queue-pairs "$qp" --workers "$qp" --cpus "$cpus" ${OURS_ARGS:-} </dev/null >>"$work/ours.log" 2>&1 &
     pid=$!; other_pids+=("$pid")
     if ! wait_sockets "$pid" "$d/vf1.sock" "$d/vf2.sock"; then
         # Today's daemon has no net devices: it rejects --vfs (or never creates the sockets).
@@ -312,23 +340,25 @@ bench_ours() {
 # ---- main -----------------------------------------------------------------------------------
 bash "$root/scripts/dpdk/install.sh" --ovs >/dev/null
 say "PVP benchmark: back ends ${backends}, sizes ${sizes} B, ${rounds} round(s) of ${samples} x ${interval} s samples after ${warmup} s warm-up"
-say "pinning: front end on CPU 0 (main + 1 forwarding lcore), back end on CPU 1 ($(nproc) CPUs online)"
+say "pinning: front end on CPU 0 (main + 1 forwarding lcore), back end on CPU(s) $be_cpus ($(nproc) CPUs online); queue pairs: $queue_pairs"
 say "pps = packets/s received by the front end on port 0 + port 1 (testpmd Rx-pps) = the back end's forwarding rate"
 
 declare -A status=()
 for ((round = 1; round <= rounds; round++)); do
     # Rounds alternate the back ends, so slow drifts in the machine's load hit all of them alike.
     ((rounds == 1)) || say "##### round $round of $rounds"
+    for qp in "${qp_list[@]}"; do
     for be in "${backend_list[@]}"; do
         case "$be" in
             dpdk|ovs|ours) ;;
             *) say "unknown back end $be"; continue ;;
         esac
-        [[ "${status[$be]:-}" == unavailable ]] && continue
-        say "=== $be ==="
-        if "bench_$be"; then status[$be]=ok; else status[$be]=unavailable; say "$be: unavailable"; fi
+        [[ "${status[$be/$qp]:-}" == unavailable ]] && continue
+        say "=== $be, $qp queue pair(s) ==="
+        if "bench_$be"; then status[$be/$qp]=ok; else status[$be/$qp]=unavailable; say "$be ($qp qp): unavailable"; fi
         pmd_quit fe 2>/dev/null || true   # whatever a failed run left
         pmd_quit be 2>/dev/null || true
+    done
     done
 done
 
@@ -339,17 +369,21 @@ done
 ratio() { [[ -n "${result[$1]:-}" && -n "${result[$2]:-}" ]] && awk -v a="${result[$1]}" -v b="${result[$2]}" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}' || echo n/a; }
 
 echo
-echo "PVP loop: median packets/s over $rounds round(s) x $samples samples; front end pinned to CPU 0, back end to CPU 1"
-printf '%-6s' "size"; for be in "${backend_list[@]}"; do printf '%14s' "$be"; done; printf '%12s%12s\n' "ours/dpdk" "ours/ovs"
+echo "PVP loop: median packets/s over $rounds round(s) x $samples samples; front end pinned to CPU 0, back end to CPU(s) $be_cpus"
+printf '%-10s' "size"; for be in "${backend_list[@]}"; do printf '%14s' "$be"; done; printf '%12s%12s\n' "ours/dpdk" "ours/ovs"
+for qp in "${qp_list[@]}"; do
 for size in "${size_list[@]}"; do
-    printf '%-6s' "${size}B"
+    printf '%-10s' "${size}B ${qp}qp"
     for be in "${backend_list[@]}"; do
-        if [[ -n "${result[$be/$size]:-}" ]]; then printf '%14s' "$(fmt "${result[$be/$size]}")pps"; else printf '%14s' "unavailable"; fi
+        if [[ -n "${result[$be/$size/$qp]:-}" ]]; then printf '%14s' "$(fmt "${result[$be/$size/$qp]}")pps"; else printf '%14s' "unavailable"; fi
     done
-    printf '%12s%12s\n' "$(ratio "ours/$size" "dpdk/$size")" "$(ratio "ours/$size" "ovs/$size")"
+    printf '%12s%12s\n' "$(ratio "ours/$size/$qp" "dpdk/$size/$qp")" "$(ratio "ours/$size/$qp" "ovs/$size/$qp")"
+done
 done
 for key in $(printf '%s\n' "${!all_samples[@]}" | sort); do
     # shellcheck disable=SC2086
     echo "  $key samples (Mpps): $(printf '%s\n' ${all_samples[$key]} | awk '{printf "%.2f ", $1 / 1e6}')"
 done
-for be in "${backend_list[@]}"; do [[ "${status[$be]:-}" == ok ]] || echo "$be: unavailable"; done
+for qp in "${qp_list[@]}"; do
+    for be in "${backend_list[@]}"; do [[ "${status[$be/$qp]:-}" == ok ]] || echo "$be ($qp qp): unavailable"; done
+done

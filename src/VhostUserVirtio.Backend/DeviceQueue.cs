@@ -57,6 +57,15 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     public bool Enabled { get; set; }
     internal Worker? Owner { get; private set; }
 
+    /// <summary>Serializes deliveries into this ring from workers other than its owner (<see cref="DeliveryGate"/>).</summary>
+    public DeliveryGate Gate { get; } = new();
+
+    /// <summary>Whether the calling thread is the worker that runs this ring.</summary>
+    public bool OnOwner => IsRunBy(Worker.Current);
+
+    /// <summary>Whether <paramref name="worker"/> (the caller's, from <see cref="Worker.Current"/>) runs this ring.</summary>
+    public bool IsRunBy(Worker? worker) => worker != null && Owner == worker;
+
     /// <summary>Set while the owner drives this queue (<see cref="IOwnerTransport"/>): it decides how the driver is interrupted.</summary>
     public IOwnerTransport? Transport { get; private set; }
 
@@ -79,18 +88,21 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     {
         CheckOn(worker);
         Stop();
-        Ring.Reset();
-        _faultReported = false;
-        Ring.EventIdx = VirtioFeature.Has(features, VirtioFeature.RingEventIdx);
-        Ring.IndirectAllowed = VirtioFeature.Has(features, VirtioFeature.RingIndirectDesc);
-        if (Ring.Configure(memory, placement) is { } error)
-            return error;
-        Ring.SetDirtyLog(log, usedLogAddress);
-        Ring.NextAvail = nextAvail;
-        Ring.SyncUsedIndex();
-        Transport = transport;
-        _device.QueueStarted(this);
-        Started = true;
+        using (Gate.Exclusive())
+        {
+            Ring.Reset();
+            _faultReported = false;
+            Ring.EventIdx = VirtioFeature.Has(features, VirtioFeature.RingEventIdx);
+            Ring.IndirectAllowed = VirtioFeature.Has(features, VirtioFeature.RingIndirectDesc);
+            if (Ring.Configure(memory, placement) is { } error)
+                return error;
+            Ring.SetDirtyLog(log, usedLogAddress);
+            Ring.NextAvail = nextAvail;
+            Ring.SyncUsedIndex();
+            Transport = transport;
+            _device.QueueStarted(this);
+            Started = true;
+        }
         try
         {
             AttachTo(worker);
@@ -99,11 +111,14 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         {
             // Listening for kicks failed (epoll refused the descriptor, or is out of memory): undo the
             // start completely rather than leave a ring the device thinks runs but nobody serves.
-            Owner = null;
-            Started = false;
-            Transport = null;
-            _device.QueueStopped(this);
-            Ring.Reset();
+            using (Gate.Exclusive())
+            {
+                Owner = null;
+                Started = false;
+                Transport = null;
+                _device.QueueStopped(this);
+                Ring.Reset();
+            }
             return new RingError(RingErrorKind.SetupFailed, $"cannot listen for kicks: {e.Message}");
         }
         Process(); // buffers the driver made available before the start
@@ -116,12 +131,16 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         if (!Started)
             return Ring.NextAvail;
         CheckOn(Owner!);
-        Ring.PublishUsed();
-        Detach();
-        Started = false;
-        Transport = null;
-        _device.QueueStopped(this);
-        return Ring.NextAvail;
+        // Deliveries from other workers finish before, and see the ring stopped after.
+        using (Gate.Exclusive())
+        {
+            Ring.PublishUsed();
+            Started = false;
+            Detach();
+            Transport = null;
+            _device.QueueStopped(this);
+            return Ring.NextAvail;
+        }
     }
 
     /// <summary>
@@ -175,10 +194,28 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         Ring.PublishUsed(); // whatever was written back is the driver's, notified or not
         if (Paused || !Ring.NeedsNotification())
             return;
-        if (Transport != null)
-            Transport.Raise(this);
-        else
+        if (Transport == null)
             SignalCall();
+        else if (Owner is { } owner && !owner.Loop.IsLoopThread)
+            RaiseOnOwner(owner); // another worker delivered: the owner's transport state is its worker's
+        else
+            Transport.Raise(this);
+    }
+
+    private Action? _raiseOnOwner;
+    private int _raiseQueued;
+
+    /// <summary>Has the ring's own worker raise the owner's interrupt (coalesced; one delegate per ring, made once).</summary>
+    private void RaiseOnOwner(Worker owner)
+    {
+        if (Interlocked.Exchange(ref _raiseQueued, 1) != 0)
+            return;
+        owner.Loop.Post(_raiseOnOwner ??= () =>
+        {
+            Volatile.Write(ref _raiseQueued, 0);
+            if (Started && !Paused && Transport is { } transport)
+                transport.Raise(this);
+        });
     }
 
     /// <summary>Signals the call descriptor, if the front end gave one (the interrupt itself).</summary>
@@ -256,8 +293,11 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     {
         if (Paused)
             return;
-        Paused = true;
-        Ring.PublishUsed(); // every buffer taken is written back before the stop completes
+        using (Gate.Exclusive())
+        {
+            Paused = true;
+            Ring.PublishUsed(); // every buffer taken is written back before the stop completes
+        }
         Unlisten();
     }
 
@@ -266,7 +306,8 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     {
         if (!Paused)
             return;
-        Paused = false;
+        using (Gate.Exclusive())
+            Paused = false;
         if (!Started)
             return;
         Listen();

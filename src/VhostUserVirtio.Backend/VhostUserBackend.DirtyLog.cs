@@ -110,7 +110,11 @@ public sealed partial class VhostUserBackend
     {
         q.LogGuestAddress = logGuestAddress;
         var log = ActiveLog;
-        q.Owner!.Loop.Invoke(() => q.Ring.SetDirtyLog(log, logGuestAddress));
+        q.Owner!.Loop.Invoke(() =>
+        {
+            using (q.Gate.Exclusive())
+                q.Ring.SetDirtyLog(log, logGuestAddress);
+        });
         _logger.LogDebug("{Device}: queue {Queue} logs its used ring {Where}", _device.Name, q.Index,
             logGuestAddress is { } at ? $"at 0x{at:x}" : "no more");
     }

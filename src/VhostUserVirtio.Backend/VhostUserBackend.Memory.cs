@@ -141,13 +141,17 @@ public sealed partial class VhostUserBackend
                 {
                     if (q.Owner != worker || !q.Started || q.Transport is { OwnsMemory: true })
                         continue;
-                    if (q.Ring.Memory != memory && q.Ring.Remap(memory) is { } error)
+                    // Excludes deliveries from other workers: none uses the old memory after this.
+                    using (q.Gate.Exclusive())
                     {
-                        q.Ring.Break(error.Kind, $"after a memory table change: {error.Detail}");
-                        q.ReportFault();
+                        if (q.Ring.Memory != memory && q.Ring.Remap(memory) is { } error)
+                        {
+                            q.Ring.Break(error.Kind, $"after a memory table change: {error.Detail}");
+                            q.ReportFault();
+                        }
+                        // Owner-driven rings have no SET_VRING_ADDR: their used ring is logged where it is.
+                        q.Ring.SetDirtyLog(log, q.Transport != null ? q.Ring.UsedRing : usedLogAt[q.Index]);
                     }
-                    // Owner-driven rings have no SET_VRING_ADDR: their used ring is logged where it is.
-                    q.Ring.SetDirtyLog(log, q.Transport != null ? q.Ring.UsedRing : usedLogAt[q.Index]);
                 }
                 if (Interlocked.Decrement(ref remaining) == 0)
                     foreach (var r in retired)

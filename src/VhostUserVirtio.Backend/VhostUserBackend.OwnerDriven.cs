@@ -121,13 +121,28 @@ public sealed partial class VhostUserBackend
         if (MemberStopped == stopped)
             return;
         MemberStopped = stopped;
+        // Each ring pauses on the worker that runs it (or would start it): that worker finishes its
+        // burst first, so when this returns no worker touches the member's rings any more. Handed to
+        // all of them first, then waited for, so the workers stop in parallel.
+        var pending = new List<(Worker, Task<bool>)>();
         foreach (var q in _queues)
         {
-            if (stopped)
-                q.Pause();
+            var worker = q.Owner ?? PlacementOf(q.Index);
+            bool Apply()
+            {
+                if (stopped)
+                    q.Pause();
+                else
+                    q.Resume();
+                return true;
+            }
+            if (worker == null || worker.Loop.IsLoopThread)
+                Apply();
             else
-                q.Resume();
+                pending.Add((worker, worker.Loop.Schedule(Apply)));
         }
+        foreach (var (worker, task) in pending)
+            worker.Loop.Await(task);
         _logger.LogInformation("{Device}: {What} by the owner", _device.Name, stopped ? "stopped" : "resumed");
     }
 

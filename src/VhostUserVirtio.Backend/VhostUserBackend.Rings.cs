@@ -103,10 +103,11 @@ public sealed partial class VhostUserBackend
                     TryStart(q);
                 break;
             case FrontendRequest.SetVringCall:
-                ReplaceOnWorker(q, () => { var old = q.Call; q.Call = fd; return old; });
+                // Under the ring's gate: another worker delivering into it may be signalling the old one.
+                ReplaceOnWorker(q, () => { using (q.Gate.Exclusive()) { var old = q.Call; q.Call = fd; return old; } });
                 break;
             default:
-                ReplaceOnWorker(q, () => { var old = q.Err; q.Err = fd; return old; });
+                ReplaceOnWorker(q, () => { using (q.Gate.Exclusive()) { var old = q.Err; q.Err = fd; return old; } });
                 break;
         }
     }
@@ -167,7 +168,7 @@ public sealed partial class VhostUserBackend
             return;
         }
         var placement = new RingPlacement(q.Size, desc, avail, used);
-        var worker = _pinnedWorker ?? _workers.Next();
+        var worker = PlacementOf(q.Index) ?? _workers.Next();
         ulong features = _ackedFeatures;
         ushort nextAvail = q.Base;
         var log = ActiveLog;

@@ -70,6 +70,16 @@ public sealed partial class VhostUserBackend : IDisposable
     /// <summary>The worker every ring of this device runs on, when pinned (device groups).</summary>
     public Worker? PinnedWorker => _pinnedWorker;
 
+    /// <summary>
+    /// Where the front end's ring with a given index runs, when set (a device group spreading queue
+    /// pairs over its workers); otherwise the pinned worker, or the pool's next. Must give the same
+    /// worker for an index every time: a ring's starts, stops and pauses serialize on it.
+    /// </summary>
+    public Func<int, Worker>? Placement { get; init; }
+
+    /// <summary>The worker a front-end ring with this index starts on.</summary>
+    private Worker? PlacementOf(int index) => Placement?.Invoke(index) ?? _pinnedWorker;
+
     /// <summary>The last refused message (control loop), for diagnostics and tests.</summary>
     public MessageError? LastRejection { get; private set; }
 

@@ -34,15 +34,16 @@ public sealed class VhostUserServer : IDisposable
 
     /// <summary>Serves <paramref name="device"/> on <paramref name="socketPath"/> (listening, or connecting in client mode).</summary>
     /// <param name="pinnedWorker">Run every ring of the device on this worker (devices sharing a switch); null spreads them.</param>
-    public VhostUserEndpoint Serve(IVirtioDevice device, string socketPath, bool clientMode = false, Worker? pinnedWorker = null) =>
-        ServeCore(device, socketPath, clientMode, null, pinnedWorker);
+    /// <param name="placement">Where each front-end ring runs instead (<see cref="VhostUserBackend.Placement"/>); the pinned worker stays the device's home.</param>
+    public VhostUserEndpoint Serve(IVirtioDevice device, string socketPath, bool clientMode = false, Worker? pinnedWorker = null, Func<int, Worker>? placement = null) =>
+        ServeCore(device, socketPath, clientMode, null, pinnedWorker, placement);
 
     /// <summary>
     /// Serves <paramref name="device"/> on a listening socket someone else created (libvirt's --fd);
     /// the endpoint owns it from now on. <paramref name="description"/> names it in logs.
     /// </summary>
-    public VhostUserEndpoint Serve(IVirtioDevice device, Interop.UnixSocket listener, string description, Worker? pinnedWorker = null) =>
-        ServeCore(device, description, false, listener, pinnedWorker);
+    public VhostUserEndpoint Serve(IVirtioDevice device, Interop.UnixSocket listener, string description, Worker? pinnedWorker = null, Func<int, Worker>? placement = null) =>
+        ServeCore(device, description, false, listener, pinnedWorker, placement);
 
     /// <summary>
     /// A back end for <paramref name="device"/> that no socket serves yet (callable on any thread): a
@@ -50,8 +51,8 @@ public sealed class VhostUserServer : IDisposable
     /// later on the control loop (<see cref="Serve(VhostUserBackend, Interop.UnixSocket, string)"/>).
     /// </summary>
     /// <param name="logger">The device's logger; by default one named after it (loggers live as long as the factory: pass a shared one for devices made by the thousand).</param>
-    public VhostUserBackend CreateBackend(IVirtioDevice device, Worker? pinnedWorker = null, ILogger? logger = null) =>
-        new(device, Workers, logger ?? _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name), pinnedWorker, MemoryPolicy) { ControlLoop = Control };
+    public VhostUserBackend CreateBackend(IVirtioDevice device, Worker? pinnedWorker = null, ILogger? logger = null, Func<int, Worker>? placement = null) =>
+        new(device, Workers, logger ?? _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name), pinnedWorker, MemoryPolicy) { ControlLoop = Control, Placement = placement };
 
     /// <summary>
     /// Serves <paramref name="backend"/> on <paramref name="listener"/>, a socket its caller bound at
@@ -68,9 +69,10 @@ public sealed class VhostUserServer : IDisposable
         return endpoint;
     }
 
-    private VhostUserEndpoint ServeCore(IVirtioDevice device, string socketPath, bool clientMode, Interop.UnixSocket? listener, Worker? pinnedWorker)
+    private VhostUserEndpoint ServeCore(IVirtioDevice device, string socketPath, bool clientMode, Interop.UnixSocket? listener, Worker? pinnedWorker,
+        Func<int, Worker>? placement)
     {
-        var backend = CreateBackend(device, pinnedWorker);
+        var backend = CreateBackend(device, pinnedWorker, placement: placement);
         var logger = _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name);
         var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger, adoptedListener: listener);
         endpoint.Start();

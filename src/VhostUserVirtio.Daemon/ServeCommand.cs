@@ -9,7 +9,8 @@ namespace VhostUserVirtio.Daemon;
 /// <summary>
 /// Runs the daemon in the foreground (never daemonises): creates the sockets, logs "ready", waits
 /// for SIGINT/SIGTERM, then disconnects the front ends, removes the sockets and returns 0.
-/// Exit 1 when a socket cannot be created, after undoing whatever was already set up.
+/// Exit 1 when a socket cannot be created, after undoing whatever was already set up; exit 2 when
+/// the worker placement (--cpus) names CPUs this machine cannot run the workers on.
 /// </summary>
 internal static class ServeCommand
 {
@@ -22,6 +23,17 @@ internal static class ServeCommand
             // stdout carries only the document (logs go to stderr), so a caller can parse it as is.
             Console.Out.WriteLine(Capabilities.Document());
             return 0;
+        }
+
+        IReadOnlyList<int>? cpus = null;
+        if (settings.Cpus != null)
+        {
+            if (CheckCpus(settings.Cpus, out var parsed) is { } problem)
+            {
+                Console.Error.WriteLine($"vhost-virtio: --cpus {settings.Cpus}: {problem}");
+                return 2;
+            }
+            cpus = parsed;
         }
 
         using var loggers = CreateLoggers(settings.LogLevel);
@@ -46,9 +58,22 @@ internal static class ServeCommand
         DeviceGroup? group = null;
         try
         {
+            if (cpus != null)
+            {
+                try
+                {
+                    server.Workers.Pin(cpus);
+                }
+                catch (Interop.NativeException e)
+                {
+                    log.LogCritical("cannot pin the workers to CPUs {Cpus}: {Error}", settings.Cpus, e.Message);
+                    return 2;
+                }
+            }
             group = StartGroup(server, settings, loggers, log);
             if (group == null)
                 return 1;
+            LogPlacement(group, log);
             log.LogInformation("ready: {Type} group with owner and {Vfs} VF(s), {Pairs} queue pair(s) each, {Workers} worker(s){Mode}; pid {Pid}",
                 DeviceCatalog.CapabilityType, settings.Vfs, settings.QueuePairs, settings.Workers,
                 settings.ClientMode ? ", client mode" : "", Environment.ProcessId);
@@ -83,6 +108,40 @@ internal static class ServeCommand
                 o.TimestampFormat = "yyyy-MM-dd HH:mm:ss.fff ";
                 o.ColorBehavior = LoggerColorBehavior.Disabled;
             }));
+
+    /// <summary>
+    /// Parses a --cpus list and checks each CPU is online and one this process may run on (a cpuset
+    /// or taskset may have narrowed it). Returns what is wrong, or null.
+    /// </summary>
+    internal static string? CheckCpus(string text, out IReadOnlyList<int> cpus)
+    {
+        cpus = [];
+        if (Interop.ThreadAffinity.ParseList(text, out var set) is { } syntax)
+            return $"not a CPU list ({syntax}); give CPU numbers and ranges such as 1, 0,1 or 2-3";
+        var online = Interop.ThreadAffinity.OnlineCpus();
+        var offline = online == null ? [] : set.Where(c => !online.Contains(c)).ToList();
+        if (offline.Count > 0)
+            return $"CPU {string.Join(",", offline)} {(offline.Count == 1 ? "does" : "do")} not exist or {(offline.Count == 1 ? "is" : "are")} offline (online: {File.ReadAllText("/sys/devices/system/cpu/online").Trim()})";
+        var allowed = Interop.ThreadAffinity.CurrentThreadCpus();
+        var refused = set.Where(c => !allowed.Contains(c)).ToList();
+        if (refused.Count > 0)
+            return $"CPU {string.Join(",", refused)} {(refused.Count == 1 ? "is" : "are")} outside this process's allowed CPUs ({string.Join(",", allowed)})";
+        cpus = set.ToList();
+        return null;
+    }
+
+    /// <summary>Logs where each worker runs and which queue pairs it serves.</summary>
+    private static void LogPlacement(DeviceGroup group, ILogger log)
+    {
+        var pairs = group.PairWorkers;
+        foreach (var worker in group.Server.Workers.Workers)
+        {
+            var served = Enumerable.Range(0, group.Options.QueuePairs).Where(i => pairs[i % pairs.Count] == worker).ToList();
+            log.LogInformation("placement: {Worker} (thread {Tid}) on {Cpu}, queue pair(s) {Pairs}{Home}",
+                worker.Loop.Name, worker.Loop.Invoke(() => worker.ThreadId), worker.Cpu is { } cpu ? $"CPU {cpu}" : "any CPU",
+                served.Count == 0 ? "none" : string.Join(",", served), worker == group.DataPath ? " and the group's control work" : "");
+        }
+    }
 
     /// <summary>Creates the group's sockets; on failure logs why and returns null (the group undid what it made).</summary>
     private static DeviceGroup? StartGroup(VhostUserServer server, DaemonSettings settings, ILoggerFactory loggers, ILogger log)

@@ -25,7 +25,8 @@ internal sealed record DaemonSettings(
     Group.Admin.AdminProfile AdminProfile,
     Group.Admin.ResourceObjectOpcodes ResourceObjectOpcodes,
     int MaxVdevs = 64,
-    int TransportFeatureBit = 47);
+    int TransportFeatureBit = 47,
+    string? Cpus = null);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -141,6 +142,13 @@ internal sealed class ServeOptions
         DefaultValueFactory = _ => 1,
     };
 
+    private readonly Option<string?> _cpus = new("--cpus")
+    {
+        Description = "Pin the workers to these CPUs, one each in order (wrapping around), as OVS's pmd-cpu-mask places its PMD threads: " +
+                      "a list like 1, 0,1 or 2-3 of online CPUs. Unpinned by default.",
+        HelpName = "LIST",
+    };
+
     private readonly Option<int> _pollUs = new("--poll-us")
     {
         Description = "Adaptive busy polling: workers keep polling their rings this long after the last packet before sleeping on kicks (0 = never poll).",
@@ -220,7 +228,7 @@ internal sealed class ServeOptions
                 r.AddError($"--max-guest-memory must be a size of at least 1M, like 512M, 64G or 1T (got '{r.GetValueOrDefault<string>()}').");
         });
 
-        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _maxVdevs, _transportBit, _adminProfile, _objectOpcodes, _workers, _pollUs, _client,
+        foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _maxVdevs, _transportBit, _adminProfile, _objectOpcodes, _workers, _cpus, _pollUs, _client,
                      _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
@@ -287,5 +295,6 @@ internal sealed class ServeOptions
         AdminProfile: AdminProfiles[r.GetValue(_adminProfile)!],
         ResourceObjectOpcodes: ObjectOpcodes[r.GetValue(_objectOpcodes)!],
         MaxVdevs: r.GetValue(_socketPath) != null || r.GetValue(_fd) != null ? 0 : r.GetValue(_maxVdevs),
-        TransportFeatureBit: r.GetValue(_transportBit));
+        TransportFeatureBit: r.GetValue(_transportBit),
+        Cpus: r.GetValue(_cpus));
 }

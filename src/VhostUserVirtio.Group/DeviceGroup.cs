@@ -7,8 +7,11 @@ namespace VhostUserVirtio.Group;
 
 /// <summary>
 /// A virtio-net device group in one process: the owner (PF) and its SR-IOV members (VFs), each on
-/// its own socket, joined by a learning switch (plus an optional TAP uplink). Every port of the
-/// group runs on one data-path worker, so forwarding between them needs no locks.
+/// its own socket, joined by a learning switch (plus an optional TAP uplink). Queue pair i of every
+/// port runs on the group's worker i mod W (W = the server's workers, counted from the group's home
+/// worker), so a worker forwards between the rings of one pair index and delivers into receive rings
+/// it runs itself, without locks, as OVS's PMD threads each serve their own queues. The control
+/// queue, the owner's transports, the uplink and status run on the home worker.
 /// </summary>
 public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
 {
@@ -28,6 +31,9 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
         _logger = loggers.CreateLogger("VhostUserVirtio.Group");
         Options = options;
         DataPath = server.Workers.Next();
+        var workers = server.Workers.Workers;
+        _pairWorkers = Enumerable.Range(0, Math.Min(workers.Count, options.QueuePairs))
+            .Select(i => workers[(DataPath.Position + i) % workers.Count]).ToArray();
         Msix = new Admin.MsixPool(options.Vfs);
         if (options.MaxMacsPerPort < 1 || options.MaxMacsPerPort > DeviceGroupOptions.MaxMacsPerPortLimit)
             throw new ArgumentOutOfRangeException(nameof(options), $"MACs per port must be 1..{DeviceGroupOptions.MaxMacsPerPortLimit}");
@@ -42,12 +48,24 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
     }
 
     public DeviceGroupOptions Options { get; }
-    internal VhostUserServer Server => _server;
+    public VhostUserServer Server => _server;
     internal ILoggerFactory Loggers => _loggers;
 
     /// <summary>The owner's transport queue and its managed devices; null when it offers none.</summary>
     public Transport.TransportQueueProcessor? Transport => (Owner?.Endpoint.Backend.Device as OwnerDevice)?.Transport;
     public Worker DataPath { get; }
+
+    private readonly Worker[] _pairWorkers;
+
+    /// <summary>The workers the group's queue pairs run on, pair 0's (the home worker) first.</summary>
+    public IReadOnlyList<Worker> PairWorkers => _pairWorkers;
+
+    /// <summary>
+    /// The worker of a port's ring: both rings of queue pair i on worker i mod W; the control queue
+    /// (after the pairs) at home. Fixed per index, so a ring's starts, stops and pauses serialize there.
+    /// </summary>
+    private Worker PlaceRing(int index) =>
+        index >= 2 * Options.QueuePairs ? DataPath : _pairWorkers[index / 2 % _pairWorkers.Length];
     public L2Switch Switch { get; }
     public GroupMember? Owner { get; private set; }
     /// <summary>SR-IOV members in VF order (member id = index + 1).</summary>
@@ -124,11 +142,11 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
             : device;
         VhostUserEndpoint endpoint;
         if (id == 0 && Options.OwnerListener is { } listener)
-            endpoint = _server.Serve(served, listener, "inherited socket", DataPath);
+            endpoint = _server.Serve(served, listener, "inherited socket", DataPath, PlaceRing);
         else
             endpoint = _server.Serve(served, id == 0 && Options.OwnerSocketPath is { } ownerPath
                 ? ownerPath
-                : Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id)), Options.ClientMode, DataPath);
+                : Path.Combine(Options.SocketDirectory, GroupMember.SocketFileName(id)), Options.ClientMode, DataPath, PlaceRing);
         var legacy = id == 0 ? null : new Legacy.LegacyNetInterface(id, device, endpoint.Backend, () => Msix.Assigned(id - 1),
             _loggers.CreateLogger("VhostUserVirtio.Legacy"));
         if (served is OwnerDevice { Transport: { } transport })

@@ -59,12 +59,16 @@ public sealed class OwnerDrivenMember : IOwnerTransport
         {
             if (!q.Started || q.Transport != this)
                 continue;
-            if (q.Ring.Memory != memory && q.Ring.Remap(memory) is { } error)
+            // Other workers deliver into its receive rings: none may use the old memory after this.
+            using (q.Gate.Exclusive())
             {
-                q.Ring.Break(error.Kind, $"after its DMA space changed: {error.Detail}");
-                q.ReportFault();
+                if (q.Ring.Memory != memory && q.Ring.Remap(memory) is { } error)
+                {
+                    q.Ring.Break(error.Kind, $"after its DMA space changed: {error.Detail}");
+                    q.ReportFault();
+                }
+                q.Ring.SetDirtyLog(log, q.Ring.UsedRing);
             }
-            q.Ring.SetDirtyLog(log, q.Ring.UsedRing);
         }
     }
 

@@ -10,6 +10,15 @@ internal static unsafe partial class Libc
 {
     private const string Lib = "libc";
 
+    [LibraryImport(Lib, EntryPoint = "gettid")]
+    internal static partial int GetTid();
+
+    [LibraryImport(Lib, EntryPoint = "sched_setaffinity", SetLastError = true)]
+    internal static partial int SchedSetAffinity(int pid, nuint size, ulong* mask);
+
+    [LibraryImport(Lib, EntryPoint = "sched_getaffinity", SetLastError = true)]
+    internal static partial int SchedGetAffinity(int pid, nuint size, ulong* mask);
+
     [LibraryImport(Lib, EntryPoint = "close", SetLastError = true)]
     internal static partial int Close(int fd);
 

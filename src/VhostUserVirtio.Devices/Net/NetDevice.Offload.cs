@@ -24,7 +24,8 @@ public sealed partial class NetDevice
         VirtioFeature.Mask(VirtioNet.FGuestTso4) | VirtioFeature.Mask(VirtioNet.FGuestTso6) | VirtioFeature.Mask(VirtioNet.FGuestEcn);
 
     private readonly LogRateLimit _offloadLog = new(burst: 5, window: TimeSpan.FromSeconds(10));
-    private SoftwareOffload? _software;
+    // Per worker lane: several workers may deliver into this port's receive rings at once.
+    private readonly SoftwareOffload?[] _software = new SoftwareOffload?[Worker.MaxLanes];
     // What this device's driver takes in a receive header, from its features.
     private bool _takesChecksum, _takesTso4, _takesTso6, _takesEcn;
 
@@ -67,15 +68,15 @@ public sealed partial class NetDevice
     }
 
     /// <summary>Delivers a frame whose offload this driver does not take: checksum completed or segments made here, each received as a plain frame.</summary>
-    private bool ReceiveResolved(DeviceQueue queue, in Frame frame, out DropReason reason)
+    private bool ReceiveResolved(DeviceQueue queue, in Frame frame, int lane, out DropReason reason)
     {
-        _software ??= new SoftwareOffload(Counters);
-        var sink = new ReceiveSink(this, queue);
-        return _software.Resolve(frame, ref sink, out reason);
+        var software = _software[lane] ??= new SoftwareOffload(Counters.LaneAt(lane));
+        var sink = new ReceiveSink(this, queue, lane);
+        return software.Resolve(frame, ref sink, out reason);
     }
 
-    private readonly struct ReceiveSink(NetDevice device, DeviceQueue queue) : IFrameSink
+    private readonly struct ReceiveSink(NetDevice device, DeviceQueue queue, int lane) : IFrameSink
     {
-        public bool Take(ReadOnlySpan<byte> frame, out DropReason reason) => device.Receive(queue, new Frame(frame), out reason);
+        public bool Take(ReadOnlySpan<byte> frame, out DropReason reason) => device.Receive(queue, new Frame(frame), lane, out reason);
     }
 }

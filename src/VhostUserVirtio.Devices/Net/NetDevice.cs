@@ -33,8 +33,9 @@ public sealed record NetDeviceOptions
 /// into the guest's receive buffers (mergeable or not). The control queue, when the front end leaves
 /// it to us, sets receive filters, MAC, announce and queue pairs.
 ///
-/// Checksum and TCP segmentation offloads are in NetDevice.Offload.cs. All data-path work runs on
-/// the group's worker.
+/// Checksum and TCP segmentation offloads are in NetDevice.Offload.cs. Each ring runs on one of the
+/// group's workers; receive rings also take frames from the other workers' transmit rings (see
+/// <see cref="DeliveryGate"/>).
 /// </summary>
 public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
 {
@@ -42,10 +43,10 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
     private readonly ILogger _logger;
     private readonly Action<Action> _onDataPath;
     private readonly DeviceQueue?[] _queues;
-    private readonly bool[] _notifyPending;
-    // Allocated when a ring first starts (not per packet): an idle device, such as a managed device
-    // nobody drives yet, costs a few hundred bytes, not 12 KiB.
-    private (ushort Head, uint Length)[] _rxUsed = [];
+    // Per worker lane: the receive rings that worker wrote into during its burst (it notifies them).
+    private readonly bool[]?[] _notifyPending = new bool[]?[Worker.MaxLanes];
+    // The chains of the frame being received, per worker lane; allocated once, not per packet.
+    private readonly (ushort Head, uint Length)[]?[] _rxUsed = new (ushort, uint)[]?[Worker.MaxLanes];
     private byte[] _controlBuffer = [];
     private ulong _driverFeatures;
     private int _headerSize = VirtioNet.HeaderSize;
@@ -71,7 +72,6 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
         _activePairs = options.QueuePairs;
         QueueCount = 2 * options.QueuePairs + (options.ControlQueue ? 1 : 0);
         _queues = new DeviceQueue?[QueueCount];
-        _notifyPending = new bool[QueueCount];
         Filter.Address = _mac;
     }
 
@@ -137,11 +137,8 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
 
     public void QueueStarted(DeviceQueue queue)
     {
-        if (_rxUsed.Length == 0)
-        {
-            _rxUsed = new (ushort, uint)[Options.MaxQueueSize];
+        if (_controlBuffer.Length == 0)
             _controlBuffer = new byte[4096];
-        }
         _queues[queue.Index] = queue;
     }
 
@@ -266,28 +263,60 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
             reason = DropReason.Filtered;
             return false;
         }
-        var queue = PickReceiveQueue(destination);
+        var current = Worker.Current; // one thread-local read per frame
+        var queue = PickReceiveQueue(destination, current);
         if (queue == null)
         {
             reason = DropReason.NoRxQueue;
             return false;
         }
-        if (!frame.Offload.IsNone && !TakesWhole(frame.Offload))
-            return ReceiveResolved(queue, frame, out reason);
-        return Receive(queue, frame, out reason);
+        // Unlocked when the calling worker runs the ring and no other worker has written into it.
+        bool locked = queue.Gate.Enter(queue.IsRunBy(current));
+        try
+        {
+            // Under the lock the ring's owner cannot be stopping or moving it: look again.
+            if (locked && !ReadyToReceive(queue))
+            {
+                reason = DropReason.NoRxQueue;
+                return false;
+            }
+            int lane = current?.Lane ?? 0;
+            if (!frame.Offload.IsNone && !TakesWhole(frame.Offload))
+                return ReceiveResolved(queue, frame, lane, out reason);
+            return Receive(queue, frame, lane, out reason);
+        }
+        finally
+        {
+            queue.Gate.Exit(locked);
+        }
     }
 
-    private DeviceQueue? PickReceiveQueue(Mac destination)
+    private static bool ReadyToReceive(DeviceQueue? q) => q is { Started: true, Enabled: true, Paused: false } && q.Ring.IsReady;
+
+    /// <summary>
+    /// A ready receive ring, preferably one the calling worker runs (each worker delivers into the
+    /// queue pair it serves, without a lock); otherwise one chosen by the destination's hash.
+    /// </summary>
+    private DeviceQueue? PickReceiveQueue(Mac destination, Worker? current)
     {
         int pairs = _activePairs;
-        int start = pairs == 1 ? 0 : (int)((destination.Value ^ (destination.Value >> 24)) % (ulong)pairs);
+        if (pairs == 1)
+        {
+            var only = _queues[VirtioNet.ReceiveQueue(0)];
+            return ReadyToReceive(only) ? only : null;
+        }
+        int start = (int)((destination.Value ^ (destination.Value >> 24)) % (ulong)pairs);
+        DeviceQueue? other = null;
         for (int i = 0; i < pairs; i++)
         {
             var q = _queues[VirtioNet.ReceiveQueue((start + i) % pairs)];
-            if (q is { Started: true, Enabled: true, Paused: false } && q.Ring.IsReady)
+            if (!ReadyToReceive(q))
+                continue;
+            if (q!.IsRunBy(current))
                 return q;
+            other ??= q;
         }
-        return null;
+        return other;
     }
 
     /// <summary>
@@ -295,9 +324,10 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
     /// into the first header afterwards). If the driver has not posted enough, nothing is consumed.
     /// The frame's offload request, if any, is one this driver takes: it goes into the header.
     /// </summary>
-    private bool Receive(DeviceQueue queue, in Frame frame, out DropReason reason)
+    private bool Receive(DeviceQueue queue, in Frame frame, int lane, out DropReason reason)
     {
         var ring = queue.Ring;
+        var used = _rxUsed[lane] ??= new (ushort, uint)[Options.MaxQueueSize];
         var reader = frame.OpenReader();
         int remaining = frame.Length;
         int popped = 0;
@@ -333,10 +363,10 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
                     LocateNumBuffers(chain, out numBuffersAt0, out numBuffersAt1);
             }
             remaining -= reader.CopyTo(ref writer);
-            _rxUsed[popped++] = (chain.Head, writer.Written);
+            used[popped++] = (chain.Head, writer.Written);
             if (remaining == 0)
                 break;
-            if (!_mergeable || popped == _rxUsed.Length)
+            if (!_mergeable || popped == Options.MaxQueueSize)
             {
                 ring.Rewind(popped);
                 reason = DropReason.RxBufferTooSmall;
@@ -348,10 +378,10 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
             PatchNumBuffers(queue, numBuffersAt0, numBuffersAt1, (ushort)popped);
         // Published with the burst's notification decision (FlushNotifications → NotifyIfNeeded).
         for (int i = 0; i < popped; i++)
-            ring.PushUsed(_rxUsed[i].Head, _rxUsed[i].Length, publish: false);
-        _notifyPending[queue.Index] = true;
+            ring.PushUsed(used[i].Head, used[i].Length, publish: false);
+        (_notifyPending[lane] ?? CreatePending(lane))[queue.Index] = true;
         if (!frame.Offload.IsNone)
-            Counters.OffloadsPassedThrough++;
+            Counters.LaneAt(lane).OffloadsPassedThrough++;
         reason = default;
         return true;
     }
@@ -384,14 +414,34 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
         ring.WriteGuest(high, b);
     }
 
+    private bool[] CreatePending(int lane)
+    {
+        var pending = new bool[QueueCount];
+        return Interlocked.CompareExchange(ref _notifyPending[lane], pending, null) ?? pending;
+    }
+
+    /// <summary>Publishes and notifies the receive rings the calling worker wrote into since its last flush.</summary>
     public void FlushNotifications()
     {
-        for (int i = 0; i < _notifyPending.Length; i++)
+        if (_notifyPending[Worker.CurrentLane] is not { } pending)
+            return;
+        for (int i = 0; i < pending.Length; i++)
         {
-            if (!_notifyPending[i])
+            if (!pending[i])
                 continue;
-            _notifyPending[i] = false;
-            _queues[i]?.NotifyIfNeeded();
+            pending[i] = false;
+            if (_queues[i] is not { } q)
+                continue;
+            bool locked = q.Gate.Enter(q.OnOwner);
+            try
+            {
+                if (q.Started)
+                    q.NotifyIfNeeded();
+            }
+            finally
+            {
+                q.Gate.Exit(locked);
+            }
         }
     }
 

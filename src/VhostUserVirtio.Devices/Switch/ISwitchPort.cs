@@ -7,12 +7,13 @@ public interface ISwitchPort
     PortCounters Counters { get; }
 
     /// <summary>
-    /// Takes a frame addressed to this port (on the switch's data-path thread). Returns false with
-    /// the reason when it cannot. Notifications may be deferred until <see cref="FlushNotifications"/>.
+    /// Takes a frame addressed to this port, on any of the group's data-path workers (several may
+    /// deliver at once). Returns false with the reason when it cannot. Notifications may be deferred
+    /// until the same worker calls <see cref="FlushNotifications"/>.
     /// </summary>
     bool Deliver(in Frame frame, Mac destination, out DropReason reason);
 
-    /// <summary>Sends the notifications deferred by <see cref="Deliver"/> (one per burst, not per frame).</summary>
+    /// <summary>Sends the notifications the calling worker's <see cref="Deliver"/> calls deferred (one per burst, not per frame).</summary>
     void FlushNotifications();
 
     /// <summary>

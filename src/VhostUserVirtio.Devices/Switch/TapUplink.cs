@@ -77,15 +77,21 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
             reason = DropReason.Oversize;
             return false;
         }
-        if (!frame.Offload.IsNone)
-        {
-            _software ??= new SoftwareOffload(Counters);
-            var sink = new TapSink(_tap);
-            return _software.Resolve(frame, ref sink, out reason);
-        }
-        int n = frame.CopyTo(_txBuffer);
         reason = DropReason.UplinkError;
-        return _tap.Write(_txBuffer.AsSpan(0, n));
+        // Every worker of the group may deliver here: one frame at a time through the one buffer
+        // (a system call per frame anyway, so the lock costs little).
+        lock (_txBuffer)
+        {
+            if (!frame.Offload.IsNone)
+            {
+                // Under the lock: its buffers are the uplink's one set, and it counts in one lane.
+                _software ??= new SoftwareOffload(Counters.LaneAt(0));
+                var sink = new TapSink(_tap);
+                return _software.Resolve(frame, ref sink, out reason);
+            }
+            int n = frame.CopyTo(_txBuffer);
+            return _tap.Write(_txBuffer.AsSpan(0, n));
+        }
     }
 
     public void FlushNotifications() { }

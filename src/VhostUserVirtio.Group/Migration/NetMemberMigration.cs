@@ -93,8 +93,8 @@ public static class NetMemberMigration
             LinkUp = net.LinkUp,
             Trusted = net.Trusted,
             MsixVectors = (ushort)vectors.Count,
-            Counters = new MemberCounters(Volatile.Read(ref c.TxPackets), Volatile.Read(ref c.TxBytes), Volatile.Read(ref c.RxPackets),
-                Volatile.Read(ref c.RxBytes), Volatile.Read(ref c.MacsNotLearned), ImmutableArray.Create(drops)),
+            Counters = new MemberCounters(c.TxPackets, c.TxBytes, c.RxPackets,
+                c.RxBytes, c.MacsNotLearned, ImmutableArray.Create(drops)),
         };
         return null;
     }

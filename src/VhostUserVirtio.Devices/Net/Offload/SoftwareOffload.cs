@@ -14,9 +14,9 @@ public interface IFrameSink
 /// userspace TSO and Linux's skb_segment do. The frame is copied out of the sender's memory once,
 /// into a buffer of this port's; every check and every checksum is computed from that copy, which
 /// the sender cannot change. The two buffers are made on first use and kept: nothing per packet.
-/// One instance per port, used on its data-path thread only.
+/// One instance per port and worker (counting in that worker's lane), used by one thread at a time.
 /// </summary>
-public sealed class SoftwareOffload(PortCounters counters)
+public sealed class SoftwareOffload(PortCounters.Lane counters)
 {
     private byte[] _frame = [];
     private byte[] _segment = [];
