@@ -80,6 +80,9 @@ public sealed class DescriptorChain
         ReadableLength = WritableLength = 0;
     }
 
+    /// <summary>Names the chain once its id is known (the packed ring carries it in the chain's last descriptor).</summary>
+    internal void SetHead(ushort head) => Head = head;
+
     /// <summary>Appends a segment; returns the error when it breaks ordering or size rules.</summary>
     internal RingError? Add(ulong address, uint length, bool writable)
     {

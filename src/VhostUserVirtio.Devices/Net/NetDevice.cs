@@ -94,7 +94,7 @@ public sealed class NetDevice : IVirtioDevice, INetDeviceControl, ISwitchPort
         get
         {
             ulong f = VirtioFeature.Mask(VirtioFeature.Version1) | VirtioFeature.Mask(VirtioFeature.RingEventIdx) |
-                      VirtioFeature.Mask(VirtioFeature.RingIndirectDesc) |
+                      VirtioFeature.Mask(VirtioFeature.RingIndirectDesc) | VirtioFeature.Mask(VirtioFeature.RingPacked) |
                       VirtioFeature.Mask(VirtioNet.FMrgRxbuf) | VirtioFeature.Mask(VirtioNet.FStatus) |
                       VirtioFeature.Mask(VirtioNet.FMtu);
             if (_mac != null)
