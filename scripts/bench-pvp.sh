@@ -22,6 +22,9 @@
 #
 # Usage: scripts/bench-pvp.sh [--backends dpdk,ovs,ours] [--sizes 64,1518] [--samples 5]
 #                             [--interval 2] [--warmup 5] [--bursts 16] [--rounds 1] [--logs DIR]
+#                             [--rings split,packed]
+# --rings: the virtqueue layouts the front end drives (virtio-user packed_vq=0 or 1); every back
+# end is measured with each, and each table row says which.
 # Needs root (DPDK, OVS). Installs DPDK and OVS with scripts/dpdk/install.sh --ovs if missing.
 # Everything (processes, sockets, OVS database and logs, DPDK runtime folders) is removed on exit,
 # including Ctrl-C.
@@ -35,6 +38,7 @@ interval=2
 warmup=5       # seconds of looping before the first sample (OVS settles after its ports come up)
 bursts=16      # `start tx_first N`: N bursts of 32 packets per port seed the loop (more in flight, bigger batches)
 rounds=1       # --rounds N: repeat the whole sequence N times, alternating back ends
+rings=split    # --rings split,packed: virtqueue layouts (testpmd's virtio-user packed_vq)
 logs=          # --logs DIR: keep every process's log there (they are deleted otherwise)
 timeout=60     # seconds to wait for any one thing (startup, link up, a command's output)
 
@@ -48,12 +52,18 @@ while [[ $# -gt 0 ]]; do
         --bursts) bursts="$2"; shift 2 ;;
         --logs) logs="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        --rings) rings="$2"; shift 2 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "bench-pvp: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 IFS=, read -r -a backend_list <<<"$backends"
 IFS=, read -r -a size_list <<<"$sizes"
+IFS=, read -r -a ring_list <<<"$rings"
+for ring in "${ring_list[@]}"; do
+    [[ "$ring" == split || "$ring" == packed ]] || { echo "bench-pvp: unknown ring layout $ring" >&2; exit 2; }
+done
+ring=split     # the layout being measured (set by the main loop)
 
 daemon_dll="$root/src/VhostUserVirtio.Daemon/bin/Release/net10.0/vhost-virtio.dll"
 ovs_vswitchd=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
@@ -172,12 +182,14 @@ median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 
 measured=
 measure() {
     local sock0="$1" sock1="$2" size="$3" out pps i rx_a rx_b values=()
+    local packed_vq=0
+    [[ "$ring" == packed ]] && packed_vq=1
     measured=
     # --mbuf-size=2176 (the default, written out): 2048 bytes of data room after the 128-byte
     # headroom. --mbuf-size=2048 fits 1518-byte frames too, but made the 1518 B loop 3-5x slower here.
     pmd_start fe --lcores 0@0,1@0 --main-lcore 0 --no-huge -m 1024 --no-pci \
-        --vdev "net_virtio_user0,path=$sock0,queues=1,mac=$mac0" \
-        --vdev "net_virtio_user1,path=$sock1,queues=1,mac=$mac1" -- \
+        --vdev "net_virtio_user0,path=$sock0,queues=1,mac=$mac0,packed_vq=$packed_vq" \
+        --vdev "net_virtio_user1,path=$sock1,queues=1,mac=$mac1,packed_vq=$packed_vq" -- \
         --nb-cores=1 --total-num-mbufs=32768 --mbuf-size=2176 --forward-mode=mac \
         --txpkts="$size" --eth-peer=0,$mac1 --eth-peer=1,$mac0 || { pmd_quit fe; return 1; }
     if ! pmd_link_up fe 0 || ! pmd_link_up fe 1; then
@@ -218,13 +230,13 @@ declare -A result=() all_samples=()
 run_sizes() {   # run_sizes BACKEND SOCK0 SOCK1
     local be="$1" size
     for size in "${size_list[@]}"; do
-        say "$be: ${size}-byte packets (warm-up ${warmup} s, ${samples} x ${interval} s)"
+        say "$be: ${size}-byte packets, $ring ring (warm-up ${warmup} s, ${samples} x ${interval} s)"
         if measure "$2" "$3" "$size"; then
-            all_samples[$be/$size]+=" $measured"
+            all_samples[$be/$ring/$size]+=" $measured"
             # shellcheck disable=SC2086 # one sample per word
-            say "$be: ${size} B median $(fmt "$(printf '%s\n' $measured | median)")pps"
+            say "$be: ${size} B $ring median $(fmt "$(printf '%s\n' $measured | median)")pps"
         else
-            say "$be: ${size} B failed"; return 1
+            say "$be: ${size} B $ring failed"; return 1
         fi
     done
 }
@@ -311,7 +323,7 @@ bench_ours() {
 
 # ---- main -----------------------------------------------------------------------------------
 bash "$root/scripts/dpdk/install.sh" --ovs >/dev/null
-say "PVP benchmark: back ends ${backends}, sizes ${sizes} B, ${rounds} round(s) of ${samples} x ${interval} s samples after ${warmup} s warm-up"
+say "PVP benchmark: back ends ${backends}, sizes ${sizes} B, rings ${rings}, ${rounds} round(s) of ${samples} x ${interval} s samples after ${warmup} s warm-up"
 say "pinning: front end on CPU 0 (main + 1 forwarding lcore), back end on CPU 1 ($(nproc) CPUs online)"
 say "pps = packets/s received by the front end on port 0 + port 1 (testpmd Rx-pps) = the back end's forwarding rate"
 
@@ -319,16 +331,18 @@ declare -A status=()
 for ((round = 1; round <= rounds; round++)); do
     # Rounds alternate the back ends, so slow drifts in the machine's load hit all of them alike.
     ((rounds == 1)) || say "##### round $round of $rounds"
-    for be in "${backend_list[@]}"; do
-        case "$be" in
-            dpdk|ovs|ours) ;;
-            *) say "unknown back end $be"; continue ;;
-        esac
-        [[ "${status[$be]:-}" == unavailable ]] && continue
-        say "=== $be ==="
-        if "bench_$be"; then status[$be]=ok; else status[$be]=unavailable; say "$be: unavailable"; fi
-        pmd_quit fe 2>/dev/null || true   # whatever a failed run left
-        pmd_quit be 2>/dev/null || true
+    for ring in "${ring_list[@]}"; do
+        for be in "${backend_list[@]}"; do
+            case "$be" in
+                dpdk|ovs|ours) ;;
+                *) say "unknown back end $be"; continue ;;
+            esac
+            [[ "${status[$be/$ring]:-}" == unavailable ]] && continue
+            say "=== $be, $ring ring ==="
+            if "bench_$be"; then status[$be/$ring]=ok; else status[$be/$ring]=unavailable; say "$be ($ring): unavailable"; fi
+            pmd_quit fe 2>/dev/null || true   # whatever a failed run left
+            pmd_quit be 2>/dev/null || true
+        done
     done
 done
 
@@ -340,16 +354,20 @@ ratio() { [[ -n "${result[$1]:-}" && -n "${result[$2]:-}" ]] && awk -v a="${resu
 
 echo
 echo "PVP loop: median packets/s over $rounds round(s) x $samples samples; front end pinned to CPU 0, back end to CPU 1"
-printf '%-6s' "size"; for be in "${backend_list[@]}"; do printf '%14s' "$be"; done; printf '%12s%12s\n' "ours/dpdk" "ours/ovs"
-for size in "${size_list[@]}"; do
-    printf '%-6s' "${size}B"
-    for be in "${backend_list[@]}"; do
-        if [[ -n "${result[$be/$size]:-}" ]]; then printf '%14s' "$(fmt "${result[$be/$size]}")pps"; else printf '%14s' "unavailable"; fi
+printf '%-8s%-6s' "ring" "size"; for be in "${backend_list[@]}"; do printf '%14s' "$be"; done; printf '%12s%12s\n' "ours/dpdk" "ours/ovs"
+for ring in "${ring_list[@]}"; do
+    for size in "${size_list[@]}"; do
+        printf '%-8s%-6s' "$ring" "${size}B"
+        for be in "${backend_list[@]}"; do
+            if [[ -n "${result[$be/$ring/$size]:-}" ]]; then printf '%14s' "$(fmt "${result[$be/$ring/$size]}")pps"; else printf '%14s' "unavailable"; fi
+        done
+        printf '%12s%12s\n' "$(ratio "ours/$ring/$size" "dpdk/$ring/$size")" "$(ratio "ours/$ring/$size" "ovs/$ring/$size")"
     done
-    printf '%12s%12s\n' "$(ratio "ours/$size" "dpdk/$size")" "$(ratio "ours/$size" "ovs/$size")"
 done
 for key in $(printf '%s\n' "${!all_samples[@]}" | sort); do
     # shellcheck disable=SC2086
     echo "  $key samples (Mpps): $(printf '%s\n' ${all_samples[$key]} | awk '{printf "%.2f ", $1 / 1e6}')"
 done
-for be in "${backend_list[@]}"; do [[ "${status[$be]:-}" == ok ]] || echo "$be: unavailable"; done
+for ring in "${ring_list[@]}"; do
+    for be in "${backend_list[@]}"; do [[ "${status[$be/$ring]:-}" == ok ]] || echo "$be ($ring): unavailable"; done
+done

@@ -95,13 +95,17 @@ public sealed unsafe partial class PackedQueue
         // Full fence: our used flags must be visible before we read the driver's suppression state.
         Interlocked.MemoryBarrier();
         ushort flags = Volatile.Read(ref *(ushort*)(_driverEvent + PackedRing.EventFlagsOffset));
-        if (!EventIdx || flags != PackedRing.EventDesc)
+        if (!EventIdx)
             return flags != PackedRing.EventDisable;
-        ushort offWrap = Volatile.Read(ref *(ushort*)_driverEvent);
+        // The position is remembered at every decision, so a driver switching to DESC later is
+        // compared with the last decision, not with the first.
         ushort old = _signalledUsed;
         bool valid = _signalledUsedValid;
         _signalledUsed = _usedIdx;
         _signalledUsedValid = true;
+        if (flags != PackedRing.EventDesc)
+            return flags != PackedRing.EventDisable;
+        ushort offWrap = Volatile.Read(ref *(ushort*)_driverEvent);
         return !valid || PackedRing.NeedEvent(offWrap, _usedIdx, _usedWrap, old, _size);
     }
 
