@@ -8,7 +8,7 @@ namespace VhostUserVirtio.Tests.Support;
 /// <summary>A virtio-net NIC on a vhost-user back end, reached through a Unix socket.</summary>
 /// <param name="ServerMode">QEMU listens (server=on,wait=off) and the back end connects, e.g. the daemon with --client.</param>
 /// <param name="ReconnectSeconds">QEMU as client retries a lost connection every N seconds (client mode only).</param>
-public sealed record GuestNic(string SocketPath, string Mac, bool ServerMode = false, int? ReconnectSeconds = null);
+public sealed record GuestNic(string SocketPath, string Mac, bool ServerMode = false, int? ReconnectSeconds = null, bool Packed = false);
 
 /// <summary>A virtio-net NIC on one of QEMU's own back ends; <paramref name="Backend"/> is the -netdev value without id.</summary>
 public sealed record QemuNic(string Backend, string Mac)
@@ -196,7 +196,7 @@ public sealed partial class QemuGuest : IDisposable
                 chardev += $",reconnect={seconds}";
             args.AddRange(["-chardev", chardev,
                 "-netdev", $"vhost-user,id=n{i},chardev=c{i},queues=1",
-                "-device", $"virtio-net-pci,netdev=n{i},mac={nic.Mac}{vectors}"]);
+                "-device", $"virtio-net-pci,netdev=n{i},mac={nic.Mac}{vectors}{(nic.Packed ? ",packed=on" : "")}"]);
         }
         for (var i = 0; i < options.QemuNics.Count; i++)
         {
