@@ -112,4 +112,41 @@ public sealed class PackedNetDeviceTests : IDisposable
         Assert.False(vf2.Rx.Call.Wait(300), "notified although the driver disabled notifications");
         Assert.Equal(quiet, vf2.Receive().Frame);
     }
+
+    [Fact]
+    public void Get_vring_base_reports_slot_and_wrap_counter_and_a_restart_resumes_there()
+    {
+        using var vf1 = new NetFrontEnd(_backend.Socket(1), packed: true, queueSize: 8);
+        using var vf2 = new NetFrontEnd(_backend.Socket(2), packed: true);
+        vf2.PostRx(32);
+        for (int i = 0; i < 11; i++)
+            vf1.Send(NetFrontEnd.Frame(Bcast, A, $"before {i}"));
+        for (int i = 0; i < 11; i++)
+            vf2.Receive();
+
+        // Eleven one-descriptor chains in a ring of eight: slot 3 of the second lap (wrap counter 0),
+        // the used side at the same place (QEMU's upper half).
+        var fe = vf1.Session.Connection;
+        uint stoppedAt = fe.GetVringBase(1);
+        Assert.Equal(0x0003_0003u, stoppedAt);
+        Assert.False(_backend.Member(1).Endpoint.Backend.Queues[1].Started);
+
+        fe.SetVringBase(1, stoppedAt);
+        fe.SetVringKick(1, vf1.Tx.Kick);
+        var after = NetFrontEnd.Frame(Bcast, A, "after the restart");
+        vf1.Send(after);
+        Assert.Equal(after, vf2.Receive().Frame);
+        Assert.Null(_backend.Member(1).Endpoint.Backend.Queues[1].Ring.Fault);
+    }
+
+    [Fact]
+    public void A_packed_ring_base_naming_a_slot_outside_the_ring_is_refused()
+    {
+        using var vf1 = new NetFrontEnd(_backend.Socket(1), packed: true, queueSize: 8);
+        var fe = vf1.Session.Connection;
+        fe.GetVringBase(1);
+        Assert.Throws<FrontEndException>(() => fe.SetVringBase(1, 0x8008));
+        // The connection stays usable, and a valid base is taken.
+        fe.SetVringBase(1, 0x8000);
+    }
 }
