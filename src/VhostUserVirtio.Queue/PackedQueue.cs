@@ -70,7 +70,7 @@ public sealed unsafe partial class PackedQueue : Virtqueue
     public override ushort NextAvail
     {
         get => _availIdx;
-        set => _availIdx = value < _size ? value : (ushort)0;
+        set => _availIdx = value < _size ? value : throw new ArgumentOutOfRangeException(nameof(value), $"slot {value} is not below the queue size {_size}");
     }
 
     public bool AvailWrapCounter => _availWrap;

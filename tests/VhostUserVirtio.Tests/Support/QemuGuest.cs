@@ -8,6 +8,7 @@ namespace VhostUserVirtio.Tests.Support;
 /// <summary>A virtio-net NIC on a vhost-user back end, reached through a Unix socket.</summary>
 /// <param name="ServerMode">QEMU listens (server=on,wait=off) and the back end connects, e.g. the daemon with --client.</param>
 /// <param name="ReconnectSeconds">QEMU as client retries a lost connection every N seconds (client mode only).</param>
+/// <param name="Packed">The device uses packed virtqueues (virtio-net-pci packed=on).</param>
 public sealed record GuestNic(string SocketPath, string Mac, bool ServerMode = false, int? ReconnectSeconds = null, bool Packed = false);
 
 /// <summary>A virtio-net NIC on one of QEMU's own back ends; <paramref name="Backend"/> is the -netdev value without id.</summary>
