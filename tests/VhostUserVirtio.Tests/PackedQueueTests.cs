@@ -1,3 +1,5 @@
+using VhostUserVirtio.Interop;
+using VhostUserVirtio.Memory;
 using VhostUserVirtio.Queue;
 using VhostUserVirtio.Tests.Support;
 
@@ -186,5 +188,28 @@ public sealed class PackedQueueTests
         Assert.Equal(3, chain.Head);
         Assert.Equal((12u, 1500u), (chain.ReadableLength, chain.WritableLength));
         Assert.Equal(1, rig.Queue.InFlightSlots);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void While_logging_buffer_writes_are_marked_and_ring_writes_too_when_asked(bool logRing)
+    {
+        using var rig = new PackedRingRig(8);
+        using var fd = MemFd.Create("log", 4096);
+        using var log = DirtyLog.Map(fd.Duplicate(), 128, 0, allowUnsealed: false); // 1024 pages: the rig's 4 MiB
+        var q = rig.Queue;
+        q.SetDirtyLog(log, logRing ? PackedRingRig.DeviceArea : null);
+        rig.OfferOne(0);
+        var chain = q.Pop()!;
+        var writer = chain.Writer();
+        writer.Write(new byte[10]);
+        q.PushUsed(chain.Head, writer.Written);
+        q.DisableNotification();
+
+        Assert.True(log.IsMarked(PackedRingRig.Buffers));
+        Assert.Equal(logRing, log.IsMarked(PackedRingRig.Desc));        // the used descriptor
+        Assert.Equal(logRing, log.IsMarked(PackedRingRig.DeviceArea));  // the device's event suppression
+        Assert.False(log.IsMarked(0x20_0000)); // nothing else
     }
 }
