@@ -29,7 +29,9 @@
 #
 # Usage: scripts/bench-pvp.sh [--backends dpdk,ovs,ours] [--sizes 64,1518] [--samples 5]
 #                             [--interval 2] [--warmup 5] [--bursts 16] [--rounds 1] [--logs DIR]
-#                             [--queue-pairs 1,2] [--be-cpus 1]
+#                             [--queue-pairs 1,2] [--be-cpus 1] [--rings split,packed]
+# --rings: the virtqueue layouts the front end drives (virtio-user packed_vq=0 or 1); every back
+# end is measured with each, and each table row says which.
 # Needs root (DPDK, OVS). Installs DPDK and OVS with scripts/dpdk/install.sh --ovs if missing.
 # Everything (processes, sockets, OVS database and logs, DPDK runtime folders) is removed on exit,
 # including Ctrl-C.
@@ -43,6 +45,7 @@ interval=2
 warmup=5       # seconds of looping before the first sample (OVS settles after its ports come up)
 bursts=16      # `start tx_first N`: N bursts of 32 packets per port seed the loop (more in flight, bigger batches)
 rounds=1       # --rounds N: repeat the whole sequence N times, alternating back ends
+rings=split    # --rings split,packed: virtqueue layouts (testpmd's virtio-user packed_vq)
 logs=          # --logs DIR: keep every process's log there (they are deleted otherwise)
 timeout=60     # seconds to wait for any one thing (startup, link up, a command's output)
 queue_pairs=1  # --queue-pairs 1,2: one row per count
@@ -60,7 +63,8 @@ while [[ $# -gt 0 ]]; do
         --rounds) rounds="$2"; shift 2 ;;
         --queue-pairs) queue_pairs="$2"; shift 2 ;;
         --be-cpus) be_cpus="$2"; shift 2 ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        --rings) rings="$2"; shift 2 ;;
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
         *) echo "bench-pvp: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -77,6 +81,11 @@ done
 be_cpu() { echo "${be_cpu_list[$(($1 % ${#be_cpu_list[@]}))]}"; }   # be_cpu I: the CPU of back-end thread I
 be_mask() { local m=0 c; for c in "${be_cpu_list[@]}"; do m=$((m | (1 << c))); done; printf '0x%x' "$m"; }
 qp=1           # queue pairs of the measurement running now
+IFS=, read -r -a ring_list <<<"$rings"
+for ring in "${ring_list[@]}"; do
+    [[ "$ring" == split || "$ring" == packed ]] || { echo "bench-pvp: unknown ring layout $ring" >&2; exit 2; }
+done
+ring=split     # the layout being measured (set by the main loop)
 
 daemon_dll="$root/src/VhostUserVirtio.Daemon/bin/Release/net10.0/vhost-virtio.dll"
 ovs_vswitchd=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
@@ -194,13 +203,14 @@ median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 
 # (Not run in $(...): a subshell would hide the front end's pid from the cleanup trap.)
 measured=
 measure() {
-    local sock0="$1" sock1="$2" size="$3" out pps i rx_a rx_b values=()
+    local sock0="$1" sock1="$2" size="$3" out pps i rx_a rx_b values=() packed_vq=0
     measured=
+    [[ "$ring" == packed ]] && packed_vq=1
     # --mbuf-size=2176 (the default, written out): 2048 bytes of data room after the 128-byte
     # headroom. --mbuf-size=2048 fits 1518-byte frames too, but made the 1518 B loop 3-5x slower here.
     pmd_start fe --lcores 0@0,1@0 --main-lcore 0 --no-huge -m 1024 --no-pci \
-        --vdev "net_virtio_user0,path=$sock0,queues=$qp,mac=$mac0" \
-        --vdev "net_virtio_user1,path=$sock1,queues=$qp,mac=$mac1" -- \
+        --vdev "net_virtio_user0,path=$sock0,queues=$qp,mac=$mac0,packed_vq=$packed_vq" \
+        --vdev "net_virtio_user1,path=$sock1,queues=$qp,mac=$mac1,packed_vq=$packed_vq" -- \
         --nb-cores=1 --rxq="$qp" --txq="$qp" --total-num-mbufs=32768 --mbuf-size=2176 --forward-mode=mac \
         --txpkts="$size" --eth-peer=0,$mac1 --eth-peer=1,$mac0 || { pmd_quit fe; return 1; }
     if ! pmd_link_up fe 0 || ! pmd_link_up fe 1; then
@@ -239,15 +249,16 @@ fmt() { awk -v v="$1" 'BEGIN {printf "%.2f M", v / 1e6}'; }
 
 declare -A result=() all_samples=()
 run_sizes() {   # run_sizes BACKEND SOCK0 SOCK1
-    local be="$1" size
+    local be="$1" size key
     for size in "${size_list[@]}"; do
-        say "$be: ${size}-byte packets, ${qp} queue pair(s) (warm-up ${warmup} s, ${samples} x ${interval} s)"
+        say "$be: ${size}-byte packets, $ring ring, ${qp} queue pair(s) (warm-up ${warmup} s, ${samples} x ${interval} s)"
+        key="$be/$ring/$size/$qp"
         if measure "$2" "$3" "$size"; then
-            all_samples[$be/$size/$qp]+=" $measured"
+            all_samples[$key]+=" $measured"
             # shellcheck disable=SC2086 # one sample per word
-            say "$be: ${size} B ${qp} qp median $(fmt "$(printf '%s\n' $measured | median)")pps"
+            say "$be: ${size} B $ring ${qp} qp median $(fmt "$(printf '%s\n' $measured | median)")pps"
         else
-            say "$be: ${size} B ${qp} qp failed"; return 1
+            say "$be: ${size} B $ring ${qp} qp failed"; return 1
         fi
     done
 }
@@ -339,7 +350,7 @@ bench_ours() {
 
 # ---- main -----------------------------------------------------------------------------------
 bash "$root/scripts/dpdk/install.sh" --ovs >/dev/null
-say "PVP benchmark: back ends ${backends}, sizes ${sizes} B, ${rounds} round(s) of ${samples} x ${interval} s samples after ${warmup} s warm-up"
+say "PVP benchmark: back ends ${backends}, sizes ${sizes} B, rings ${rings}, ${rounds} round(s) of ${samples} x ${interval} s samples after ${warmup} s warm-up"
 say "pinning: front end on CPU 0 (main + 1 forwarding lcore), back end on CPU(s) $be_cpus ($(nproc) CPUs online); queue pairs: $queue_pairs"
 say "pps = packets/s received by the front end on port 0 + port 1 (testpmd Rx-pps) = the back end's forwarding rate"
 
@@ -347,18 +358,20 @@ declare -A status=()
 for ((round = 1; round <= rounds; round++)); do
     # Rounds alternate the back ends, so slow drifts in the machine's load hit all of them alike.
     ((rounds == 1)) || say "##### round $round of $rounds"
-    for qp in "${qp_list[@]}"; do
-    for be in "${backend_list[@]}"; do
-        case "$be" in
-            dpdk|ovs|ours) ;;
-            *) say "unknown back end $be"; continue ;;
-        esac
-        [[ "${status[$be/$qp]:-}" == unavailable ]] && continue
-        say "=== $be, $qp queue pair(s) ==="
-        if "bench_$be"; then status[$be/$qp]=ok; else status[$be/$qp]=unavailable; say "$be ($qp qp): unavailable"; fi
-        pmd_quit fe 2>/dev/null || true   # whatever a failed run left
-        pmd_quit be 2>/dev/null || true
-    done
+    for ring in "${ring_list[@]}"; do
+        for qp in "${qp_list[@]}"; do
+            for be in "${backend_list[@]}"; do
+                case "$be" in
+                    dpdk|ovs|ours) ;;
+                    *) say "unknown back end $be"; continue ;;
+                esac
+                [[ "${status[$be/$ring/$qp]:-}" == unavailable ]] && continue
+                say "=== $be, $ring ring, $qp queue pair(s) ==="
+                if "bench_$be"; then status[$be/$ring/$qp]=ok; else status[$be/$ring/$qp]=unavailable; say "$be ($ring, $qp qp): unavailable"; fi
+                pmd_quit fe 2>/dev/null || true   # whatever a failed run left
+                pmd_quit be 2>/dev/null || true
+            done
+        done
     done
 done
 
@@ -370,20 +383,24 @@ ratio() { [[ -n "${result[$1]:-}" && -n "${result[$2]:-}" ]] && awk -v a="${resu
 
 echo
 echo "PVP loop: median packets/s over $rounds round(s) x $samples samples; front end pinned to CPU 0, back end to CPU(s) $be_cpus"
-printf '%-10s' "size"; for be in "${backend_list[@]}"; do printf '%14s' "$be"; done; printf '%12s%12s\n' "ours/dpdk" "ours/ovs"
-for qp in "${qp_list[@]}"; do
-for size in "${size_list[@]}"; do
-    printf '%-10s' "${size}B ${qp}qp"
-    for be in "${backend_list[@]}"; do
-        if [[ -n "${result[$be/$size/$qp]:-}" ]]; then printf '%14s' "$(fmt "${result[$be/$size/$qp]}")pps"; else printf '%14s' "unavailable"; fi
+printf '%-8s%-6s%-5s' "ring" "size" "qp"; for be in "${backend_list[@]}"; do printf '%14s' "$be"; done; printf '%12s%12s\n' "ours/dpdk" "ours/ovs"
+for ring in "${ring_list[@]}"; do
+    for qp in "${qp_list[@]}"; do
+        for size in "${size_list[@]}"; do
+            printf '%-8s%-6s%-5s' "$ring" "${size}B" "$qp"
+            for be in "${backend_list[@]}"; do
+                if [[ -n "${result[$be/$ring/$size/$qp]:-}" ]]; then printf '%14s' "$(fmt "${result[$be/$ring/$size/$qp]}")pps"; else printf '%14s' "unavailable"; fi
+            done
+            printf '%12s%12s\n' "$(ratio "ours/$ring/$size/$qp" "dpdk/$ring/$size/$qp")" "$(ratio "ours/$ring/$size/$qp" "ovs/$ring/$size/$qp")"
+        done
     done
-    printf '%12s%12s\n' "$(ratio "ours/$size/$qp" "dpdk/$size/$qp")" "$(ratio "ours/$size/$qp" "ovs/$size/$qp")"
-done
 done
 for key in $(printf '%s\n' "${!all_samples[@]}" | sort); do
     # shellcheck disable=SC2086
     echo "  $key samples (Mpps): $(printf '%s\n' ${all_samples[$key]} | awk '{printf "%.2f ", $1 / 1e6}')"
 done
-for qp in "${qp_list[@]}"; do
-    for be in "${backend_list[@]}"; do [[ "${status[$be/$qp]:-}" == ok ]] || echo "$be ($qp qp): unavailable"; done
+for ring in "${ring_list[@]}"; do
+    for qp in "${qp_list[@]}"; do
+        for be in "${backend_list[@]}"; do [[ "${status[$be/$ring/$qp]:-}" == ok ]] || echo "$be ($ring, $qp qp): unavailable"; done
+    done
 done

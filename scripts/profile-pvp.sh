@@ -72,6 +72,6 @@ perf record -q -g -p "$pid" -o "$work/perf.data" -- sleep "$seconds" 2>"$work/pe
 wait "$bench_pid"; bench_pid=
 cat "$work/bench.log" | grep -E 'median|samples' || true
 
-pps="$(grep -oE "ours: ${size} B median [0-9.]+ M" "$work/bench.log" | tail -n 1 | grep -oE '[0-9.]+ M$' | tr -d ' M')"
+pps="$(grep -oE "ours: ${size} B [a-z]+ [0-9]+ qp median [0-9.]+ M" "$work/bench.log" | tail -n 1 | grep -oE '[0-9.]+ M$' | tr -d ' M')"
 [[ -n "$pps" ]] || { cat "$work/bench.log"; echo "profile-pvp: no packet rate in the benchmark's output" >&2; exit 1; }
 perf script -i "$work/perf.data" 2>/dev/null | python3 "$root/scripts/perf-stages.py" --pps "${pps}e6"

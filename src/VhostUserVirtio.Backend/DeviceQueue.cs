@@ -8,7 +8,7 @@ using VhostUserVirtio.Queue;
 namespace VhostUserVirtio.Backend;
 
 /// <summary>
-/// One virtqueue of a served device: the split ring plus its notification descriptors and vhost-user
+/// One virtqueue of a served device: its ring (split or packed, as the driver negotiated) plus its notification descriptors and vhost-user
 /// ring state (started/enabled). While started it belongs to one worker; the control loop changes it
 /// only through that worker (<see cref="Backend.Worker"/>) or while it is stopped.
 /// </summary>
@@ -22,6 +22,8 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     private bool _wantsKicks = true;
     private bool _deferred;
     private bool _listening;
+    private readonly SplitQueue _split;
+    private PackedQueue? _packed; // made when a driver first negotiates packed rings
 
     internal DeviceQueue(IVirtioDevice device, int index, ILogger logger, LogRateLimit faultLog)
     {
@@ -29,11 +31,12 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         Index = index;
         _logger = logger;
         _faultLog = faultLog;
-        Ring = new SplitQueue(device.MaxQueueSize);
+        Ring = _split = new SplitQueue(device.MaxQueueSize);
     }
 
     public int Index { get; }
-    public SplitQueue Ring { get; }
+    /// <summary>The ring in use: chosen at <see cref="Start"/> from the negotiated features.</summary>
+    public Virtqueue Ring { get; private set; }
 
     /// <summary>Set by SET_VRING_NUM.</summary>
     public int Size { get; internal set; }
@@ -44,8 +47,11 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     /// VHOST_VRING_F_LOG), or null. Control-loop state; the running ring gets it on its worker.
     /// </summary>
     internal ulong? LogGuestAddress { get; set; }
-    /// <summary>Next avail index given by SET_VRING_BASE, used when the ring starts.</summary>
-    internal ushort Base { get; set; }
+    /// <summary>
+    /// The ring base given by SET_VRING_BASE, used when the ring starts: the next avail index of a
+    /// split ring, or a packed ring's avail slot and wrap counter (<see cref="Virtqueue.VringBase"/>).
+    /// </summary>
+    internal uint Base { get; set; }
 
     internal EventFd? Kick { get; set; }
     internal EventFd? Call { get; set; }
@@ -81,24 +87,42 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     /// </summary>
     /// <param name="memory">A snapshot that stays mapped until this worker has moved to a newer one.</param>
     /// <param name="transport">The owner's transport driving the ring, or null for the device's front end.</param>
-    /// <param name="log">The dirty log while logging is on (<see cref="SplitQueue.SetDirtyLog"/>); like the memory, it stays mapped until this worker moved on.</param>
+    /// <param name="nextAvail">The ring base (<see cref="Base"/>): 0 for a fresh ring of either layout but a packed ring's wrap counter (bit 15), which a fresh packed ring has set.</param>
+    /// <param name="log">The dirty log while logging is on (<see cref="Virtqueue.SetDirtyLog"/>); like the memory, it stays mapped until this worker moved on.</param>
     /// <param name="usedLogAddress">Where used-ring writes are logged, when they are.</param>
-    public RingError? Start(Worker worker, GuestMemory memory, RingPlacement placement, ulong features, ushort nextAvail, IOwnerTransport? transport,
+    public RingError? Start(Worker worker, GuestMemory memory, RingPlacement placement, ulong features, uint nextAvail, IOwnerTransport? transport,
         DirtyLog? log = null, ulong? usedLogAddress = null)
     {
         CheckOn(worker);
         Stop();
+        bool packed = VirtioFeature.Has(features, VirtioFeature.RingPacked);
+        if (packed && transport != null)
+            return new RingError(RingErrorKind.SetupFailed, "packed rings are not supported while the group owner drives the device");
+        // Other workers may be about to deliver into this ring: they see it either stopped or started.
         using (Gate.Exclusive())
         {
             Ring.Reset();
             _faultReported = false;
+            Ring = packed ? _packed ??= new PackedQueue(_device.MaxQueueSize) : _split;
+            Ring.Reset();
             Ring.EventIdx = VirtioFeature.Has(features, VirtioFeature.RingEventIdx);
             Ring.IndirectAllowed = VirtioFeature.Has(features, VirtioFeature.RingIndirectDesc);
             if (Ring.Configure(memory, placement) is { } error)
                 return error;
             Ring.SetDirtyLog(log, usedLogAddress);
-            Ring.NextAvail = nextAvail;
-            Ring.SyncUsedIndex();
+            if (Ring is PackedQueue packedRing)
+            {
+                if (packedRing.SetVringBase(nextAvail) is { } baseError)
+                {
+                    Ring.Reset();
+                    return baseError;
+                }
+            }
+            else
+            {
+                _split.NextAvail = (ushort)nextAvail;
+                _split.SyncUsedIndex();
+            }
             Transport = transport;
             _device.QueueStarted(this);
             Started = true;
@@ -125,11 +149,11 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         return null;
     }
 
-    /// <summary>Stops a running ring; call it on its worker. Returns the next avail index (the ring's base).</summary>
-    public ushort Stop()
+    /// <summary>Stops a running ring; call it on its worker. Returns the ring's base (<see cref="Virtqueue.VringBase"/>).</summary>
+    public uint Stop()
     {
         if (!Started)
-            return Ring.NextAvail;
+            return Ring.VringBase;
         CheckOn(Owner!);
         // Deliveries from other workers finish before, and see the ring stopped after.
         using (Gate.Exclusive())
@@ -139,7 +163,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
             Detach();
             Transport = null;
             _device.QueueStopped(this);
-            return Ring.NextAvail;
+            return Ring.VringBase;
         }
     }
 
@@ -162,7 +186,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     }
 
     /// <summary>
-    /// Drains the ring through <paramref name="handler"/> (<see cref="SplitQueue.Drain{THandler}"/>),
+    /// Drains the ring through <paramref name="handler"/> (<see cref="Virtqueue.Drain{THandler}"/>),
     /// reports a fault if the guest broke the ring, and notifies the driver if it wants it. When the
     /// drain's budget ran out, the worker comes back to this ring on its next turn, after every other
     /// ready ring and control-loop request had theirs. The common loop of every device.

@@ -30,9 +30,15 @@ public sealed partial class VhostUserBackend
         var q = QueueAt(state.Index);
         if (q.Started)
             throw new VhostUserException(MessageErrorKind.InvalidState, $"queue {state.Index} is running; stop it before setting its base");
-        if (state.Num > ushort.MaxValue)
+        // A packed ring's base carries its avail slot in bits 0-14 and the wrap counter in bit 15; QEMU
+        // adds the used side in bits 16-31, which DPDK ignores and so do we (a stopped ring has
+        // nothing in flight: used resumes where avail does).
+        bool packed = VirtioFeature.Has(_ackedFeatures, VirtioFeature.RingPacked);
+        if (!packed && state.Num > ushort.MaxValue)
             throw new VhostUserException($"split-ring base 0x{state.Num:x} has reserved bits set");
-        q.Base = (ushort)state.Num;
+        if (packed && (state.Num & (PackedRing.WrapBit - 1)) >= (uint)Math.Max(q.Size, 1))
+            throw new VhostUserException($"packed-ring base 0x{state.Num:x} names a slot outside the queue of size {q.Size}");
+        q.Base = state.Num;
     }
 
     private void SetVringAddr(VringAddress addr)
@@ -64,7 +70,7 @@ public sealed partial class VhostUserBackend
     private byte[] GetVringBase(VringState state)
     {
         var q = QueueAt(state.Index);
-        ushort next = q.Started ? StopQueue(q) : q.Base;
+        uint next = q.Started ? StopQueue(q) : q.Base;
         q.Base = next;
         // Like libvhost-user: a stopped ring drops its kick and call; a restart sends new ones.
         q.Kick?.Dispose();
@@ -73,7 +79,7 @@ public sealed partial class VhostUserBackend
         q.Call = null;
         var reply = new byte[VringState.Size];
         new VringState(state.Index, next).Write(reply);
-        _logger.LogDebug("{Device}: queue {Queue} stopped at avail index {Next}", _device.Name, state.Index, next);
+        _logger.LogDebug("{Device}: queue {Queue} stopped at ring base 0x{Next:x}", _device.Name, state.Index, next);
         return reply;
     }
 
@@ -170,7 +176,7 @@ public sealed partial class VhostUserBackend
         var placement = new RingPlacement(q.Size, desc, avail, used);
         var worker = PlacementOf(q.Index) ?? _workers.Next();
         ulong features = _ackedFeatures;
-        ushort nextAvail = q.Base;
+        uint nextAvail = q.Base;
         var log = ActiveLog;
         ulong? usedLogAt = q.LogGuestAddress;
         if (worker.Loop.Invoke(() => q.Start(worker, memory, placement, features, nextAvail, transport: null, log, usedLogAt)) is { } error)
@@ -182,8 +188,8 @@ public sealed partial class VhostUserBackend
             _device.Name, q.Index, worker.Loop.Name, placement, nextAvail);
     }
 
-    /// <summary>Takes a running ring back from its worker; returns the next avail index.</summary>
-    private ushort StopQueue(DeviceQueue q)
+    /// <summary>Takes a running ring back from its worker; returns its base (<see cref="Virtqueue.VringBase"/>).</summary>
+    private uint StopQueue(DeviceQueue q)
     {
         if (!q.Started || q.Owner is not { } worker)
             return q.Base;

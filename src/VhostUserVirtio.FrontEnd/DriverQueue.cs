@@ -11,9 +11,10 @@ public readonly record struct BufferSpec(ulong Address, uint Length, bool Writab
 /// Driver side of a split virtqueue in <see cref="GuestRam"/>: lays out the rings, hands out
 /// descriptors, publishes chains (direct or indirect), kicks, and collects used buffers. The raw
 /// methods (<see cref="WriteDescriptor"/>, <see cref="PublishHead"/>, <see cref="SetAvailIndex"/>)
-/// let a test build chains no honest driver would.
+/// let a test build chains no honest driver would. <see cref="Packed"/> makes a packed ring instead
+/// (VIRTIO_F_RING_PACKED), driven through the same chain methods.
 /// </summary>
-public sealed unsafe class DriverQueue : IDisposable
+public sealed unsafe partial class DriverQueue : IDisposable
 {
     private readonly GuestRam _ram;
     private readonly ushort[] _shadowNext;   // our own copy of the links, so reclaiming never trusts ring memory
@@ -41,7 +42,7 @@ public sealed unsafe class DriverQueue : IDisposable
     {
     }
 
-    private DriverQueue(GuestRam ram, int index, int size, bool legacyLayout, Func<ulong, ulong, ulong> allocate)
+    private DriverQueue(GuestRam ram, int index, int size, bool legacyLayout, Func<ulong, ulong, ulong> allocate, bool packed = false)
     {
         if (!SplitRing.IsValidSize(size))
             throw new ArgumentOutOfRangeException(nameof(size), "queue size must be a power of two");
@@ -49,7 +50,17 @@ public sealed unsafe class DriverQueue : IDisposable
         _allocate = allocate;
         Index = index;
         Size = size;
-        if (legacyLayout)
+        IsPacked = packed;
+        if (packed)
+        {
+            DescriptorTable = allocate(PackedRing.DescriptorTableSize(size), 4096);
+            AvailableRing = allocate(PackedRing.EventSuppressionSize, PackedRing.EventAlignment);
+            UsedRing = allocate(PackedRing.EventSuppressionSize, PackedRing.EventAlignment);
+            ram.Span(DescriptorTable, (int)PackedRing.DescriptorTableSize(size)).Clear();
+            ram.Span(AvailableRing, PackedRing.EventSuppressionSize).Clear();
+            ram.Span(UsedRing, PackedRing.EventSuppressionSize).Clear();
+        }
+        else if (legacyLayout)
         {
             var (availOffset, usedOffset, total) = SplitRing.LegacyLayout(size);
             DescriptorTable = allocate(total, SplitRing.LegacyAlignment);
@@ -62,9 +73,12 @@ public sealed unsafe class DriverQueue : IDisposable
             AvailableRing = allocate(SplitRing.AvailableRingSize(size), SplitRing.AvailableAlignment);
             UsedRing = allocate(SplitRing.UsedRingSize(size), 4096);
         }
-        ram.Span(DescriptorTable, (int)SplitRing.DescriptorTableSize(size)).Clear();
-        ram.Span(AvailableRing, (int)SplitRing.AvailableRingSize(size)).Clear();
-        ram.Span(UsedRing, (int)SplitRing.UsedRingSize(size)).Clear();
+        if (!packed)
+        {
+            ram.Span(DescriptorTable, (int)SplitRing.DescriptorTableSize(size)).Clear();
+            ram.Span(AvailableRing, (int)SplitRing.AvailableRingSize(size)).Clear();
+            ram.Span(UsedRing, (int)SplitRing.UsedRingSize(size)).Clear();
+        }
         _shadowNext = new ushort[size];
         _chainLength = new int[size];
         _indirectTable = new ulong[size];
@@ -91,7 +105,8 @@ public sealed unsafe class DriverQueue : IDisposable
     private Span<byte> Used => _ram.Span(UsedRing, (int)SplitRing.UsedRingSize(Size));
 
     /// <summary>The device's used index as it is in memory now.</summary>
-    public ushort UsedIndex => Volatile.Read(ref *(ushort*)(_ram.Pointer(UsedRing + 2, 2)));
+    /// <remarks>Packed rings have no used index: there it counts the buffers reaped, plus one if the next is used already.</remarks>
+    public ushort UsedIndex => IsPacked ? PackedUsedCount : Volatile.Read(ref *(ushort*)(_ram.Pointer(UsedRing + 2, 2)));
 
     /// <summary>Writes one descriptor verbatim (any values).</summary>
     public void WriteDescriptor(int index, ulong address, uint length, ushort flags, ushort next) =>
@@ -110,6 +125,8 @@ public sealed unsafe class DriverQueue : IDisposable
     /// <summary>Puts a chain of buffers on the ring (descriptor table entries) and publishes it. Returns the head.</summary>
     public ushort AddChain(ReadOnlySpan<BufferSpec> buffers)
     {
+        if (IsPacked)
+            return AddPackedChain(buffers);
         if (buffers.IsEmpty || buffers.Length > _free.Count)
             throw new InvalidOperationException($"need {buffers.Length} free descriptors, have {_free.Count}");
         Span<ushort> ids = stackalloc ushort[buffers.Length];
@@ -131,6 +148,8 @@ public sealed unsafe class DriverQueue : IDisposable
     /// <summary>Puts a chain on the ring through one indirect table (one ring descriptor). Returns the head.</summary>
     public ushort AddIndirectChain(ReadOnlySpan<BufferSpec> buffers)
     {
+        if (IsPacked)
+            return AddPackedIndirectChain(buffers);
         if (buffers.IsEmpty || buffers.Length > Size || _free.Count == 0)
             throw new InvalidOperationException("no room for an indirect chain");
         ushort head = _free.Pop();
@@ -174,7 +193,7 @@ public sealed unsafe class DriverQueue : IDisposable
         BinaryPrimitives.WriteUInt16LittleEndian(Avail[(4 + 2 * Size)..], value);
 
     /// <summary>The device's NO_NOTIFY flag (without EVENT_IDX).</summary>
-    public bool DeviceSuppressesKicks => (BinaryPrimitives.ReadUInt16LittleEndian(Used) & SplitRing.UsedNoNotify) != 0;
+    public bool DeviceSuppressesKicks => IsPacked ? PackedDeviceFlags == PackedRing.EventDisable : (BinaryPrimitives.ReadUInt16LittleEndian(Used) & SplitRing.UsedNoNotify) != 0;
 
     /// <summary>The device's avail_event (with EVENT_IDX).</summary>
     public ushort AvailEvent => BinaryPrimitives.ReadUInt16LittleEndian(Used[(4 + SplitRing.UsedElementSize * Size)..]);
@@ -184,6 +203,8 @@ public sealed unsafe class DriverQueue : IDisposable
     /// <summary>Takes the next used element, if the device has returned one, and frees its descriptors.</summary>
     public bool TryGetUsed(out ushort id, out uint length)
     {
+        if (IsPacked)
+            return TryGetPackedUsed(out id, out length);
         id = 0;
         length = 0;
         if (UsedIndex == _lastUsed)
@@ -231,7 +252,8 @@ public sealed unsafe class DriverQueue : IDisposable
     public void Configure(VhostUserFrontEnd fe, EventFd? err = null, ushort availBase = 0)
     {
         fe.SetVringNum((uint)Index, (uint)Size);
-        fe.SetVringBase((uint)Index, availBase);
+        // A fresh packed ring starts in the lap whose wrap counters are 1 (QEMU's encoding: avail, then used).
+        fe.SetVringBase((uint)Index, IsPacked ? PackedRing.WrapBit | (uint)PackedRing.WrapBit << 16 : availBase);
         fe.SetVringAddr((uint)Index, _ram.UserAddressOf(DescriptorTable), _ram.UserAddressOf(UsedRing), _ram.UserAddressOf(AvailableRing));
         if (err != null)
             fe.SetVringErr((uint)Index, err);

@@ -39,6 +39,11 @@ public sealed class FrontEndSession : IDisposable
         public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
         /// <summary>Send SET_VRING_ENABLE(1) for every ring (when protocol features are negotiated).</summary>
         public bool EnableRings { get; init; } = true;
+        /// <summary>
+        /// Drive packed rings (VIRTIO_F_RING_PACKED); the back end must offer them. Off by default, as
+        /// QEMU's packed=off: the feature is then not accepted even when offered.
+        /// </summary>
+        public bool PackedRings { get; init; }
         /// <summary>Guest RAM to use (e.g. several regions); the session takes it over. A fresh <see cref="RamSize"/> region when null.</summary>
         public GuestRam? Ram { get; init; }
     }
@@ -62,6 +67,10 @@ public sealed class FrontEndSession : IDisposable
             ulong offered = fe.GetFeatures();
             // As QEMU: VHOST_F_LOG_ALL is set only while migrating (SET_FEATURES again, rings running).
             ulong features = offered & options.WantedFeatures & ~VirtioFeature.Mask(VirtioFeature.VhostLogAll);
+            if (!options.PackedRings)
+                features &= ~VirtioFeature.Mask(VirtioFeature.RingPacked);
+            else if (!VirtioFeature.Has(features, VirtioFeature.RingPacked))
+                throw new FrontEndException("back end does not offer packed rings");
             if (VirtioFeature.Has(features, VirtioFeature.VhostUserProtocolFeatures))
             {
                 var proto = fe.GetProtocolFeatures() & options.WantedProtocolFeatures;
@@ -77,7 +86,8 @@ public sealed class FrontEndSession : IDisposable
             bool eventIdx = VirtioFeature.Has(features, VirtioFeature.RingEventIdx);
             for (int i = 0; i < options.QueueCount; i++)
             {
-                var q = new DriverQueue(ram, i, options.QueueSize) { EventIdx = eventIdx };
+                var q = options.PackedRings ? DriverQueue.Packed(ram, i, options.QueueSize) : new DriverQueue(ram, i, options.QueueSize);
+                q.EventIdx = eventIdx;
                 queues.Add(q);
                 var err = new EventFd();
                 errs.Add(err);

@@ -85,6 +85,9 @@ public sealed class DescriptorChain
         ReadableLength = WritableLength = 0;
     }
 
+    /// <summary>Names the chain once its id is known (the packed ring carries it in the chain's last descriptor).</summary>
+    internal void SetHead(ushort head) => Head = head;
+
     /// <summary>
     /// Appends a segment; returns the error when it lies outside the chain's memory or breaks ordering
     /// or size rules. The address is translated here, once: the cursors use the result.

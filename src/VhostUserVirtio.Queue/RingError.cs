@@ -35,6 +35,12 @@ public enum RingErrorKind
     IndirectTableOutsideMemory,
     /// <summary>The device side could not set the ring up (e.g. its doorbell could not be watched).</summary>
     SetupFailed,
+    /// <summary>Packed ring: a chain names a buffer id at or above the queue size.</summary>
+    BufferIdOutOfRange,
+    /// <summary>Packed ring: a chain names a buffer id that is already in flight (taken, not yet used).</summary>
+    BufferIdInFlight,
+    /// <summary>Packed ring: the driver made more descriptors available than the ring holds (it reused slots the device had not given back).</summary>
+    RingOverrun,
 }
 
 /// <summary>

@@ -17,7 +17,7 @@ namespace VhostUserVirtio.Queue;
 ///
 /// Not thread-safe: one thread (the worker that owns the queue) uses it at a time.
 /// </summary>
-public sealed unsafe class SplitQueue
+public sealed unsafe class SplitQueue : Virtqueue
 {
     private GuestMemory _memory = GuestMemory.Empty;
     private byte* _desc;
@@ -42,41 +42,29 @@ public sealed unsafe class SplitQueue
         _chain = new DescriptorChain(1);
     }
 
-    public ushort Size => _size;
+    public override bool IsPacked => false;
+    public override ushort Size => _size;
     /// <summary>The memory snapshot the ring currently works against.</summary>
-    public GuestMemory Memory => _memory;
-    public ulong DescriptorTable { get; private set; }
-    public ulong AvailableRing { get; private set; }
-    public ulong UsedRing { get; private set; }
+    public override GuestMemory Memory => _memory;
 
     /// <summary>Index of the next available-ring entry to consume (free-running, wraps at 2^16).</summary>
-    public ushort NextAvail
+    public override ushort NextAvail
     {
         get => _nextAvail;
         set => _nextAvail = _availSeen = value; // the driver's index is read again on the next pop
     }
-
-    /// <summary>Index of the next used-ring entry to fill (free-running). Published to the driver by <see cref="PublishUsed"/>.</summary>
-    public ushort NextUsed { get; private set; }
 
     // The driver's avail index as last read: chains up to it are popped without touching the cache
     // line the driver writes (read again only when they are used up). The used index as last
     // published: a burst of used elements is published with one store, before the notification decision.
     private ushort _nextAvail, _availSeen, _usedPublished;
 
-    /// <summary>VIRTIO_F_RING_EVENT_IDX negotiated.</summary>
-    public bool EventIdx { get; set; }
-    /// <summary>VIRTIO_F_INDIRECT_DESC negotiated.</summary>
-    public bool IndirectAllowed { get; set; }
-
-    /// <summary>Why the queue is broken, or null while it is healthy.</summary>
-    public RingError? Fault { get; private set; }
-    public bool IsReady => _desc != null && Fault == null;
+    public override bool IsReady => _desc != null && Fault == null;
 
     /// <summary>The dirty log buffer writes are marked in, or null while logging is off.</summary>
-    public DirtyLog? Log => _log;
+    public override DirtyLog? Log => _log;
     /// <summary>Where used-ring writes are logged (guest physical, the used ring's first byte), or null when they are not.</summary>
-    public ulong? UsedLogAddress => _usedLog != null ? _usedLogBase : null;
+    public override ulong? UsedLogAddress => _usedLog != null ? _usedLogBase : null;
 
     /// <summary>
     /// Turns dirty logging on or off for this ring: buffer writes are marked in <paramref name="log"/>,
@@ -85,7 +73,7 @@ public sealed unsafe class SplitQueue
     /// log_guest_addr, which need not be in the memory table). Takes effect with the next write; the
     /// ring keeps its position. Null turns logging off.
     /// </summary>
-    public void SetDirtyLog(DirtyLog? log, ulong? usedLogAddress)
+    public override void SetDirtyLog(DirtyLog? log, ulong? usedLogAddress)
     {
         _log = log;
         _usedLog = log != null && usedLogAddress != null ? log : null;
@@ -96,7 +84,7 @@ public sealed unsafe class SplitQueue
     /// Copies bytes into guest memory (e.g. a header field patched after the chain was written),
     /// marking them in the dirty log while logging is on. False if any byte is unmapped.
     /// </summary>
-    public bool WriteGuest(ulong gpa, ReadOnlySpan<byte> source)
+    public override bool WriteGuest(ulong gpa, ReadOnlySpan<byte> source)
     {
         if (!_memory.Write(gpa, source))
             return false;
@@ -108,18 +96,11 @@ public sealed unsafe class SplitQueue
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void LogUsed(ulong offset, ulong length) => _usedLog?.Mark(_usedLogBase + offset, length);
 
-    /// <summary>Chains popped since the queue was set up.</summary>
-    public ulong ChainsPopped { get; private set; }
-
     /// <summary>
     /// Places the rings. Checks size, alignment, and that each ring part lies inside one mapped region.
     /// On failure the queue is left unready and the reason returned.
     /// </summary>
-    public RingError? Configure(GuestMemory memory, int size, ulong descTable, ulong availRing, ulong usedRing) =>
-        Configure(memory, new RingPlacement(size, descTable, availRing, usedRing));
-
-    /// <inheritdoc cref="Configure(GuestMemory, int, ulong, ulong, ulong)"/>
-    public RingError? Configure(GuestMemory memory, RingPlacement placement)
+    public override RingError? Configure(GuestMemory memory, RingPlacement placement)
     {
         _desc = _avail = _used = null;
         if (placement.Check(memory) is { } error)
@@ -133,7 +114,7 @@ public sealed unsafe class SplitQueue
     }
 
     /// <summary>Re-resolves the ring pointers against a new memory snapshot (after a memory table change).</summary>
-    public RingError? Remap(GuestMemory memory)
+    public override RingError? Remap(GuestMemory memory)
     {
         _memory = memory;
         int size = _size;
@@ -158,13 +139,8 @@ public sealed unsafe class SplitQueue
         _signalledUsedValid = false;
     }
 
-    /// <summary>Marks the queue broken; it stays broken until reconfigured.</summary>
-    public void Break(RingError reason) => Fault ??= reason;
-
-    public void Break(RingErrorKind kind, string detail) => Break(new RingError(kind, detail));
-
     /// <summary>Clears a fault and the pointers; used when the front end sets the ring up anew.</summary>
-    public void Reset()
+    public override void Reset()
     {
         _desc = _avail = _used = null;
         SetDirtyLog(null, null);
@@ -184,7 +160,7 @@ public sealed unsafe class SplitQueue
     /// Pops and validates the next chain. Returns null when none is available or the queue is broken
     /// (check <see cref="Fault"/>). The returned chain is reused by the next pop.
     /// </summary>
-    public DescriptorChain? Pop()
+    public override DescriptorChain? Pop()
     {
         if (!IsReady)
             return null;
@@ -280,9 +256,6 @@ public sealed unsafe class SplitQueue
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static ulong LittleEndian(ulong value) => BitConverter.IsLittleEndian ? value : BinaryPrimitives.ReverseEndianness(value);
 
-    /// <summary>Chains one <see cref="Drain{THandler}"/> call handles at most (DPDK dequeues bursts of 32).</summary>
-    public const int DefaultBudget = 64;
-
     /// <summary>
     /// Pops available chains through <paramref name="handler"/>, at most <paramref name="budget"/> of
     /// them, and returns each with the length the handler wrote. The budget keeps a driver that never
@@ -295,7 +268,7 @@ public sealed unsafe class SplitQueue
     /// Re-enable kicks when done (the normal case). A busy-polling caller passes false and calls
     /// <see cref="EnableNotification"/> itself before it sleeps.
     /// </param>
-    public DrainResult Drain<THandler>(ref THandler handler, bool rearm = true, int budget = DefaultBudget) where THandler : struct, IChainHandler
+    public override DrainResult Drain<THandler>(ref THandler handler, bool rearm = true, int budget = DefaultBudget)
     {
         int handled = 0;
         DisableNotification();
@@ -343,14 +316,14 @@ public sealed unsafe class SplitQueue
     }
 
     /// <summary>True when the driver has published buffers not yet popped (a cheap look for pollers).</summary>
-    public bool HasPending => IsReady && (_availSeen != _nextAvail || ReadAvailIndex() != _nextAvail);
+    public override bool HasPending => IsReady && (_availSeen != _nextAvail || ReadAvailIndex() != _nextAvail);
 
     /// <summary>
     /// Gives back the last <paramref name="count"/> popped chains unconsumed, as if never popped (e.g. a
     /// received frame needed more buffers than the driver had posted). Only valid before PushUsed
     /// for them; they are validated again when popped again.
     /// </summary>
-    public void Rewind(int count)
+    public override void Rewind(int count)
     {
         _nextAvail -= (ushort)count; // still at or behind what was seen of the driver's index
         ChainsPopped -= (ulong)count;
@@ -361,7 +334,7 @@ public sealed unsafe class SplitQueue
     /// <paramref name="publish"/> false the element is written but the used index is left for
     /// <see cref="PublishUsed"/>, so a burst costs one store to the cache line the driver polls.
     /// </summary>
-    public void PushUsed(ushort head, uint length, bool publish = true)
+    public override void PushUsed(ushort head, uint length, bool publish = true)
     {
         if (!IsReady)
             return;
@@ -380,7 +353,7 @@ public sealed unsafe class SplitQueue
     /// Publishes the used elements written so far (release: the elements are visible before the index).
     /// Call before the notification decision, before a stop or pause, and at the end of a burst.
     /// </summary>
-    public void PublishUsed()
+    public override void PublishUsed()
     {
         // Not IsReady: a ring that broke in the middle of a burst still gives back what it handled.
         if (_used == null || _usedPublished == NextUsed)
@@ -394,7 +367,7 @@ public sealed unsafe class SplitQueue
     /// Whether the driver wants a used-buffer notification now (call after publishing used elements).
     /// Honours EVENT_IDX's used_event, or the NO_INTERRUPT flag without it.
     /// </summary>
-    public bool NeedsNotification()
+    public override bool NeedsNotification()
     {
         if (!IsReady)
             return false;
@@ -413,7 +386,7 @@ public sealed unsafe class SplitQueue
     }
 
     /// <summary>Asks the driver not to kick (we are about to poll the ring anyway).</summary>
-    public void DisableNotification()
+    public override void DisableNotification()
     {
         if (!IsReady || EventIdx)
             return; // with EVENT_IDX, not moving avail_event is enough
@@ -425,7 +398,7 @@ public sealed unsafe class SplitQueue
     /// Asks the driver to kick again when it adds buffers, then re-checks the ring. Returns true when
     /// buffers arrived meanwhile (the caller must keep processing, or a kick could be lost).
     /// </summary>
-    public bool EnableNotification()
+    public override bool EnableNotification()
     {
         if (!IsReady)
             return false;
@@ -445,7 +418,7 @@ public sealed unsafe class SplitQueue
     }
 }
 
-/// <summary>What one <see cref="SplitQueue.Drain{THandler}"/> call did.</summary>
+/// <summary>What one <see cref="Virtqueue.Drain{THandler}"/> call did.</summary>
 /// <param name="Handled">Chains handled (and returned to the driver).</param>
 /// <param name="BudgetSpent">The budget ran out: more may be waiting, kicks are still suppressed, come back.</param>
 public readonly record struct DrainResult(int Handled, bool BudgetSpent);

@@ -13,12 +13,14 @@ public sealed class AllocationTests
     private const int MeasuredBatches = 8;
 
     [Theory]
-    [InlineData(64, true)]
-    [InlineData(1500, true)]
-    [InlineData(64, false)]
-    public void Device_side_pop_echo_push_allocates_nothing_once_warm(int payloadSize, bool eventIdx)
+    [InlineData(64, true, false)]
+    [InlineData(1500, true, false)]
+    [InlineData(64, false, false)]
+    [InlineData(64, true, true)]
+    [InlineData(1500, false, true)]
+    public void Device_side_pop_echo_push_allocates_nothing_once_warm(int payloadSize, bool eventIdx, bool packed)
     {
-        using var ring = new InThreadEchoRing(Chains, payloadSize, eventIdx);
+        using var ring = new InThreadEchoRing(Chains, payloadSize, eventIdx, packed);
         // Warm-up: JIT, static constructors, first-use growth of any pooled state.
         ring.RunBatch();
         ring.RunBatch();
@@ -62,10 +64,12 @@ public sealed class AllocationTests
 /// <summary>The net forwarding path (transmit ring → switch → receive ring) allocates nothing per frame.</summary>
 public sealed class NetForwardingAllocationTests
 {
-    [Fact]
-    public void Forwarding_frames_through_the_switch_allocates_nothing_per_frame_on_the_worker()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Forwarding_frames_through_the_switch_allocates_nothing_per_frame_on_the_worker(bool packed)
     {
-        using var rig = new NetForwardingRig(batch: 128, frameSize: 64);
+        using var rig = new NetForwardingRig(batch: 128, frameSize: 64, packed: packed);
         for (int i = 0; i < 4; i++)
             rig.ForwardBatch(); // warm up: JIT, dictionary growth, first learnings
 

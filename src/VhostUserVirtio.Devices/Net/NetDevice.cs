@@ -96,7 +96,7 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
         get
         {
             ulong f = VirtioFeature.Mask(VirtioFeature.Version1) | VirtioFeature.Mask(VirtioFeature.RingEventIdx) |
-                      VirtioFeature.Mask(VirtioFeature.RingIndirectDesc) |
+                      VirtioFeature.Mask(VirtioFeature.RingIndirectDesc) | VirtioFeature.Mask(VirtioFeature.RingPacked) |
                       VirtioFeature.Mask(VirtioNet.FMrgRxbuf) | VirtioFeature.Mask(VirtioNet.FStatus) |
                       VirtioFeature.Mask(VirtioNet.FMtu);
             if (_mac != null)

@@ -101,7 +101,10 @@ internal sealed class ManagedTransport
 
     // ---- class 2: features ----
 
-    public AdminOutcome DevFeaturesGet(Span<byte> result) => Features(result, _device.Device.Features);
+    public AdminOutcome DevFeaturesGet(Span<byte> result) => Features(result, OfferedFeatures);
+
+    /// <summary>The member's features less packed rings, which owner-driven rings do not support.</summary>
+    private ulong OfferedFeatures => _device.Device.Features & ~VirtioFeature.Mask(VirtioFeature.RingPacked);
 
     public AdminOutcome DrvFeaturesGet(Span<byte> result) => Features(result, _driverFeatures);
 
@@ -115,7 +118,7 @@ internal sealed class ManagedTransport
     public AdminOutcome DrvFeaturesSet(ReadOnlySpan<byte> data)
     {
         ulong low = BinaryPrimitives.ReadUInt64LittleEndian(data), high = BinaryPrimitives.ReadUInt64LittleEndian(data[8..]);
-        if (high != 0 || (low & ~_device.Device.Features) != 0 || (_status & FeaturesOk) != 0)
+        if (high != 0 || (low & ~OfferedFeatures) != 0 || (_status & FeaturesOk) != 0)
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
         if (Claim() is { } busy)
             return busy;

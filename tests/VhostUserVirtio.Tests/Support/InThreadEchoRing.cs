@@ -8,7 +8,7 @@ namespace VhostUserVirtio.Tests.Support;
 
 /// <summary>
 /// The echo data path in one thread, no sockets: a driver-side ring in <see cref="GuestRam"/> and a
-/// device-side <see cref="SplitQueue"/> over the same memfd, mapped a second time through
+/// device-side ring (<see cref="SplitQueue"/>, or <see cref="PackedQueue"/> with packed) over the same memfd, mapped a second time through
 /// <see cref="GuestMemoryTable"/> exactly as the back end maps a front end's memory table.
 /// Each chain is one readable buffer followed by one writable buffer of the same size.
 ///
@@ -21,21 +21,25 @@ public sealed class InThreadEchoRing : IDisposable
     private readonly BufferSpec[] _buffers;   // chain i = _buffers[2i] (readable), _buffers[2i+1] (writable)
 
     /// <param name="chains">Chains per batch; each takes two descriptors, so the queue is sized to fit them.</param>
-    public InThreadEchoRing(int chains, int payloadSize, bool eventIdx = true)
+    public InThreadEchoRing(int chains, int payloadSize, bool eventIdx = true, bool packed = false)
     {
         Chains = chains;
         PayloadSize = payloadSize;
         int queueSize = (int)BitOperations.RoundUpToPowerOf2((uint)(2 * chains));
         ulong ringBytes = 64 << 10;
         _ram = new GuestRam(ringBytes + (ulong)(2 * chains * (payloadSize + 64)) + (1 << 20));
-        Driver = new DriverQueue(_ram, 0, queueSize) { EventIdx = eventIdx };
+        Driver = packed ? DriverQueue.Packed(_ram, 0, queueSize) : new DriverQueue(_ram, 0, queueSize);
+        Driver.EventIdx = eventIdx;
 
         // The table consumes its descriptors; GuestRam keeps its own, so hand over a duplicate.
         var r = _ram.Regions[0];
         _table.Replace([(r.Gpa, r.Size, r.UserAddress, r.MmapOffset)], [r.Fd.Duplicate()]);
-        Device = new SplitQueue(queueSize) { EventIdx = eventIdx };
+        Device = packed ? new PackedQueue(queueSize) : new SplitQueue(queueSize);
+        Device.EventIdx = eventIdx;
         if (Device.Configure(_table.Current, queueSize, Driver.DescriptorTable, Driver.AvailableRing, Driver.UsedRing) is { } error)
             throw new InvalidOperationException(error.Detail);
+        if (Device is PackedQueue p && p.SetVringBase(PackedRing.WrapBit) is { } baseError)
+            throw new InvalidOperationException(baseError.Detail);
 
         _buffers = new BufferSpec[2 * chains];
         for (int i = 0; i < chains; i++)
@@ -53,7 +57,7 @@ public sealed class InThreadEchoRing : IDisposable
     public int Chains { get; }
     public int PayloadSize { get; }
     public DriverQueue Driver { get; }
-    public SplitQueue Device { get; }
+    public Virtqueue Device { get; }
     /// <summary>Used-buffer notifications the device side decided to send (counted, not signalled).</summary>
     public long Notifications { get; private set; }
 

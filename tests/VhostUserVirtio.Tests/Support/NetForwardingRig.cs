@@ -25,14 +25,14 @@ public sealed class NetForwardingRig : IDisposable
     private readonly BufferSpec[] _rxBuffers;
     private readonly Dictionary<ushort, int> _rxHeadToBuffer = new();
 
-    public NetForwardingRig(int batch, int frameSize, ILoggerFactory? loggers = null)
+    public NetForwardingRig(int batch, int frameSize, ILoggerFactory? loggers = null, bool packed = false)
     {
         Batch = batch;
         loggers ??= NullLoggerFactory.Instance;
         _server = new VhostUserServer(loggers);
         _group = new DeviceGroup(_server, new DeviceGroupOptions { SocketDirectory = _directory, Vfs = 2 }, loggers);
         _group.Start();
-        var options = new FrontEndSession.Options { QueueCount = 2, QueueSize = 2 * batch, RamSize = 16 << 20 };
+        var options = new FrontEndSession.Options { QueueCount = 2, QueueSize = 2 * batch, RamSize = 16 << 20, PackedRings = packed };
         _tx = FrontEndSession.Start(Path.Combine(_directory, "vf1.sock"), options);
         _rx = FrontEndSession.Start(Path.Combine(_directory, "vf2.sock"), options);
 

@@ -14,10 +14,11 @@ public sealed class NetFrontEnd : IDisposable
     public const int HeaderSize = 12;
     private readonly Dictionary<ushort, (ulong Address, uint Length)> _rxBuffers = new();
 
-    public NetFrontEnd(string socket, ulong? features = null, int queueSize = 256, bool controlQueue = false, GuestRam? ram = null)
+    public NetFrontEnd(string socket, ulong? features = null, int queueSize = 256, bool controlQueue = false, GuestRam? ram = null, bool packed = false)
     {
         Session = FrontEndSession.Start(socket, new FrontEndSession.Options
         {
+            PackedRings = packed,
             Ram = ram,
             QueueCount = controlQueue ? 3 : 2,
             QueueSize = queueSize,

@@ -9,7 +9,8 @@ namespace VhostUserVirtio.Tests.Support;
 /// <param name="ServerMode">QEMU listens (server=on,wait=off) and the back end connects, e.g. the daemon with --client.</param>
 /// <param name="ReconnectSeconds">QEMU as client retries a lost connection every N seconds (client mode only).</param>
 /// <param name="DeviceOptions">Appended to the virtio-net-pci device's options, e.g. ",csum=off,guest_tso4=off".</param>
-public sealed record GuestNic(string SocketPath, string Mac, bool ServerMode = false, int? ReconnectSeconds = null, string DeviceOptions = "");
+/// <param name="Packed">The device uses packed virtqueues (virtio-net-pci packed=on).</param>
+public sealed record GuestNic(string SocketPath, string Mac, bool ServerMode = false, int? ReconnectSeconds = null, string DeviceOptions = "", bool Packed = false);
 
 /// <summary>A virtio-net NIC on one of QEMU's own back ends; <paramref name="Backend"/> is the -netdev value without id.</summary>
 public sealed record QemuNic(string Backend, string Mac)
@@ -199,7 +200,7 @@ public sealed partial class QemuGuest : IDisposable
                 chardev += $",reconnect={seconds}";
             args.AddRange(["-chardev", chardev,
                 "-netdev", $"vhost-user,id=n{i},chardev=c{i},queues=1",
-                "-device", $"virtio-net-pci,netdev=n{i},mac={nic.Mac}{vectors}{nic.DeviceOptions}"]);
+                "-device", $"virtio-net-pci,netdev=n{i},mac={nic.Mac}{vectors}{nic.DeviceOptions}{(nic.Packed ? ",packed=on" : "")}"]);
         }
         for (var i = 0; i < options.QemuNics.Count; i++)
         {

@@ -181,9 +181,13 @@ public sealed partial class TestPmd : IDisposable
 
     // ---- vdev strings ------------------------------------------------------------------------
 
-    /// <summary>A virtio-user port (the driver side) on <paramref name="socket"/>; client unless <paramref name="server"/>.</summary>
-    public static string VirtioUser(int index, string socket, string? mac = null, bool server = false, int queues = 1) =>
-        $"net_virtio_user{index},path={socket},queues={queues}" + (mac != null ? $",mac={mac}" : "") + (server ? ",server=1" : "");
+    /// <summary>
+    /// A virtio-user port (the driver side) on <paramref name="socket"/>; client unless <paramref name="server"/>;
+    /// packed rings (packed_vq=1) with <paramref name="packed"/>.
+    /// </summary>
+    public static string VirtioUser(int index, string socket, string? mac = null, bool server = false, int queues = 1, bool packed = false) =>
+        $"net_virtio_user{index},path={socket},queues={queues}" + (mac != null ? $",mac={mac}" : "") + (server ? ",server=1" : "") +
+        (packed ? ",packed_vq=1" : "");
 
     /// <summary>A vhost-user port (DPDK's vhost PMD, the device side) listening on <paramref name="socket"/>.</summary>
     public static string Vhost(int index, string socket, int queues = 1) =>
