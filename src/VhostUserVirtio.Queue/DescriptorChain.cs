@@ -70,6 +70,39 @@ public sealed class DescriptorChain
         return data.IsEmpty;
     }
 
+    /// <summary>
+    /// <paramref name="length"/> readable bytes from <paramref name="offset"/> as one span, when they lie
+    /// in one segment that was translated at validation; false otherwise (use <see cref="Reader"/>).
+    /// The bytes are the driver's: they may change while read.
+    /// </summary>
+    public unsafe bool TryGetReadable(uint offset, int length, out ReadOnlySpan<byte> span)
+    {
+        foreach (var seg in Readable)
+        {
+            if (offset < seg.Length)
+            {
+                bool whole = seg.Host != 0 && length >= 0 && seg.Length - offset >= (uint)length;
+                span = whole ? new ReadOnlySpan<byte>((byte*)seg.Host + offset, length) : default;
+                return whole;
+            }
+            offset -= seg.Length;
+        }
+        span = default;
+        return false;
+    }
+
+    /// <summary>
+    /// The first <paramref name="length"/> writable bytes as one span, when the first writable segment
+    /// holds them and was translated at validation; false otherwise (use <see cref="Writer"/>, which
+    /// also marks the dirty log).
+    /// </summary>
+    public unsafe bool TryGetFirstWritable(int length, out Span<byte> span)
+    {
+        bool whole = WritableCount > 0 && length >= 0 && _segments[ReadableCount] is { Host: not 0 } seg && seg.Length >= (uint)length;
+        span = whole ? new Span<byte>((byte*)_segments[ReadableCount].Host, length) : default;
+        return whole;
+    }
+
     internal void EnsureCapacity(int capacity)
     {
         if (_segments.Length < capacity)

@@ -328,7 +328,7 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
     {
         var ring = queue.Ring;
         var used = _rxUsed[lane] ??= new (ushort, uint)[Options.MaxQueueSize];
-        var reader = frame.OpenReader();
+        FrameReader reader = default;   // opened only when the one-step copy does not apply
         int remaining = frame.Length;
         int popped = 0;
         ulong numBuffersAt0 = 0, numBuffersAt1 = 0;
@@ -349,7 +349,6 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
                     queue.ReportFault();
                 return false;
             }
-            var writer = chain.Writer();
             if (popped == 0)
             {
                 if (chain.WritableLength < _headerSize)
@@ -358,9 +357,17 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
                     reason = DropReason.RxBufferTooSmall;
                     return false;
                 }
+                if (TryCopyWhole(chain, frame, header[.._headerSize]))
+                {
+                    used[popped++] = (chain.Head, (uint)(_headerSize + frame.Length));
+                    break;
+                }
+            }
+            var writer = chain.Writer();
+            if (popped == 0)
+            {
                 writer.Write(header[.._headerSize]);
-                if (_mergeable)
-                    LocateNumBuffers(chain, out numBuffersAt0, out numBuffersAt1);
+                reader = frame.OpenReader();
             }
             remaining -= reader.CopyTo(ref writer);
             used[popped++] = (chain.Head, writer.Written);
@@ -372,6 +379,9 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
                 reason = DropReason.RxBufferTooSmall;
                 return false;
             }
+            // A second buffer is needed: find num_buffers in the first before the next pop reuses the chain.
+            if (popped == 1)
+                LocateNumBuffers(chain, out numBuffersAt0, out numBuffersAt1);
         }
 
         if (popped > 1)
@@ -383,6 +393,21 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
         if (!frame.Offload.IsNone)
             Counters.LaneAt(lane).OffloadsPassedThrough++;
         reason = default;
+        return true;
+    }
+
+    /// <summary>
+    /// The common case in one step: the frame's bytes lie in one place and the chain's first buffer,
+    /// translated when it was validated, holds the header and the whole frame. Three plain copies,
+    /// no cursors. Not while dirty logging is on (the cursors mark the pages written).
+    /// </summary>
+    private static bool TryCopyWhole(DescriptorChain chain, in Frame frame, ReadOnlySpan<byte> header)
+    {
+        if (chain.Log != null || !chain.TryGetFirstWritable(header.Length + frame.Length, out var destination) || !frame.TryGetRest(out var rest))
+            return false;
+        header.CopyTo(destination);
+        frame.WriteAddresses(destination.Slice(header.Length, Frame.AddressesLength));
+        rest.CopyTo(destination[(header.Length + Frame.AddressesLength)..]);
         return true;
     }
 

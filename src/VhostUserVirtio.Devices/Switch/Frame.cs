@@ -101,6 +101,28 @@ public readonly ref struct Frame
         return new FrameReader(reader, Destination, Source);
     }
 
+    /// <summary>
+    /// The bytes after the addresses, when they lie in one place: a plain buffer, or one segment of
+    /// the chain that was translated when the chain was validated. False otherwise (use a reader).
+    /// Read at copy time, like a reader's bytes: only the addresses are the frame's own copy.
+    /// </summary>
+    public bool TryGetRest(out ReadOnlySpan<byte> rest)
+    {
+        if (_chain == null)
+        {
+            rest = _bytes[AddressesLength..];
+            return true;
+        }
+        return _chain.TryGetReadable(_offset + (uint)AddressesLength, Length - AddressesLength, out rest);
+    }
+
+    /// <summary>Writes the frame's copy of its addresses (destination, source) into <paramref name="destination"/>.</summary>
+    public void WriteAddresses(Span<byte> destination)
+    {
+        Destination.Write(destination);
+        Source.Write(destination[6..]);
+    }
+
     /// <summary>Copies the whole frame into <paramref name="destination"/> (which must be large enough).</summary>
     public int CopyTo(scoped Span<byte> destination)
     {
