@@ -140,6 +140,8 @@ public sealed unsafe partial class PackedQueue
         _ringLog?.Mark(UsedRing, PackedRing.EventSuppressionSize);
     }
 
+    // The same loop as SplitQueue.Drain, written in each sealed class so Pop and PushUsed bind to it
+    // directly: one virtual call per burst (Drain), none per chain.
     public override DrainResult Drain<THandler>(ref THandler handler, bool rearm = true, int budget = DefaultBudget)
     {
         int handled = 0;
