@@ -22,24 +22,13 @@ public sealed class MemberStopAcrossWorkersTests
 
         using var unlimited = new SemaphoreSlim(int.MaxValue / 2);
         using var stop = new CancellationTokenSource();
-        var failures = new System.Collections.Concurrent.ConcurrentQueue<Exception>();
-        Thread Run(Action body)
-        {
-            var t = new Thread(() =>
-            {
-                try { body(); }
-                catch (OperationCanceledException) { }
-                catch (Exception e) { failures.Enqueue(e); }
-            }) { IsBackground = true };
-            t.Start();
-            return t;
-        }
+        var traffic = new TrafficThreads();
         var threads = new[]
         {
-            Run(() => b.ReceiveFrames(0, a.Mac, unlimited, stop.Token)),
-            Run(() => b.ReceiveFrames(1, a.Mac, unlimited, stop.Token)),
-            Run(() => a.SendFrames(0, "a", b.Mac, int.MaxValue, unlimited, stop.Token)),
-            Run(() => a.SendFrames(1, "a", b.Mac, int.MaxValue, unlimited, stop.Token)),
+            traffic.Run(() => b.ReceiveFrames(0, a.Mac, unlimited, stop.Token)),
+            traffic.Run(() => b.ReceiveFrames(1, a.Mac, unlimited, stop.Token)),
+            traffic.Run(() => a.SendFrames(0, "a", b.Mac, int.MaxValue, unlimited, stop.Token)),
+            traffic.Run(() => a.SendFrames(1, "a", b.Mac, int.MaxValue, unlimited, stop.Token)),
         };
         var home = backend.Group.DataPath.Loop;
         try
@@ -66,7 +55,7 @@ public sealed class MemberStopAcrossWorkersTests
             foreach (var t in threads)
                 t.Join(TimeSpan.FromSeconds(40));
         }
-        Assert.True(failures.IsEmpty, string.Join("\n", failures));
+        Assert.True(traffic.Ok, traffic.Failures);
         Assert.Equal(0, b.Misaddressed);
         Assert.All(b.Received, kv => Assert.Equal(1, kv.Value));
     }

@@ -41,37 +41,26 @@ public sealed class WorkerSpreadForwardingTests
         using var toA = new SemaphoreSlim(200);
         using var toB = new SemaphoreSlim(200);
         using var stop = new CancellationTokenSource();
-        var failures = new System.Collections.Concurrent.ConcurrentQueue<Exception>();
-        Thread Run(Action body)
-        {
-            var t = new Thread(() =>
-            {
-                try { body(); }
-                catch (OperationCanceledException) { }
-                catch (Exception e) { failures.Enqueue(e); }
-            }) { IsBackground = true };
-            t.Start();
-            return t;
-        }
+        var traffic = new TrafficThreads();
         var receivers = new[]
         {
-            Run(() => a.ReceiveFrames(0, b.Mac, toA, stop.Token)),
-            Run(() => a.ReceiveFrames(1, b.Mac, toA, stop.Token)),
-            Run(() => b.ReceiveFrames(0, a.Mac, toB, stop.Token)),
-            Run(() => b.ReceiveFrames(1, a.Mac, toB, stop.Token)),
+            traffic.Run(() => a.ReceiveFrames(0, b.Mac, toA, stop.Token)),
+            traffic.Run(() => a.ReceiveFrames(1, b.Mac, toA, stop.Token)),
+            traffic.Run(() => b.ReceiveFrames(0, a.Mac, toB, stop.Token)),
+            traffic.Run(() => b.ReceiveFrames(1, a.Mac, toB, stop.Token)),
         };
         var senders = new[]
         {
-            Run(() => a.SendFrames(0, "a", b.Mac, FramesPerRing, toB, stop.Token)),
-            Run(() => a.SendFrames(1, "a", b.Mac, FramesPerRing, toB, stop.Token)),
-            Run(() => b.SendFrames(0, "b", a.Mac, FramesPerRing, toA, stop.Token)),
-            Run(() => b.SendFrames(1, "b", a.Mac, FramesPerRing, toA, stop.Token)),
+            traffic.Run(() => a.SendFrames(0, "a", b.Mac, FramesPerRing, toB, stop.Token)),
+            traffic.Run(() => a.SendFrames(1, "a", b.Mac, FramesPerRing, toB, stop.Token)),
+            traffic.Run(() => b.SendFrames(0, "b", a.Mac, FramesPerRing, toA, stop.Token)),
+            traffic.Run(() => b.SendFrames(1, "b", a.Mac, FramesPerRing, toA, stop.Token)),
         };
         try
         {
             foreach (var t in senders)
                 Assert.True(t.Join(Deadline), "senders did not finish");
-            Assert.True(failures.IsEmpty, string.Join("\n", failures));
+            Assert.True(traffic.Ok, traffic.Failures);
             Assert.True(EchoBackend.WaitUntil(() => a.ReceivedCount >= 2 * FramesPerRing && b.ReceivedCount >= 2 * FramesPerRing, 30_000),
                 $"frames lost: a got {a.ReceivedCount}, b got {b.ReceivedCount} of {2 * FramesPerRing} each");
         }
@@ -81,7 +70,7 @@ public sealed class WorkerSpreadForwardingTests
             foreach (var t in receivers.Concat(senders))
                 t.Join(TimeSpan.FromSeconds(10));
         }
-        Assert.True(failures.IsEmpty, string.Join("\n", failures));
+        Assert.True(traffic.Ok, traffic.Failures);
 
         foreach (var (port, sender) in new[] { (a, "b"), (b, "a") })
         {
