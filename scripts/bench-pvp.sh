@@ -38,6 +38,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib/bench.sh
+source "$root/scripts/lib/bench.sh"   # say, stop_pid, wait_sockets, median
 backends="dpdk,ovs,ours"
 sizes="64,1518"
 samples=5
@@ -99,19 +101,11 @@ tag="vuvpvp$$"            # unique DPDK --file-prefix stem for this run
 dpdk_run=/var/run/dpdk
 [[ $(id -u) -eq 0 ]] || dpdk_run="${XDG_RUNTIME_DIR:-/tmp}/dpdk"
 
-say() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 # ---- process bookkeeping and cleanup --------------------------------------------------------
 declare -A pmd_fd=() pmd_pid=() pmd_log=()
 other_pids=()
 
-stop_pid() {   # TERM, wait up to 5 s, then KILL; only for processes this script started
-    local pid="$1" i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local name pid
@@ -186,18 +180,7 @@ pmd_quit() {
     unset "pmd_pid[$name]" "pmd_fd[$name]"
 }
 
-wait_sockets() {  # wait_sockets PID SOCKET...: until every socket exists (false if PID dies)
-    local pid="$1" end=$((SECONDS + timeout)) s ok; shift
-    while ((SECONDS < end)); do
-        ok=1; for s in "$@"; do [[ -S "$s" ]] || ok=0; done
-        ((ok)) && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.2
-    done
-    return 1
-}
 
-median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 # ---- one measurement: front end on SOCK0/SOCK1, packet size SIZE; sets $measured (samples) ------
 # (Not run in $(...): a subshell would hide the front end's pid from the cleanup trap.)

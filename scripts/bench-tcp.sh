@@ -21,6 +21,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib/bench.sh
+source "$root/scripts/lib/bench.sh"   # say, stop_pid, wait_sockets, median
 backends="ours,ours-nooff,ovs"
 rounds=2
 seconds=10
@@ -47,16 +49,8 @@ no_offloads=",csum=off,guest_csum=off,gso=off,host_tso4=off,host_tso6=off,host_e
 
 work="$(mktemp -d /tmp/vuv-tcp.XXXXXX)"
 tag="vuvtcp$$"
-say() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 other_pids=()
-stop_pid() {   # TERM, wait up to 5 s, then KILL; only for processes this script started
-    local pid="$1" i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 cleanup() {
     local pid
     trap - EXIT INT TERM
@@ -70,18 +64,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo; say "interrupted"; exit 130' INT TERM
 
-wait_sockets() {  # wait_sockets PID SOCKET...: until every socket exists (false if PID dies)
-    local pid="$1" end=$((SECONDS + timeout)) s ok; shift
-    while ((SECONDS < end)); do
-        ok=1; for s in "$@"; do [[ -S "$s" ]] || ok=0; done
-        ((ok)) && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.2
-    done
-    return 1
-}
 
-median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 # ---- guest image: base initramfs + iperf3 archive + a per-guest /test.sh ---------------------
 prep="$(bash "$root/scripts/guest/prepare.sh")"
