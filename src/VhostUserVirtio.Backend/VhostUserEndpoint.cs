@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend.Diagnostics;
+using VhostUserVirtio.Backend.Sessions;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Protocol;
 
@@ -71,6 +72,13 @@ public sealed class VhostUserEndpoint : IDisposable
         _retryInterval = retryInterval ?? TimeSpan.FromSeconds(1);
     }
 
+    /// <summary>
+    /// Where this endpoint keeps its listener and session while the process lives, so a restarted
+    /// process takes them back (<see cref="SessionKeeper"/>); null: the session ends with the process.
+    /// Set before <see cref="Start"/>.
+    /// </summary>
+    public KeptEndpoint? Keeping { get; init; }
+
     /// <summary>The socket path, or for an adopted listener a description such as "fd 3".</summary>
     public string SocketPath => _socketPath;
     /// <summary>Whether the endpoint listens (false once <see cref="Release"/>d, and in client mode).</summary>
@@ -89,14 +97,19 @@ public sealed class VhostUserEndpoint : IDisposable
             _logger.LogInformation("{Device}: connecting to {Path} (client mode)", _backend.Device.Name, SocketPath);
             return;
         }
+        bool keptListener = false;
         _control.Invoke(() =>
         {
-            _listener = _adopted ?? UnixSocket.Listen(SocketPath);
+            var kept = Keeping?.TakeListener();
+            keptListener = kept != null;
+            _listener = _adopted ?? kept ?? UnixSocket.Listen(SocketPath);
             if (_adopted == null || _ownsPath)
                 _bound = UnixSocket.Identity(SocketPath);
+            Keeping?.Listening(_listener);
             ArmListener();
+            ResumeKeptSession();
         });
-        _logger.LogInformation("{Device}: listening on {Path}", _backend.Device.Name, SocketPath);
+        _logger.LogInformation("{Device}: listening on {Path}{Kept}", _backend.Device.Name, SocketPath, keptListener ? " (the listener kept across the restart)" : "");
         if (EventFd.PeerFallbackReason is { } reason && Interlocked.Exchange(ref _peerIoFallbackLogged, 1) == 0)
             _logger.LogWarning("Front-end eventfds are read and written with poll-guarded calls ({Reason}): a front end " +
                 "that clears O_NONBLOCK on its own copy could block a worker", reason);
@@ -145,6 +158,7 @@ public sealed class VhostUserEndpoint : IDisposable
                 _listener = listener;
                 _bound = identity;
                 _socketPath = path;
+                Keeping?.Listening(listener);
                 ArmListener();
                 _logger.LogInformation("{Device}: took over {Path}; front ends connecting there now reach this back end", _backend.Device.Name, path);
             });
@@ -186,6 +200,7 @@ public sealed class VhostUserEndpoint : IDisposable
         DisarmListener();
         _listener.Dispose();
         _listener = null;
+        Keeping?.NotListening();
         if (_bound is { } bound)
             UnixSocket.UnlinkIfSame(SocketPath, bound);
         _bound = null;
@@ -297,12 +312,55 @@ public sealed class VhostUserEndpoint : IDisposable
         socket.Dispose();
     }
 
-    private void Adopt(UnixSocket socket)
+    private void Adopt(UnixSocket socket, bool resumed = false)
     {
         ConnectionCount++;
         _connection = new Connection(this, socket);
         _connection.Token = _control.Register(socket.Descriptor, ConnectionEvents, _connection);
-        _logger.LogLimited(_sessionLog, LogLevel.Information, "{Device}: front end connected on {Path}", _backend.Device.Name, SocketPath);
+        Keeping?.Connected(socket, resumed);
+        if (!resumed)
+            _logger.LogLimited(_sessionLog, LogLevel.Information, "{Device}: front end connected on {Path}", _backend.Device.Name, SocketPath);
+    }
+
+    /// <summary>
+    /// Takes back the connection the previous process of this daemon kept and rebuilds its session,
+    /// so the front end carries on as if nothing happened; its rings start once every endpoint has
+    /// been rebuilt (<see cref="SessionKeeper.StartRestoredRings"/>), so no port forwards to one not
+    /// back yet. A session that cannot be rebuilt is closed: the front end sees a disconnect and
+    /// starts over, as without a keeper.
+    /// </summary>
+    private void ResumeKeptSession()
+    {
+        if (Keeping?.TakeSession() is not { } kept)
+            return;
+        Adopt(kept.Connection, resumed: true);
+        var connection = _connection;
+        if ((kept.Problem ?? _backend.RestoreSession(kept.State!)) is { } problem)
+        {
+            NotResumed(problem);
+            return;
+        }
+        Keeping.Restored(fillOnlyRings => _control.Invoke(() =>
+        {
+            if (_connection != connection || _disposed)
+                return;
+            if (_backend.StartRestoredRings(kept.State!, fillOnlyRings) is { } failed)
+            {
+                NotResumed(failed);
+                return;
+            }
+            if (fillOnlyRings)
+                return;
+            Keeping.Changed(_backend.CaptureSession());
+            _logger.LogInformation("{Device}: front end's session on {Path} resumed after the restart", _backend.Device.Name, SocketPath);
+        }));
+    }
+
+    private void NotResumed(string problem)
+    {
+        _logger.LogWarning("{Device}: the front end's session on {Path} could not be resumed ({Problem}); disconnecting it so it starts over",
+            _backend.Device.Name, SocketPath, problem);
+        CloseConnection("session not resumable");
     }
 
     private void CloseConnection(string reason)
@@ -314,6 +372,7 @@ public sealed class VhostUserEndpoint : IDisposable
         _control.Unregister(c.Socket.Descriptor, c.Token);
         c.Dispose();
         _backend.Disconnected();
+        Keeping?.Disconnected();
         _logger.LogLimited(_sessionLog, LogLevel.Information, "{Device}: front end disconnected ({Reason}); device reset", _backend.Device.Name, reason);
         if (_clientMode && !_disposed)
             _retryTimer?.Change(_retryInterval, Timeout.InfiniteTimeSpan);
@@ -378,6 +437,8 @@ public sealed class VhostUserEndpoint : IDisposable
             }
             var request = message!.Request;
             var result = _backend.Handle(message);
+            // Recorded before the reply goes out: what the front end was told happened survives a restart.
+            Keeping?.Changed(_backend.CaptureSession());
             if (result.Reply != null)
             {
                 try

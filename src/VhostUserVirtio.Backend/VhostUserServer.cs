@@ -24,6 +24,12 @@ public sealed class VhostUserServer : IDisposable
     }
 
     public EventLoop Control { get; }
+
+    /// <summary>
+    /// The session keeper this process runs under, if any: endpoints serving a path of their own keep
+    /// their listener and session there. Set before serving.
+    /// </summary>
+    public Sessions.SessionKeeper? Sessions { get; set; }
     public WorkerPool Workers { get; }
     public MemoryPolicy MemoryPolicy { get; }
 
@@ -74,7 +80,10 @@ public sealed class VhostUserServer : IDisposable
     {
         var backend = CreateBackend(device, pinnedWorker, placement: placement);
         var logger = _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name);
-        var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger, adoptedListener: listener);
+        var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger, adoptedListener: listener)
+        {
+            Keeping = clientMode || listener != null ? null : Sessions?.ForEndpoint(socketPath),
+        };
         endpoint.Start();
         lock (_gate)
             _endpoints.Add(endpoint);

@@ -14,6 +14,7 @@ root.Subcommands.Add(serve);
 root.Subcommands.Add(AdminCommand.Create());
 root.Subcommands.Add(VdevCommand.Create());
 root.Subcommands.Add(MigrateMemberCommand.Create());
+root.Subcommands.Add(KeepCommand.Create());
 
 var parsed = root.Parse(args);
 // A bad command line gets its error and a pointer to --help, not the whole help text.

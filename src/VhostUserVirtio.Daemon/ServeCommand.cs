@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using VhostUserVirtio.Backend;
+using VhostUserVirtio.Backend.Sessions;
 using VhostUserVirtio.Group;
 
 namespace VhostUserVirtio.Daemon;
@@ -56,8 +57,18 @@ internal static class ServeCommand
             log.LogWarning("unsealed guest memory allowed (--allow-unsealed-memory): a front end that truncates its memory file crashes the daemon; serve only trusted front ends");
         var server = new VhostUserServer(loggers, settings.Workers, TimeSpan.FromMicroseconds(settings.PollMicroseconds), settings.Memory);
         DeviceGroup? group = null;
+        SessionKeeper? sessions = null;
         try
         {
+            try
+            {
+                sessions = server.Sessions = SessionKeeper.FromEnvironment(loggers.CreateLogger("VhostUserVirtio.Sessions"));
+            }
+            catch (Exception e) when (e is Interop.NativeException or IOException or TimeoutException)
+            {
+                log.LogCritical("cannot reach the session keeper at {Path}: {Error}", Environment.GetEnvironmentVariable(KeeperProtocol.EnvironmentVariable), e.Message);
+                return 1;
+            }
             if (cpus != null)
             {
                 try
@@ -73,6 +84,7 @@ internal static class ServeCommand
             group = StartGroup(server, settings, loggers, log);
             if (group == null)
                 return 1;
+            sessions?.StartRestoredRings();
             LogPlacement(group, log);
             log.LogInformation("ready: {Type} group with owner and {Vfs} VF(s), {Pairs} queue pair(s) each, {Workers} worker(s){Mode}; pid {Pid}",
                 DeviceCatalog.CapabilityType, settings.Vfs, settings.QueuePairs, settings.Workers,
@@ -87,6 +99,7 @@ internal static class ServeCommand
         {
             group?.Dispose();
             server.Dispose();
+            sessions?.Dispose();
         }
         log.LogInformation("stopped");
         return 0;

@@ -28,6 +28,14 @@ public sealed class FileDescriptor : SafeHandle
     public FileDescriptor Duplicate() =>
         new(NativeException.Check(Libc.Fcntl(Number, Libc.F_DUPFD_CLOEXEC, 0), "fcntl(F_DUPFD_CLOEXEC)"));
 
+    /// <summary>Gives ownership up: returns the raw number, which this object will no longer close.</summary>
+    public int Release()
+    {
+        int number = Number;
+        SetHandleAsInvalid();
+        return number;
+    }
+
     /// <summary>Size of the file in bytes (fstat st_size).</summary>
     public long GetFileSize() => GetStatus().Size;
 

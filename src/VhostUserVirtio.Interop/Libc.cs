@@ -67,6 +67,12 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "poll", SetLastError = true)]
     internal static partial int Poll(PollFd* fds, nuint nfds, int timeout);
 
+    [LibraryImport(Lib, EntryPoint = "kill", SetLastError = true)]
+    internal static partial int Kill(int pid, int signal);
+
+    [LibraryImport(Lib, EntryPoint = "getuid")]
+    internal static partial uint GetUid();
+
     [LibraryImport(Lib, EntryPoint = "socket", SetLastError = true)]
     internal static partial int Socket(int domain, int type, int protocol);
 
@@ -132,6 +138,7 @@ internal static unsafe partial class Libc
     internal const int F_SEAL_SEAL = 0x1;
     internal const int F_SEAL_SHRINK = 0x2;
     internal const int EPERM = 1;
+    internal const int ESRCH = 3;
     internal const int EINVAL = 22;
 
     internal const int PROT_READ = 0x1;
@@ -148,11 +155,13 @@ internal static unsafe partial class Libc
 
     internal const int AF_UNIX = 1;
     internal const int SOCK_STREAM = 1;
+    internal const int SOCK_SEQPACKET = 5;
     internal const int SOCK_NONBLOCK = 0x800;
     internal const int SOCK_CLOEXEC = 0x80000;
     internal const int SOL_SOCKET = 1;
     internal const int SCM_RIGHTS = 1;
     internal const int SO_TYPE = 3;
+    internal const int SO_PEERCRED = 17;
     internal const int SO_ACCEPTCONN = 30;
     internal const int SO_DOMAIN = 39;
     internal const uint S_IFMT = 0xF000;

@@ -117,6 +117,20 @@ public sealed unsafe class UnixSocket : IDisposable
         return sock;
     }
 
+    /// <summary>
+    /// Takes a connected Unix stream socket made elsewhere (one a session keeper held while this
+    /// process restarted) and makes it non-blocking. Throws ArgumentException, leaving the descriptor
+    /// to the caller, when it is not one.
+    /// </summary>
+    public static UnixSocket AdoptConnected(FileDescriptor fd)
+    {
+        int n = fd.Number;
+        if (GetIntOption(n, Libc.SO_DOMAIN) != Libc.AF_UNIX || GetIntOption(n, Libc.SO_TYPE) != Libc.SOCK_STREAM || GetIntOption(n, Libc.SO_ACCEPTCONN) != 0)
+            throw new ArgumentException($"fd {n} is not a connected Unix stream socket", nameof(fd));
+        fd.SetNonBlocking(true);
+        return new UnixSocket(fd);
+    }
+
     private static int GetIntOption(int fd, int name)
     {
         int value = 0;
@@ -138,9 +152,47 @@ public sealed unsafe class UnixSocket : IDisposable
     }
 
     /// <summary>Connects to a listening socket. Throws NativeException (ENOENT, ECONNREFUSED…) when nobody listens.</summary>
-    public static UnixSocket Connect(string path, bool nonBlocking = false)
+    public static UnixSocket Connect(string path, bool nonBlocking = false) => Connect(path, nonBlocking, Libc.SOCK_STREAM);
+
+    /// <summary>
+    /// A listening SOCK_SEQPACKET socket at <paramref name="path"/> (which must not exist): every send
+    /// is one record, delivered whole with its descriptors, for small request protocols between
+    /// processes of this project.
+    /// </summary>
+    public static UnixSocket ListenRecords(string path, int backlog = 4)
     {
-        var sock = Create();
+        var sock = Create(Libc.SOCK_SEQPACKET);
+        try
+        {
+            WithAddress(path, (addr, len) => NativeException.Check(Libc.Bind(sock.Descriptor.Number, addr, len), $"bind({path})"));
+            NativeException.Check(Libc.Listen(sock.Descriptor.Number, backlog), "listen");
+            return sock;
+        }
+        catch
+        {
+            sock.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Connects to a <see cref="ListenRecords"/> socket (non-blocking: callers wait with timeouts).</summary>
+    public static UnixSocket ConnectRecords(string path) => Connect(path, true, Libc.SOCK_SEQPACKET);
+
+    /// <summary>This process's user id (to compare with <see cref="PeerCredentials"/>).</summary>
+    public static uint CurrentUserId => Libc.GetUid();
+
+    /// <summary>The process and user at the other end of a connected socket (SO_PEERCRED, as of connect).</summary>
+    public (int Pid, uint Uid) PeerCredentials()
+    {
+        int* cred = stackalloc int[3];
+        uint length = 3 * sizeof(int);
+        NativeException.Check(Libc.Getsockopt(Descriptor.Number, Libc.SOL_SOCKET, Libc.SO_PEERCRED, cred, &length), "getsockopt(SO_PEERCRED)");
+        return (cred[0], (uint)cred[1]);
+    }
+
+    private static UnixSocket Connect(string path, bool nonBlocking, int type)
+    {
+        var sock = Create(type);
         try
         {
             sock.Descriptor.SetNonBlocking(false);
@@ -181,10 +233,10 @@ public sealed unsafe class UnixSocket : IDisposable
         return (new UnixSocket(new FileDescriptor(sv[0])), new UnixSocket(new FileDescriptor(sv[1])));
     }
 
-    private static UnixSocket Create()
+    private static UnixSocket Create(int type = Libc.SOCK_STREAM)
     {
         int fd = NativeException.Check(
-            Libc.Socket(Libc.AF_UNIX, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC | Libc.SOCK_NONBLOCK, 0), "socket");
+            Libc.Socket(Libc.AF_UNIX, type | Libc.SOCK_CLOEXEC | Libc.SOCK_NONBLOCK, 0), "socket");
         return new UnixSocket(new FileDescriptor(fd));
     }
 

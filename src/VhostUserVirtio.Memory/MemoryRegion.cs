@@ -17,8 +17,9 @@ public sealed unsafe class MemoryRegion : IDisposable
     // A slice shares its parent's mapping and never unmaps it: the parent's owner retires it.
     private readonly bool _ownsMapping = true;
 
-    private MemoryRegion(ulong gpa, ulong size, ulong userAddress, ulong mmapOffset, MemoryMapping mapping, ulong lead, string? unsealedReason)
+    private MemoryRegion(ulong gpa, ulong size, ulong userAddress, ulong mmapOffset, MemoryMapping mapping, ulong lead, string? unsealedReason, FileDescriptor fd)
     {
+        Descriptor = fd;
         GuestPhysicalAddress = gpa;
         Size = size;
         UserAddress = userAddress;
@@ -37,6 +38,7 @@ public sealed unsafe class MemoryRegion : IDisposable
         MmapOffset = parent.MmapOffset + skip;
         _mapping = parent._mapping;
         _ownsMapping = false;
+        Descriptor = parent.Descriptor;
         HostBase = parent.HostBase + skip;
         UnsealedReason = parent.UnsealedReason;
     }
@@ -69,15 +71,21 @@ public sealed unsafe class MemoryRegion : IDisposable
     public bool SealedAgainstShrink => UnsealedReason == null;
     /// <summary>Why the file could not be sealed, when it could not.</summary>
     public string? UnsealedReason { get; }
+    /// <summary>
+    /// The region's file, kept open while it is mapped so the region can be described to another
+    /// process (a session keeper that holds it across a restart); owned by the region that mapped it.
+    /// </summary>
+    public FileDescriptor Descriptor { get; }
 
     /// <summary>
     /// Validates and maps a region under <paramref name="policy"/>, taking at most
-    /// <paramref name="budget"/> bytes of address space. The descriptor is consumed (closed once
-    /// mapped, or on failure): the mapping keeps the memory alive on its own.
+    /// <paramref name="budget"/> bytes of address space. The descriptor is consumed: kept by the region
+    /// (<see cref="Descriptor"/>), or closed on failure.
     /// </summary>
     public static MemoryRegion Map(ulong gpa, ulong size, ulong userAddress, ulong mmapOffset, FileDescriptor fd, MemoryPolicy policy, ulong budget)
     {
-        using (fd)
+        bool mapped = false;
+        try
         {
             if (size == 0)
                 throw new GuestMemoryException("zero-sized region");
@@ -116,7 +124,13 @@ public sealed unsafe class MemoryRegion : IDisposable
             {
                 throw new GuestMemoryException($"cannot map {Bytes.Format(length)} at file offset 0x{offset:x}: {e.Message}", GuestMemoryError.MapFailed);
             }
-            return new MemoryRegion(gpa, size, userAddress, mmapOffset, mapping, lead, unsealable);
+            mapped = true;
+            return new MemoryRegion(gpa, size, userAddress, mmapOffset, mapping, lead, unsealable, fd);
+        }
+        finally
+        {
+            if (!mapped)
+                fd.Dispose();
         }
     }
 
@@ -163,8 +177,10 @@ public sealed unsafe class MemoryRegion : IDisposable
 
     public void Dispose()
     {
-        if (_ownsMapping)
-            _mapping.Dispose();
+        if (!_ownsMapping)
+            return;
+        _mapping.Dispose();
+        Descriptor.Dispose();
     }
 }
 

@@ -1,0 +1,120 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using VhostUserVirtio.Interop;
+using VhostUserVirtio.Tests.Support;
+using Xunit.Abstractions;
+
+namespace VhostUserVirtio.Tests;
+
+/// <summary>
+/// The daemon killed with SIGKILL again and again under a running Linux guest, with the session
+/// keeper (`vhost-virtio keep`) restarting it: the guest pings and streams numbered UDP datagrams
+/// from one VF to the other throughout, and nothing is lost or duplicated. QEMU runs with
+/// reconnect=1, as a user would, but never needs it: the keeper holds the connections.
+/// </summary>
+public sealed partial class GuestRestartTests(ITestOutputHelper output) : IDisposable
+{
+    private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);
+    private static readonly TimeSpan RestartDeadline = TimeSpan.FromSeconds(60);
+    private const string MacA = "02:56:56:00:00:01", MacB = "02:56:56:00:00:02";
+    private const int Restarts = 20;
+    private const int TrafficSeconds = 75;
+
+    private readonly string _dir = Directory.CreateTempSubdirectory("vuv-restart-").FullName;
+
+    public void Dispose()
+    {
+        try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
+    }
+
+    [Fact]
+    public void A_guest_streaming_through_twenty_sigkill_restarts_loses_and_duplicates_nothing()
+    {
+        string sockets = Path.Combine(_dir, "sockets");
+        using var keeper = DaemonProcess.Start(["keep", "--", "serve", "--vfs", "2", "--socket-dir", sockets]);
+        int daemon = WaitForDaemon(keeper, start: 1);
+        keeper.WaitUntil(() => File.Exists(Path.Combine(sockets, "vf2.sock")), RestartDeadline, "the sockets");
+        using var guest = QemuGuest.Start(new GuestOptions
+        {
+            Name = "restart",
+            Tools = true,
+            Nics = [new GuestNic(Path.Combine(sockets, "vf1.sock"), MacA, ReconnectSeconds: 1),
+                    new GuestNic(Path.Combine(sockets, "vf2.sock"), MacB, ReconnectSeconds: 1)],
+            TestScript = GuestScripts.PingPair(MacA, MacB, count: 2, intervalSeconds: 0.2, bothWays: false,
+                then: GuestScripts.TrafficThroughRestarts(TrafficSeconds)),
+            ConsoleLogPath = Path.Combine(_dir, "console.log"),
+            Log = output.WriteLine,
+        });
+        try
+        {
+            guest.WaitForBoot(BootDeadline);
+            guest.WaitForLine(GuestScripts.TrafficStartMarker, BootDeadline);
+            var trafficStart = DateTime.UtcNow;
+            var kills = new List<double>();
+            var random = new Random(13);
+            for (int restart = 1; restart <= Restarts; restart++)
+            {
+                // Kills land anywhere in the data path's work: spread over 1.5-3 s of traffic each.
+                Thread.Sleep(TimeSpan.FromMilliseconds(1500 + random.Next(1500)));
+                kills.Add((DateTime.UtcNow - trafficStart).TotalSeconds);
+                Assert.True(ProcessSignal.Send(daemon, ProcessSignal.SigKill), $"daemon {daemon} was already gone");
+                daemon = WaitForDaemon(keeper, start: restart + 1);
+                keeper.WaitUntil(() => ResumedCount(keeper.Output) >= 2 * restart, RestartDeadline, $"both VF sessions resumed after restart {restart}");
+                output.WriteLine($"restart {restart} at {kills[^1]:0.0} s: daemon {daemon} resumed both sessions");
+            }
+
+            int status = guest.WaitForTestExit(TimeSpan.FromSeconds(TrafficSeconds * 3));
+            foreach (var line in guest.Lines.SkipWhile(l => !l.Contains(GuestScripts.TrafficStartMarker, StringComparison.Ordinal)))
+                output.WriteLine("guest: " + line);
+            var pings = GuestScripts.ParsePingLoss(guest.Lines);
+            var udp = GuestScripts.ParseUdp(guest.Lines);
+            int? duplicates = GuestScripts.ParsePingDuplicates(guest.Lines);
+            Assert.True(status == 0, $"script exit {status}. {guest.Describe()}");
+            Assert.NotNull(pings);
+            Assert.NotNull(udp);
+            Assert.NotNull(duplicates);
+            // Per restart: pings unanswered within the interval from one kill to the next (0.1 s each).
+            for (int i = 0; i < kills.Count; i++)
+            {
+                double from = kills[i], to = i + 1 < kills.Count ? kills[i + 1] : double.MaxValue;
+                int lost = pings.Missing.Count(seq => seq * 0.1 >= from - 0.5 && seq * 0.1 < to - 0.5);
+                output.WriteLine($"restart {i + 1} (at {from:0.0} s): pings lost {lost}");
+            }
+            output.WriteLine($"pings: {pings.Transmitted} sent, {pings.Received} answered, {pings.Lost} lost, {duplicates} duplicated; " +
+                $"UDP: {udp.Packets} datagrams, {udp.Lost} lost, {udp.OutOfOrder} out of order or duplicated; {Restarts} restarts");
+            Assert.True(udp.Packets > 0, "no datagram was counted");
+            Assert.Equal(0, pings.Lost);
+            Assert.Equal(0, duplicates);
+            Assert.Equal(0, udp.Lost);
+            Assert.Equal(0, udp.OutOfOrder);
+            Assert.DoesNotContain("LINK " + MacA + " down", guest.Lines);
+        }
+        finally
+        {
+            output.WriteLine(keeper.Output.Length > 20_000 ? keeper.Output[^20_000..] : keeper.Output);
+        }
+    }
+
+    /// <summary>The pid of the daemon the keeper started as its <paramref name="start"/>th, once it is ready.</summary>
+    private static int WaitForDaemon(DaemonProcess keeper, int start)
+    {
+        int pid = 0;
+        keeper.WaitUntil(() =>
+        {
+            var m = DaemonStarted().Matches(keeper.Output).FirstOrDefault(m => m.Groups[2].Value == start.ToString(CultureInfo.InvariantCulture));
+            if (m == null)
+                return false;
+            pid = int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
+            return keeper.Output.Contains($"; pid {pid}", StringComparison.Ordinal);
+        }, RestartDeadline, $"daemon start {start}");
+        return pid;
+    }
+
+    private static int ResumedCount(string log) => ResumedLine().Matches(log).Count;
+
+    [GeneratedRegex(@"daemon started \(pid ([0-9]+), start ([0-9]+)\)")]
+    private static partial Regex DaemonStarted();
+
+    [GeneratedRegex(@"session on \S+ resumed after the restart")]
+    private static partial Regex ResumedLine();
+}
