@@ -18,6 +18,9 @@ public static partial class GuestScripts
     {
         int pings = seconds * 10;
         return $$"""
+            # The receiving socket has room for what arrives at once after a restart (the sender's own
+            # buffers stay as they are).
+            echo 4194304 > /proc/sys/net/core/rmem_max; echo 4194304 > /proc/sys/net/core/rmem_default
             iperf3 -s -B $ip_b -1 >/tmp/iperf-server.log 2>&1 &
             n=0
             while ! grep -q "Server listening" /tmp/iperf-server.log && [ $n -lt 100 ]; do n=$((n + 1)); usleep 100000; done
@@ -32,8 +35,13 @@ public static partial class GuestScripts
             echo "PING-RESULT from=$ip_a to=$ip_b transmitted=${tx:-0} received=${rx:-0}"
             echo "PING-SEQS $(sed -n 's/.* seq=\([0-9]*\) .*/\1/p' /ping.log | tr '\n' ' ')"
             echo "PING-DUPS ${dups:-0}"
-            grep -A1 "^Icmp:" /proc/net/snmp | tr '\n' ' '; echo
-            cat /proc/net/stat/arp_cache | tr '\n' ' '; echo
+            # Datagrams the receiving socket or the kernel's input queue had no room for: lost in the
+            # guest after the NIC took them (a burst of what piled up during a restart), not on the path.
+            rcvbuf=$(awk '/^Udp:/ { if (n++) print $6 }' /proc/net/snmp)
+            backlog=0; while read -r _ dropped _; do backlog=$((backlog + 0x$dropped)); done < /proc/net/softnet_stat
+            echo "GUEST-DROPS udp_rcvbuf=${rcvbuf:-0} input_backlog=${backlog:-0}"
+            echo "GUEST-ICMP $(awk '/^Icmp:/ { if (n++) print "in_echos=" $10 " in_echo_replies=" $11 " out_echo_replies=" $26 " out_ratelimit_global=" $18 " out_errors=" $17 }' /proc/net/snmp)"
+            echo "GUEST-ARP $(cat /proc/net/stat/arp_cache | tr -s ' ' | tr '\n' '|')"
             # The receiver's counts, from the end of the client's JSON (iperf3 3.12: "sum" of the server side).
             last() { grep "\"$1\"" /tmp/iperf.json | tail -n 1 | sed 's/[^0-9]//g'; }
             echo "UDP-RESULT packets=$(last packets) lost=$(last lost_packets) out_of_order=$(last out_of_order)"
