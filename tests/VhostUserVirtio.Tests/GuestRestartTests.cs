@@ -73,18 +73,21 @@ public sealed partial class GuestRestartTests(ITestOutputHelper output) : IDispo
             var pings = GuestScripts.ParsePingLoss(guest.Lines);
             var udp = GuestScripts.ParseUdp(guest.Lines);
             int? duplicates = GuestScripts.ParsePingDuplicates(guest.Lines);
+            var echoes = GuestScripts.ParseEchoCounts(guest.Lines);
             Assert.True(status == 0, $"script exit {status}. {guest.Describe()}");
             Assert.NotNull(pings);
             Assert.NotNull(udp);
             Assert.NotNull(duplicates);
-            // Per restart: pings unanswered within the interval from one kill to the next (0.1 s each).
+            Assert.NotNull(echoes);
+            // Per restart: pings busybox saw unanswered, from one kill to the next (0.1 s each, roughly).
             for (int i = 0; i < kills.Count; i++)
             {
                 double from = kills[i], to = i + 1 < kills.Count ? kills[i + 1] : double.MaxValue;
                 int lost = pings.Missing.Count(seq => seq * 0.1 >= from - 0.5 && seq * 0.1 < to - 0.5);
                 output.WriteLine($"restart {i + 1} (at {from:0.0} s): pings lost {lost}");
             }
-            output.WriteLine($"pings: {pings.Transmitted} sent, {pings.Received} answered, {pings.Lost} lost, {duplicates} duplicated; " +
+            output.WriteLine($"echo requests: {echoes.RequestsSent} sent, {echoes.RequestsReceived} received; replies: {echoes.RepliesSent} sent, {echoes.RepliesReceived} received");
+            output.WriteLine($"busybox ping's own tally: {pings.Transmitted} sent, {pings.Received} answered, {pings.Lost} unanswered, {duplicates} duplicated; " +
                 $"UDP: {udp.Packets} datagrams, {udp.Lost} lost, {udp.OutOfOrder} out of order or duplicated; {Restarts} restarts");
             var report = GuestScripts.Parse(guest.Lines);
             var a = report.StatsOf(MacA.ToLowerInvariant());
@@ -95,11 +98,16 @@ public sealed partial class GuestRestartTests(ITestOutputHelper output) : IDispo
             // shows as fewer received, a frame sent twice as more)...
             Assert.Equal(a.TxPackets, b.RxPackets);
             Assert.Equal(b.TxPackets, a.RxPackets);
-            // ...and so did every datagram and echo, in order, as the guest's own counts say.
+            // ...and so did every datagram, in order, and every echo request and reply, as the guest
+            // kernel counts them. (busybox ping's own tally misses some replies that arrive after a
+            // restart's pause although the kernel took them: it is reported, not asserted.)
             Assert.Equal(0, udp.Lost);
             Assert.Equal(0, udp.OutOfOrder);
             Assert.Equal(0, duplicates);
-            Assert.Equal(0, pings.Lost);
+            Assert.True(echoes.RequestsSent >= pings.Transmitted, $"{echoes}");
+            Assert.Equal(echoes.RequestsSent, echoes.RequestsReceived);
+            Assert.Equal(echoes.RequestsReceived, echoes.RepliesSent);
+            Assert.Equal(echoes.RepliesSent, echoes.RepliesReceived);
             Assert.DoesNotContain(report.Links, l => !l.Up);
         }
         finally

@@ -40,8 +40,9 @@ public static partial class GuestScripts
             rcvbuf=$(awk '/^Udp:/ { if (n++) print $6 }' /proc/net/snmp)
             backlog=0; while read -r _ dropped _; do backlog=$((backlog + 0x$dropped)); done < /proc/net/softnet_stat
             echo "GUEST-DROPS udp_rcvbuf=${rcvbuf:-0} input_backlog=${backlog:-0}"
-            echo "GUEST-ICMP $(awk '/^Icmp:/ { if (n++) print "in_echos=" $10 " in_echo_replies=" $11 " out_echo_replies=" $26 " out_ratelimit_global=" $18 " out_errors=" $17 }' /proc/net/snmp)"
-            echo "GUEST-ARP $(cat /proc/net/stat/arp_cache | tr -s ' ' | tr '\n' '|')"
+            # The kernel's own echo counts (both NICs are in this one kernel): requests A sent and B
+            # took, replies B sent and A took. busybox ping's tally trails them after restarts.
+            echo "GUEST-ICMP $(awk '/^Icmp:/ { if (n++) print "out_echos=" $25 " in_echos=" $10 " out_echo_replies=" $26 " in_echo_replies=" $11 }' /proc/net/snmp)"
             # The receiver's counts, from the end of the client's JSON (iperf3 3.12: "sum" of the server side).
             last() { grep "\"$1\"" /tmp/iperf.json | tail -n 1 | sed 's/[^0-9]//g'; }
             echo "UDP-RESULT packets=$(last packets) lost=$(last lost_packets) out_of_order=$(last out_of_order)"
@@ -60,6 +61,21 @@ public static partial class GuestScripts
         static long N(System.Text.RegularExpressions.Group g) => long.TryParse(g.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) ? n : -1;
         return new UdpResult(N(m.Groups[1]), N(m.Groups[2]), N(m.Groups[3]));
     }
+
+    /// <summary>The guest kernel's ICMP echo counters (GUEST-ICMP).</summary>
+    public sealed record EchoCounts(long RequestsSent, long RequestsReceived, long RepliesSent, long RepliesReceived);
+
+    public static EchoCounts? ParseEchoCounts(IEnumerable<string> lines)
+    {
+        var m = lines.Select(l => EchoLine().Match(l)).LastOrDefault(m => m.Success);
+        if (m == null)
+            return null;
+        static long N(System.Text.RegularExpressions.Group g) => long.Parse(g.Value, CultureInfo.InvariantCulture);
+        return new EchoCounts(N(m.Groups[1]), N(m.Groups[2]), N(m.Groups[3]), N(m.Groups[4]));
+    }
+
+    [GeneratedRegex(@"\bGUEST-ICMP out_echos=([0-9]+) in_echos=([0-9]+) out_echo_replies=([0-9]+) in_echo_replies=([0-9]+)")]
+    private static partial Regex EchoLine();
 
     public static int? ParsePingDuplicates(IEnumerable<string> lines)
     {
