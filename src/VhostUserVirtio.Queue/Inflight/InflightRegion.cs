@@ -18,8 +18,9 @@ public sealed class InflightRegion : IDisposable
     private readonly InflightQueueRegion?[] _queues;
     private readonly nint _start;
 
-    private InflightRegion(FileDescriptor fd, MemoryMapping mapping, nint start, ulong size, int queues, int queueSize)
+    private InflightRegion(FileDescriptor fd, MemoryMapping mapping, nint start, ulong size, ulong offset, int queues, int queueSize)
     {
+        Offset = offset;
         Descriptor = fd;
         _mapping = mapping;
         _start = start;
@@ -31,6 +32,8 @@ public sealed class InflightRegion : IDisposable
 
     /// <summary>The file, kept open: a GET_INFLIGHT_FD reply hands out a duplicate, a keeper may hold it across restarts.</summary>
     public FileDescriptor Descriptor { get; }
+    /// <summary>Where the buffer starts in its file (mmap_offset).</summary>
+    public ulong Offset { get; }
     /// <summary>Bytes of the buffer (mmap_size).</summary>
     public ulong Size { get; }
     public int QueueCount { get; }
@@ -53,7 +56,7 @@ public sealed class InflightRegion : IDisposable
             if (!fd.TrySealAgainstShrink(out string? unsealable))
                 throw new InvalidOperationException($"a fresh memfd cannot be sealed: {unsealable}");
             var mapping = MemoryMapping.Map(fd, size);
-            return new InflightRegion(fd, mapping, mapping.Address, size, queues, queueSize); // a new memfd reads as zeros
+            return new InflightRegion(fd, mapping, mapping.Address, size, 0, queues, queueSize); // a new memfd reads as zeros
         }
         catch
         {
@@ -106,7 +109,7 @@ public sealed class InflightRegion : IDisposable
             {
                 throw new GuestMemoryException($"cannot map the inflight buffer ({needed} bytes at file offset 0x{offset:x}): {e.Message}", GuestMemoryError.MapFailed);
             }
-            return new InflightRegion(fd, mapping, mapping.Address + (nint)lead, needed, queues, queueSize);
+            return new InflightRegion(fd, mapping, mapping.Address + (nint)lead, needed, offset, queues, queueSize);
         }
         catch
         {
