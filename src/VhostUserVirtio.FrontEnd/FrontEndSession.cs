@@ -133,7 +133,7 @@ public sealed class FrontEndSession : IDisposable
     /// <summary>
     /// Connects again to a back end that restarted (the old connection is dropped) and sets the device
     /// up as it was, the way QEMU reconnects (reconnect=1): the same features, memory, inflight buffer
-    /// (SET_INFLIGHT_FD), rings and notification descriptors. Each ring's base is its used index, as
+    /// (SET_INFLIGHT_FD), rings and notification descriptors (each ring enabled before its kick, see below). Each ring's base is its used index, as
     /// QEMU's virtio_queue_restore_last_avail_idx makes it: with an inflight buffer the back end then
     /// resumes the chains it held; without one, chains taken and not completed are taken again.
     /// </summary>
@@ -159,9 +159,12 @@ public sealed class FrontEndSession : IDisposable
         for (int i = 0; i < Queues.Length; i++)
         {
             var q = Queues[i];
-            q.Configure(fe, ErrorFds[i], availBase: q.IsPacked ? (ushort)0 : q.UsedIndex);
+            // Enabled before the kick starts it, unlike QEMU: a ring started while disabled must
+            // discard what it transmits (vhost-user "Ring states"), and after a restart the ring
+            // holds chains the driver posted long ago, resubmitted ones first.
             if (_options.EnableRings && VirtioFeature.Has(Features, VirtioFeature.VhostUserProtocolFeatures))
                 fe.SetVringEnable((uint)i, true);
+            q.Configure(fe, ErrorFds[i], availBase: q.IsPacked ? (ushort)0 : q.UsedIndex);
         }
         if ((fe.Negotiated & ProtocolFeatures.Status) != 0)
             fe.SetStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk | DeviceStatus.DriverOk);
