@@ -57,6 +57,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     /// Where the ring records the chains it takes and completes (INFLIGHT_SHMFD), attached at each
     /// start of a split ring the device's front end drives, which then resumes from what the region
     /// holds (<see cref="SplitQueue.AttachInflight"/>). Set while the ring is stopped; null: no tracking.
+    /// A packed ring (or one the group owner's transport drives) starts without tracking.
     /// </summary>
     public InflightQueueRegion? Inflight { get; set; }
 
