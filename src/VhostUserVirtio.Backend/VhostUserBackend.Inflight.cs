@@ -66,12 +66,36 @@ public sealed partial class VhostUserBackend
         // Checked against the device and the file before mapping; the content when each ring starts.
         var region = InflightRegion.Open(fd, p.MmapSize, p.MmapOffset, p.NumQueues, p.QueueSize,
             _queues.Length, _device.MaxQueueSize, _memory.Policy.AllowUnsealed);
+        try
+        {
+            AdoptInflight(region);
+        }
+        catch
+        {
+            region.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Makes <paramref name="region"/> the buffer the rings record into, as SET_INFLIGHT_FD does (for a
+    /// caller that keeps buffers across restarts itself); queue i records into region i from its next
+    /// start. Control loop, every ring stopped. The back end owns the region from now on (disposed on
+    /// reset, disconnect or the next one).
+    /// </summary>
+    public void AdoptInflight(InflightRegion region)
+    {
+        ArgumentNullException.ThrowIfNull(region);
+        if (_queues.Any(q => q.Started))
+            throw new VhostUserException(MessageErrorKind.InvalidState, "rings run; the inflight buffer is set before they start");
+        if (region.QueueCount > _queues.Length || region.QueueSize > _device.MaxQueueSize)
+            throw new VhostUserException($"inflight buffer for {region.QueueCount} queues of {region.QueueSize}, the device has {_queues.Length} of up to {_device.MaxQueueSize}");
         DropInflight();
         _inflight = region;
         for (int i = 0; i < _queues.Length; i++)
             _queues[i].Inflight = i < region.QueueCount ? region.QueueRegion(i) : null;
         _logger.LogInformation("{Device}: inflight buffer set ({Queues} queues of {QueueSize}); rings resume from it when they start",
-            _device.Name, p.NumQueues, p.QueueSize);
+            _device.Name, region.QueueCount, region.QueueSize);
     }
 
     private void CheckInflightAllowed()
