@@ -53,6 +53,14 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
     /// </summary>
     internal uint Base { get; set; }
 
+    /// <summary>
+    /// Where the ring records the chains it takes and completes (INFLIGHT_SHMFD), attached at each
+    /// start of a split ring the device's front end drives, which then resumes from what the region
+    /// holds (<see cref="SplitQueue.AttachInflight"/>). Set while the ring is stopped; null: no tracking.
+    /// A packed ring (or one the group owner's transport drives) starts without tracking.
+    /// </summary>
+    public InflightQueueRegion? Inflight { get; set; }
+
     internal EventFd? Kick { get; set; }
     internal EventFd? Call { get; set; }
     internal EventFd? Err { get; set; }
@@ -122,6 +130,11 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
             {
                 _split.NextAvail = (ushort)nextAvail;
                 _split.SyncUsedIndex();
+                if (Inflight != null && transport == null && _split.AttachInflight(Inflight) is { } inflightError)
+                {
+                    Ring.Reset();
+                    return inflightError;
+                }
             }
             Transport = transport;
             _device.QueueStarted(this);
@@ -159,6 +172,7 @@ public sealed class DeviceQueue : IReadyHandler, IDeferredWork
         using (Gate.Exclusive())
         {
             Ring.PublishUsed();
+            _split.DetachInflight(); // a stopped ring holds no region: the next start attaches (and resumes) again
             Started = false;
             Detach();
             Transport = null;

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend.Diagnostics;
+using VhostUserVirtio.Interop;
 using VhostUserVirtio.Memory;
 using VhostUserVirtio.Protocol;
 
@@ -13,8 +14,8 @@ public sealed class VhostUserException(MessageErrorKind kind, string message) : 
     public MessageErrorKind Kind { get; } = kind;
 }
 
-/// <summary>What the endpoint should do after a message was handled.</summary>
-public readonly record struct HandleResult(byte[]? Reply, bool CloseConnection)
+/// <summary>What the endpoint should do after a message was handled; <paramref name="ReplyFd"/> goes with the reply (the endpoint takes it).</summary>
+public readonly record struct HandleResult(byte[]? Reply, bool CloseConnection, FileDescriptor? ReplyFd = null)
 {
     public static readonly HandleResult None = new(null, false);
     public static readonly HandleResult Close = new(null, true);
@@ -31,7 +32,7 @@ public sealed partial class VhostUserBackend : IDisposable
     /// <summary>Protocol features this back end implements itself, whatever the device.</summary>
     public const ProtocolFeatures CoreProtocolFeatures =
         ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.ResetDevice |
-        ProtocolFeatures.ConfigureMemSlots | ProtocolFeatures.Status | ProtocolFeatures.LogShmfd;
+        ProtocolFeatures.ConfigureMemSlots | ProtocolFeatures.Status | ProtocolFeatures.LogShmfd | ProtocolFeatures.InflightShmfd;
 
     private readonly IVirtioDevice _device;
     private readonly WorkerPool _workers;
@@ -156,7 +157,7 @@ public sealed partial class VhostUserBackend : IDisposable
             }
 
             if (reply != null)
-                return new HandleResult(reply, false);
+                return new HandleResult(reply, false, TakeReplyFd());
             return message.Header.NeedsReply && ReplyAckNegotiated
                 ? new HandleResult(BitConverter.GetBytes(0UL), false)
                 : HandleResult.None;
@@ -177,6 +178,8 @@ public sealed partial class VhostUserBackend : IDisposable
         _logger.LogLimited(_refusalLog, LogLevel.Warning, "{Device}: {Reason} ({Kind})", _device.Name, error.Detail, error.Kind);
         if (message.Request == FrontendRequest.GetConfig && rule.HasReplyBody)
             return new HandleResult(Array.Empty<byte>(), false);
+        if (message.Request == FrontendRequest.GetInflightFd && rule.HasReplyBody)
+            return new HandleResult(NoInflightBuffer(), false);
         // Its u64 reply expresses failure (non-zero); it is awaited only with LOG_SHMFD.
         if (message.Request == FrontendRequest.SetLogBase)
             return (_ackedProtocol & ProtocolFeatures.LogShmfd) != 0 ? new HandleResult(BitConverter.GetBytes(1UL), false) : HandleResult.None;
@@ -264,6 +267,11 @@ public sealed partial class VhostUserBackend : IDisposable
                 return SetDeviceStateFd(m);
             case FrontendRequest.CheckDeviceState:
                 return CheckDeviceState();
+            case FrontendRequest.GetInflightFd:
+                return GetInflightFd(InflightPayload.Read(p));
+            case FrontendRequest.SetInflightFd:
+                SetInflightFd(m);
+                return null;
             case FrontendRequest.SendRarp:
                 NetControl(m.Request).AnnounceMac(p.AsSpan(0, 6));
                 return null;
@@ -397,6 +405,7 @@ public sealed partial class VhostUserBackend : IDisposable
         _featuresSet = false;
         _logAll = false;
         _status = 0;
+        DropInflight();
         ReleaseFrontEndDrive();
         OnDataPath(() =>
         {

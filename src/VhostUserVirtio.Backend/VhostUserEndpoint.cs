@@ -443,7 +443,7 @@ public sealed class VhostUserEndpoint : IDisposable
             {
                 try
                 {
-                    if (!c.Replies.Enqueue(request, result.Reply))
+                    if (!c.Replies.Enqueue(request, result.Reply, result.ReplyFd))
                     {
                         CloseConnection($"it leaves more than {ReplyQueue.DefaultCapacity} bytes of replies unread");
                         return;
@@ -514,6 +514,7 @@ public sealed class VhostUserEndpoint : IDisposable
         public void Dispose()
         {
             Reader.Dispose();
+            Replies.Dispose();
             Socket.Dispose();
         }
     }

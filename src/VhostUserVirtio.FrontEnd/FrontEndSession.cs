@@ -1,5 +1,6 @@
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Protocol;
+using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.FrontEnd;
 
@@ -10,8 +11,13 @@ namespace VhostUserVirtio.FrontEnd;
 /// </summary>
 public sealed class FrontEndSession : IDisposable
 {
-    private FrontEndSession(VhostUserFrontEnd connection, GuestRam ram, DriverQueue[] queues, ulong features, EventFd[] errs)
+    private readonly Options _options;
+
+    private FrontEndSession(VhostUserFrontEnd connection, GuestRam ram, DriverQueue[] queues, ulong features, EventFd[] errs,
+        Options options, InflightRegion? inflight)
     {
+        _options = options;
+        Inflight = inflight;
         Connection = connection;
         Ram = ram;
         Queues = queues;
@@ -19,7 +25,9 @@ public sealed class FrontEndSession : IDisposable
         ErrorFds = errs;
     }
 
-    public VhostUserFrontEnd Connection { get; }
+    public VhostUserFrontEnd Connection { get; private set; }
+    /// <summary>The inflight buffer the back end gave (<see cref="Options.TrackInflight"/>), kept for <see cref="Reconnect"/>; null without one.</summary>
+    public InflightRegion? Inflight { get; }
     public GuestRam Ram { get; }
     public DriverQueue[] Queues { get; }
     /// <summary>Negotiated virtio features.</summary>
@@ -46,6 +54,11 @@ public sealed class FrontEndSession : IDisposable
         public bool PackedRings { get; init; }
         /// <summary>Guest RAM to use (e.g. several regions); the session takes it over. A fresh <see cref="RamSize"/> region when null.</summary>
         public GuestRam? Ram { get; init; }
+        /// <summary>
+        /// Ask for an inflight buffer (GET_INFLIGHT_FD, then SET_INFLIGHT_FD, as QEMU's vhost-user-blk does)
+        /// when INFLIGHT_SHMFD is negotiated, so a back end that restarts can resume every chain it held.
+        /// </summary>
+        public bool TrackInflight { get; init; }
     }
 
     /// <summary>Connects to <paramref name="socketPath"/> and brings the device up.</summary>
@@ -62,6 +75,7 @@ public sealed class FrontEndSession : IDisposable
         var ram = options.Ram ?? new GuestRam(options.RamSize);
         var queues = new List<DriverQueue>();
         var errs = new List<EventFd>();
+        InflightRegion? inflight = null;
         try
         {
             ulong offered = fe.GetFeatures();
@@ -83,6 +97,12 @@ public sealed class FrontEndSession : IDisposable
             if ((fe.Negotiated & ProtocolFeatures.Status) != 0)
                 fe.SetStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk);
             fe.SetMemTable(ram);
+            if (options.TrackInflight && (fe.Negotiated & ProtocolFeatures.InflightShmfd) != 0)
+            {
+                inflight = fe.GetInflightRegion((ushort)options.QueueCount, (ushort)options.QueueSize);
+                if (inflight != null)
+                    fe.SetInflightFd(inflight);
+            }
             bool eventIdx = VirtioFeature.Has(features, VirtioFeature.RingEventIdx);
             for (int i = 0; i < options.QueueCount; i++)
             {
@@ -97,10 +117,11 @@ public sealed class FrontEndSession : IDisposable
             }
             if ((fe.Negotiated & ProtocolFeatures.Status) != 0)
                 fe.SetStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk | DeviceStatus.DriverOk);
-            return new FrontEndSession(fe, ram, queues.ToArray(), features, errs.ToArray());
+            return new FrontEndSession(fe, ram, queues.ToArray(), features, errs.ToArray(), options, inflight);
         }
         catch
         {
+            inflight?.Dispose();
             foreach (var q in queues) q.Dispose();
             foreach (var e in errs) e.Dispose();
             ram.Dispose();
@@ -109,8 +130,49 @@ public sealed class FrontEndSession : IDisposable
         }
     }
 
+    /// <summary>
+    /// Connects again to a back end that restarted (the old connection is dropped) and sets the device
+    /// up as it was, the way QEMU reconnects (reconnect=1): the same features, memory, inflight buffer
+    /// (SET_INFLIGHT_FD), rings and notification descriptors (each ring enabled before its kick, see below). Each ring's base is its used index, as
+    /// QEMU's virtio_queue_restore_last_avail_idx makes it: with an inflight buffer the back end then
+    /// resumes the chains it held; without one, chains taken and not completed are taken again.
+    /// </summary>
+    public void Reconnect(string socketPath)
+    {
+        Connection.Dispose();
+        var fe = VhostUserFrontEnd.Connect(socketPath, _options.ConnectTimeout);
+        Connection = fe;
+        ulong offered = fe.GetFeatures();
+        if ((Features & ~offered) != 0)
+            throw new FrontEndException($"the back end no longer offers features 0x{Features & ~offered:x}");
+        if (VirtioFeature.Has(Features, VirtioFeature.VhostUserProtocolFeatures))
+            fe.SetProtocolFeatures(fe.GetProtocolFeatures() & _options.WantedProtocolFeatures);
+        if (Inflight != null && (fe.Negotiated & ProtocolFeatures.InflightShmfd) == 0)
+            throw new FrontEndException("the back end no longer offers INFLIGHT_SHMFD");
+        fe.SetOwner();
+        fe.SetFeatures(Features);
+        if ((fe.Negotiated & ProtocolFeatures.Status) != 0)
+            fe.SetStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk);
+        fe.SetMemTable(Ram);
+        if (Inflight != null)
+            fe.SetInflightFd(Inflight);
+        for (int i = 0; i < Queues.Length; i++)
+        {
+            var q = Queues[i];
+            // Enabled before the kick starts it, unlike QEMU: a ring started while disabled must
+            // discard what it transmits (vhost-user "Ring states"), and after a restart the ring
+            // holds chains the driver posted long ago, resubmitted ones first.
+            if (_options.EnableRings && VirtioFeature.Has(Features, VirtioFeature.VhostUserProtocolFeatures))
+                fe.SetVringEnable((uint)i, true);
+            q.Configure(fe, ErrorFds[i], availBase: q.IsPacked ? (ushort)0 : q.UsedIndex);
+        }
+        if ((fe.Negotiated & ProtocolFeatures.Status) != 0)
+            fe.SetStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk | DeviceStatus.DriverOk);
+    }
+
     public void Dispose()
     {
+        Inflight?.Dispose();
         Connection.Dispose();
         foreach (var q in Queues) q.Dispose();
         foreach (var e in ErrorFds) e.Dispose();

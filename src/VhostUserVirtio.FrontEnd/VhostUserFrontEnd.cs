@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Protocol;
+using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.FrontEnd;
 
@@ -105,7 +106,7 @@ public sealed class VhostUserFrontEnd : IDisposable
         return false;
     }
 
-    private void ReadExactly(Span<byte> buffer, int timeoutMs)
+    private void ReadExactly(Span<byte> buffer, int timeoutMs, List<FileDescriptor>? keep = null)
     {
         var fds = new List<FileDescriptor>();
         int done = 0;
@@ -114,7 +115,10 @@ public sealed class VhostUserFrontEnd : IDisposable
             if (!_socket.Descriptor.WaitReadable(timeoutMs))
                 throw new TimeoutException($"no reply from the back end within {timeoutMs} ms");
             int n = _socket.Receive(buffer[done..], fds, out _);
-            foreach (var fd in fds) fd.Dispose();
+            if (keep != null)
+                keep.AddRange(fds);
+            else
+                foreach (var fd in fds) fd.Dispose();
             fds.Clear();
             if (n == 0)
                 throw new FrontEndException("the back end closed the connection");
@@ -297,6 +301,57 @@ public sealed class VhostUserFrontEnd : IDisposable
         data.CopyTo(p.AsSpan(ConfigHeader.Length));
         Request(FrontendRequest.SetConfig, p);
     }
+
+    /// <summary>
+    /// GET_INFLIGHT_FD: asks the back end for an inflight buffer for <paramref name="queues"/> queues of
+    /// <paramref name="queueSize"/>. Returns the reply and the buffer's descriptor (null when the back
+    /// end has none to give: mmap_size 0, as QEMU reads it).
+    /// </summary>
+    public InflightPayload GetInflightFd(ushort queues, ushort queueSize, out FileDescriptor? fd)
+    {
+        fd = null;
+        SendRaw((uint)FrontendRequest.GetInflightFd, MessageHeader.Version, new InflightPayload(0, 0, queues, queueSize).ToArray());
+        var fds = new List<FileDescriptor>();
+        try
+        {
+            var header = new byte[MessageHeader.Length];
+            ReadExactly(header, ReplyTimeoutMs, fds);
+            var h = MessageHeader.Read(header);
+            if (h.Flags != (MessageHeader.ReplyFlag | MessageHeader.Version) || h.Request != (uint)FrontendRequest.GetInflightFd)
+                throw new FrontEndException($"GET_INFLIGHT_FD reply has flags 0x{h.Flags:x} and request {h.Request}");
+            if (h.Size != InflightPayload.Size)
+                throw new FrontEndException($"GET_INFLIGHT_FD reply has {h.Size} bytes, expected {InflightPayload.Size}");
+            var body = new byte[h.Size];
+            ReadExactly(body, ReplyTimeoutMs, fds);
+            var reply = InflightPayload.Read(body);
+            if (reply.MmapSize == 0)
+                return reply;
+            if (fds.Count != 1)
+                throw new FrontEndException($"GET_INFLIGHT_FD reply came with {fds.Count} descriptors, expected 1");
+            fd = fds[0];
+            fds.Clear();
+            return reply;
+        }
+        finally
+        {
+            foreach (var f in fds) f.Dispose();
+        }
+    }
+
+    /// <summary>GET_INFLIGHT_FD, mapped: the buffer the front end keeps across back-end restarts, or null when the back end gives none.</summary>
+    public InflightRegion? GetInflightRegion(ushort queues, ushort queueSize)
+    {
+        var reply = GetInflightFd(queues, queueSize, out var fd);
+        return fd == null ? null : InflightRegion.Open(fd, reply.MmapSize, reply.MmapOffset, queues, queueSize);
+    }
+
+    /// <summary>SET_INFLIGHT_FD: hands an inflight buffer (back) to the back end.</summary>
+    public void SetInflightFd(FileDescriptor fd, InflightPayload payload) =>
+        Request(FrontendRequest.SetInflightFd, payload.ToArray(), [fd.Number]);
+
+    /// <inheritdoc cref="SetInflightFd(FileDescriptor, InflightPayload)"/>
+    public void SetInflightFd(InflightRegion region) =>
+        SetInflightFd(region.Descriptor, new InflightPayload(region.Size, region.Offset, (ushort)region.QueueCount, (ushort)region.QueueSize));
 
     public void Dispose() => _socket.Dispose();
 }

@@ -306,10 +306,22 @@ public sealed unsafe class UnixSocket : IDisposable
     /// <summary>
     /// Sends as much of <paramref name="data"/> as the socket takes now and returns how much that was
     /// (0 when it has no room). Never waits, whatever the socket's flags (MSG_DONTWAIT). Throws
-    /// NativeException when the connection is gone (EPIPE, ECONNRESET).
+    /// NativeException when the connection is gone (EPIPE, ECONNRESET). <paramref name="fds"/> go
+    /// with the first byte: they were sent exactly when the result is not 0 (the caller still owns them).
     /// </summary>
-    public int TrySend(ReadOnlySpan<byte> data)
+    public int TrySend(ReadOnlySpan<byte> data, ReadOnlySpan<int> fds = default)
     {
+        int controlLength = fds.IsEmpty ? 0 : CmsgSpace(fds.Length * sizeof(int));
+        byte* control = stackalloc byte[Math.Max(controlLength, 1)];
+        if (controlLength > 0)
+        {
+            new Span<byte>(control, controlLength).Clear();
+            var hdr = (Libc.CmsgHdr*)control;
+            hdr->Length = (nuint)(sizeof(Libc.CmsgHdr) + fds.Length * sizeof(int));
+            hdr->Level = Libc.SOL_SOCKET;
+            hdr->Type = Libc.SCM_RIGHTS;
+            fds.CopyTo(new Span<int>(control + sizeof(Libc.CmsgHdr), fds.Length));
+        }
         int sent = 0;
         fixed (byte* p = data)
         {
@@ -317,6 +329,11 @@ public sealed unsafe class UnixSocket : IDisposable
             {
                 var iov = new Libc.IoVec { Base = p + sent, Length = (nuint)(data.Length - sent) };
                 var msg = new Libc.MsgHdr { Iov = &iov, IovLength = 1 };
+                if (controlLength > 0 && sent == 0)
+                {
+                    msg.Control = control;
+                    msg.ControlLength = (nuint)controlLength;
+                }
                 nint r = Libc.SendMsg(Descriptor.Number, &msg, Libc.MSG_NOSIGNAL | Libc.MSG_DONTWAIT);
                 if (r >= 0)
                 {

@@ -61,6 +61,9 @@ public static class MessageRules
         [FrontendRequest.GetStatus] = RequestRule.Exact(0, reply: true, gate: ProtocolFeatures.Status),
         [FrontendRequest.SetDeviceStateFd] = RequestRule.Exact(DeviceStateTransfer.Size, FdRule.One, reply: true, gate: ProtocolFeatures.DeviceState),
         [FrontendRequest.CheckDeviceState] = RequestRule.Exact(0, reply: true, gate: ProtocolFeatures.DeviceState),
+        // The GET reply carries the buffer's descriptor; SET hands one (back) over.
+        [FrontendRequest.GetInflightFd] = RequestRule.Exact(InflightPayload.Size, reply: true, gate: ProtocolFeatures.InflightShmfd),
+        [FrontendRequest.SetInflightFd] = RequestRule.Exact(InflightPayload.Size, FdRule.One, gate: ProtocolFeatures.InflightShmfd),
     };
 
     public static bool TryGet(FrontendRequest request, out RequestRule rule) => Rules.TryGetValue(request, out rule);

@@ -195,3 +195,35 @@ public readonly record struct DeviceStateTransfer(uint Direction, uint Phase)
         BinaryPrimitives.WriteUInt32LittleEndian(s[4..], Phase);
     }
 }
+
+/// <summary>
+/// GET_INFLIGHT_FD / SET_INFLIGHT_FD (INFLIGHT_SHMFD): the inflight buffer's size and offset in its
+/// descriptor, and the queues it covers. Not packed in QEMU, libvhost-user and rust-vmm: two bytes
+/// of tail padding make it 24. In a GET request only the queue fields count.
+/// </summary>
+public readonly record struct InflightPayload(ulong MmapSize, ulong MmapOffset, ushort NumQueues, ushort QueueSize)
+{
+    public const int Size = 24;
+
+    public static InflightPayload Read(ReadOnlySpan<byte> s) => new(
+        BinaryPrimitives.ReadUInt64LittleEndian(s),
+        BinaryPrimitives.ReadUInt64LittleEndian(s[8..]),
+        BinaryPrimitives.ReadUInt16LittleEndian(s[16..]),
+        BinaryPrimitives.ReadUInt16LittleEndian(s[18..]));
+
+    public void Write(Span<byte> s)
+    {
+        s[..Size].Clear();
+        BinaryPrimitives.WriteUInt64LittleEndian(s, MmapSize);
+        BinaryPrimitives.WriteUInt64LittleEndian(s[8..], MmapOffset);
+        BinaryPrimitives.WriteUInt16LittleEndian(s[16..], NumQueues);
+        BinaryPrimitives.WriteUInt16LittleEndian(s[18..], QueueSize);
+    }
+
+    public byte[] ToArray()
+    {
+        var bytes = new byte[Size];
+        Write(bytes);
+        return bytes;
+    }
+}

@@ -41,6 +41,8 @@ public enum RingErrorKind
     BufferIdInFlight,
     /// <summary>Packed ring: the driver made more descriptors available than the ring holds (it reused slots the device had not given back).</summary>
     RingOverrun,
+    /// <summary>The inflight region a ring resumes from is inconsistent (version, size, heads, flags or counters).</summary>
+    InflightRegionCorrupt,
 }
 
 /// <summary>

@@ -17,7 +17,7 @@ namespace VhostUserVirtio.Queue;
 ///
 /// Not thread-safe: one thread (the worker that owns the queue) uses it at a time.
 /// </summary>
-public sealed unsafe class SplitQueue : Virtqueue
+public sealed unsafe partial class SplitQueue : Virtqueue
 {
     private GuestMemory _memory = GuestMemory.Empty;
     private byte* _desc;
@@ -150,6 +150,7 @@ public sealed unsafe class SplitQueue : Virtqueue
         _usedPublished = 0;
         _signalledUsedValid = false;
         ChainsPopped = 0;
+        DetachInflight();
     }
 
     /// <summary>The driver's avail index (acquire: ring entries read after this see the driver's writes).</summary>
@@ -164,6 +165,8 @@ public sealed unsafe class SplitQueue : Virtqueue
     {
         if (!IsReady)
             return null;
+        if (_resubmitNext < _resubmitCount)
+            return PopResubmitted();
         if (_availSeen == _nextAvail)
         {
             // Everything seen so far is popped: only now look at the driver's index again.
@@ -191,6 +194,8 @@ public sealed unsafe class SplitQueue : Virtqueue
         }
         _nextAvail++;
         ChainsPopped++;
+        if (_inflight != null)
+            RecordTaken(head);
         Prefetch();
         return _chain;
     }
@@ -316,7 +321,7 @@ public sealed unsafe class SplitQueue : Virtqueue
     }
 
     /// <summary>True when the driver has published buffers not yet popped (a cheap look for pollers).</summary>
-    public override bool HasPending => IsReady && (_availSeen != _nextAvail || ReadAvailIndex() != _nextAvail);
+    public override bool HasPending => IsReady && (_availSeen != _nextAvail || _resubmitNext < _resubmitCount || ReadAvailIndex() != _nextAvail);
 
     /// <summary>
     /// Gives back the last <paramref name="count"/> popped chains unconsumed, as if never popped (e.g. a
@@ -325,6 +330,11 @@ public sealed unsafe class SplitQueue : Virtqueue
     /// </summary>
     public override void Rewind(int count)
     {
+        if (_inflight != null)
+        {
+            RewindInflight(count);
+            return;
+        }
         _nextAvail -= (ushort)count; // still at or behind what was seen of the driver's index
         ChainsPopped -= (ulong)count;
     }
@@ -342,6 +352,8 @@ public sealed unsafe class SplitQueue : Virtqueue
         byte* elem = _used + offset;
         BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(elem, 4), head);
         BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(elem + 4, 4), length);
+        if (_inflight != null)
+            RecordUsed(head);
         NextUsed++;
         if (_usedLog != null)
             LogUsed((ulong)offset, SplitRing.UsedElementSize);
@@ -361,6 +373,8 @@ public sealed unsafe class SplitQueue : Virtqueue
         Volatile.Write(ref *(ushort*)(_used + 2), NextUsed);
         _usedPublished = NextUsed;
         LogUsed(2, 2);
+        if (_batchCount != 0)
+            EndBatch();
     }
 
     /// <summary>

@@ -129,11 +129,11 @@ public sealed class RingLifecycleTests : IDisposable
         using var fe = VhostUserFrontEnd.Connect(_backend.SocketPath(0));
         var offered = fe.GetProtocolFeatures();
         Assert.Equal(ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.ResetDevice | ProtocolFeatures.ConfigureMemSlots |
-                     ProtocolFeatures.Status | ProtocolFeatures.Config | ProtocolFeatures.LogShmfd, offered);
+                     ProtocolFeatures.Status | ProtocolFeatures.Config | ProtocolFeatures.LogShmfd | ProtocolFeatures.InflightShmfd, offered);
         fe.SetProtocolFeatures(offered);
         Assert.Equal(2UL, fe.GetQueueNum());
         Assert.Equal(32UL, fe.GetMaxMemSlots());
-        Assert.Throws<FrontEndException>(() => fe.Request(FrontendRequest.SetProtocolFeatures, BitConverter.GetBytes((ulong)ProtocolFeatures.InflightShmfd)));
+        Assert.Throws<FrontEndException>(() => fe.Request(FrontendRequest.SetProtocolFeatures, BitConverter.GetBytes((ulong)ProtocolFeatures.HostNotifier)));
     }
 
     [Fact]

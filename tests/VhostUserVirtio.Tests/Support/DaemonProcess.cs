@@ -130,6 +130,12 @@ public sealed partial class DaemonProcess : IDisposable
     public void Terminate() =>
         Assert.True(Kill(_process.Id, SIGTERM) == 0, $"kill(SIGTERM) failed: errno {Marshal.GetLastPInvokeError()}");
 
+    /// <summary>Sends SIGKILL: the daemon dies at once, running nothing of its own (no reset, no write-back).</summary>
+    public void KillHard() =>
+        Assert.True(Kill(_process.Id, SIGKILL) == 0, $"kill(SIGKILL) failed: errno {Marshal.GetLastPInvokeError()}");
+
+    private const int SIGKILL = 9;
+
     [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static partial int Kill(int pid, int signal);
 
