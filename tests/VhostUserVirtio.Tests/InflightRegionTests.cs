@@ -121,19 +121,20 @@ public sealed class InflightRegionTests : IDisposable
         Assert.Equal(2, PopHead(before));
         Assert.Equal(9, PopHead(before));
         before.PushUsed(2, 8);     // completed and published
-        before.PushUsed(9, 8, publish: false); // written, never published: still the driver's to lose
+        before.PushUsed(9, 8, publish: false); // its work done and its used element written, not published
         // The back end dies here. A new one resumes from the region over the same guest memory.
         Offer(11);
 
         var after = StartRing(nextAvail: 0); // the front end's base is not what counts: the region is
-        Assert.Equal(2, after.ResubmitPending);
-        Assert.Equal(3, after.NextAvail);    // used 1 + in flight 2
+        // 9's work was done: it is published as it was written, not done again.
+        Assert.Equal(2, UsedIndex);
+        Assert.Equal(1, after.ResubmitPending);
+        Assert.Equal(3, after.NextAvail);    // used 2 + in flight 1
         Assert.Equal(5, PopHead(after));
-        Assert.Equal(9, PopHead(after));
         Assert.Equal(7, PopHead(after));     // then the avail ring, from where the dead one stopped
         Assert.Equal(11, PopHead(after));
         Assert.Null(after.Pop());
-        foreach (ushort h in new ushort[] { 5, 9, 7, 11 })
+        foreach (ushort h in new ushort[] { 5, 7, 11 })
             after.PushUsed(h, 8, publish: false);
         after.PublishUsed();
         Assert.Equal(5, UsedIndex);          // five chains offered, five completed, none twice
@@ -144,6 +145,25 @@ public sealed class InflightRegionTests : IDisposable
         Assert.Equal(0, again.ResubmitPending);
         Assert.Equal(5, again.NextAvail);
         Assert.Null(again.Pop());
+    }
+
+    [Fact]
+    public void Used_elements_written_but_not_published_are_resubmitted_when_the_used_ring_does_not_hold_them()
+    {
+        foreach (ushort h in new ushort[] { 5, 2 })
+            Offer(h);
+        var before = StartRing();
+        Assert.Equal(5, PopHead(before));
+        Assert.Equal(2, PopHead(before));
+        before.PushUsed(2, 8, publish: false);
+        // Someone overwrote the element the region says was written: nothing is published on its word.
+        Assert.True(_memory.Write(Used + 4, [0x7f, 0, 0, 0]));
+
+        var after = StartRing();
+        Assert.Equal(0, UsedIndex);
+        Assert.Equal(2, after.ResubmitPending);
+        Assert.Equal(5, PopHead(after));
+        Assert.Equal(2, PopHead(after));
     }
 
     [Fact]

@@ -81,8 +81,16 @@ public sealed unsafe class InflightQueueRegion
     {
         byte* d = Desc(head);
         *(ulong*)(d + InflightLayout.Counter) = counter;
+        d[InflightLayout.Completed] = 0;
         Volatile.Write(ref *d, (byte)1);
     }
+
+    /// <summary>The chain's used element is written (not yet published): its work is done.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Complete(ushort head) => Volatile.Write(ref *(Desc(head) + InflightLayout.Completed), (byte)1);
+
+    /// <summary>Whether the chain at <paramref name="head"/> (in flight) had its used element written.</summary>
+    internal bool IsCompleted(ushort head) => Volatile.Read(ref *(Desc(head) + InflightLayout.Completed)) == 1;
 
     /// <summary>A chain is given back without being used (a rewind): no longer in flight.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -100,7 +108,10 @@ public sealed unsafe class InflightQueueRegion
     internal void EndBatch(ReadOnlySpan<ushort> heads, ushort usedIdx)
     {
         foreach (ushort h in heads)
+        {
             Volatile.Write(ref *Desc(h), (byte)0);
+            *(Desc(h) + InflightLayout.Completed) = 0;
+        }
         // Release: the flags are cleared before used_idx says the batch is recorded.
         Volatile.Write(ref *(ushort*)(_base + InflightLayout.UsedIdx), usedIdx);
     }

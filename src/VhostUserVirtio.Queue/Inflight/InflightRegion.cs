@@ -155,6 +155,13 @@ public static class InflightLayout
     internal const int Features = 0, VersionField = 8, DescNum = 10, LastBatchHead = 12, UsedIdx = 14;
     // Descriptor-state offsets.
     internal const int Inflight = 0, Next = 6, Counter = 8;
+    /// <summary>
+    /// The first padding byte of a descriptor's state, which this back end sets once the chain's used
+    /// element is written (its work is done) and clears with the in-flight flag when the element is
+    /// published: so after a restart, done work is published rather than done again. A front end
+    /// never reads it (the spec leaves the padding to the back end).
+    /// </summary>
+    internal const int Completed = 1;
 
     /// <summary>Bytes of one queue's region.</summary>
     public static ulong QueueRegionSize(int queueSize) =>

@@ -62,8 +62,55 @@ public sealed unsafe partial class SplitQueue
         _counter = counter;
         _resubmitCount = count;
         if (!fresh)
-            NextAvail = (ushort)(NextUsed + count);
+        {
+            _resubmitCount = PublishCompleted(region, count);
+            NextAvail = (ushort)(NextUsed + _resubmitCount);
+        }
         return null;
+    }
+
+    /// <summary>
+    /// Chains whose used elements a previous back end wrote but did not publish: their work is done
+    /// (a frame forwarded, a buffer filled), so they are published now instead of being done again.
+    /// Only when the used ring holds exactly those heads in the slots after the used index, which it
+    /// does unless the ring or region was tampered with; otherwise they are resubmitted like the rest.
+    /// Returns how many chains remain to resubmit (the front of <c>_resubmit</c>, in counter order).
+    /// </summary>
+    private int PublishCompleted(InflightQueueRegion region, int count)
+    {
+        var completed = new HashSet<ushort>();
+        for (int i = 0; i < count; i++)
+            if (region.IsCompleted(_resubmit[i]))
+                completed.Add(_resubmit[i]);
+        int done = completed.Count;
+        if (done == 0)
+            return count;
+        var expected = new HashSet<ushort>(completed);
+        for (int i = 0; i < done; i++)
+            if (UsedId(i) is not { } id || !expected.Remove(id))
+                return count;
+        for (int i = 0; i < done; i++)
+            _batch[i] = UsedId(i)!.Value;
+        _batchCount = done;
+        NextUsed = (ushort)(NextUsed + done);
+        PublishUsed();
+        int kept = 0;
+        for (int i = 0; i < count; i++)
+        {
+            if (completed.Contains(_resubmit[i]))
+                continue;
+            _resubmit[kept] = _resubmit[i];
+            _resubmitCounters[kept] = _resubmitCounters[i];
+            kept++;
+        }
+        return kept;
+    }
+
+    /// <summary>The head in the used element <paramref name="offset"/> slots past the used index, if it names one.</summary>
+    private ushort? UsedId(int offset)
+    {
+        uint id = BinaryPrimitives.ReadUInt32LittleEndian(new ReadOnlySpan<byte>(_used + 4 + 8 * ((NextUsed + offset) & (_size - 1)), 4));
+        return id < _size ? (ushort)id : null;
     }
 
     /// <summary>Stops recording (the region keeps what it holds).</summary>
@@ -128,6 +175,7 @@ public sealed unsafe partial class SplitQueue
         else
             _inflight!.Link(_batch[_batchCount - 1], head);
         _batch[_batchCount++] = head;
+        _inflight!.Complete(head);
     }
 
     /// <summary>The used index of the batch is published (release): now its chains are done.</summary>
