@@ -166,6 +166,7 @@ public sealed partial class VhostUserBackend
             return; // SET_MEM_TABLE has not come yet; PublishMemory retries
         if (!TryDriveFromFrontEnd())
             return; // the owner claimed the device meanwhile
+        EnsureInflightForKeeping();
         if (!memory.TryUserToGuest(ua.Desc, out ulong desc) || !memory.TryUserToGuest(ua.Avail, out ulong avail) ||
             !memory.TryUserToGuest(ua.Used, out ulong used))
         {

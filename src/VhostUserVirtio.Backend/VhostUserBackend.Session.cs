@@ -2,6 +2,8 @@ using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend.Sessions;
 using VhostUserVirtio.Interop;
+using VhostUserVirtio.Memory;
+using VhostUserVirtio.Queue;
 using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.Backend;
@@ -40,8 +42,26 @@ public sealed partial class VhostUserBackend
             Status = _status,
             Regions = _memory.Current.Regions.Select(r => new KeptRegion(r.GuestPhysicalAddress, r.Size, r.UserAddress, r.MmapOffset, r.Descriptor)).ToList(),
             Queues = queues,
+            Inflight = _inflight is { } i ? new KeptInflight(i.Size, i.Offset, i.QueueCount, i.QueueSize, i.Descriptor) : null,
             NotResumable = notResumable,
         };
+    }
+
+    /// <summary>
+    /// Whether this device's sessions are kept across restarts of the process (a session keeper):
+    /// rings then record what they take and complete into an inflight buffer even when the front end
+    /// never asked for one (QEMU's virtio-net does not), so a restarted process finishes or resubmits
+    /// exactly the chains the dead one had in hand.
+    /// </summary>
+    public bool KeepsSessions { get; set; }
+
+    /// <summary>Before the first ring starts: an inflight buffer of the back end's own when sessions are kept and the front end gave none.</summary>
+    private void EnsureInflightForKeeping()
+    {
+        if (!KeepsSessions || _inflight != null || OwnerDriven || _ownerTransport != null ||
+            VirtioFeature.Has(_ackedFeatures, VirtioFeature.RingPacked) || _queues.Any(q => q.Started))
+            return;
+        AdoptInflight(InflightRegion.Create(_queues.Length, _device.MaxQueueSize));
     }
 
     /// <summary>
@@ -75,8 +95,12 @@ public sealed partial class VhostUserBackend
                 Replay(FrontendRequest.SetStatus, BitConverter.GetBytes((ulong)state.Status));
             foreach (var q in state.Queues)
                 RestoreQueue(q, state);
+            // The rings resume from what the dead process recorded, not from their used index.
+            if (state.Inflight is { } kept)
+                AdoptInflight(InflightRegion.Open(kept.Descriptor.Duplicate(), kept.Size, kept.Offset, kept.Queues, kept.QueueSize,
+                    _queues.Length, _device.MaxQueueSize, _memory.Policy.AllowUnsealed));
         }
-        catch (VhostUserException e)
+        catch (Exception e) when (e is VhostUserException or GuestMemoryException)
         {
             Disconnected();
             return e.Message;
@@ -140,8 +164,9 @@ public sealed partial class VhostUserBackend
     }
 
     /// <summary>
-    /// Where a split ring that ran resumes: its used index. Every chain taken before the restart was
-    /// completed or is taken again (in order, as vhost-user front ends assume after a back end dies).
+    /// Where a split ring that ran resumes without an inflight buffer: its used index. Every chain
+    /// taken before the restart was completed or is taken again (in order, as vhost-user front ends
+    /// assume after a back end dies). With a buffer, the ring's start resumes from it instead.
     /// </summary>
     private uint UsedIndexAt(ulong usedUserAddress, int queue)
     {

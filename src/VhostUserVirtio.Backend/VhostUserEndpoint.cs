@@ -77,7 +77,16 @@ public sealed class VhostUserEndpoint : IDisposable
     /// process takes them back (<see cref="SessionKeeper"/>); null: the session ends with the process.
     /// Set before <see cref="Start"/>.
     /// </summary>
-    public KeptEndpoint? Keeping { get; init; }
+    public KeptEndpoint? Keeping
+    {
+        get => _keeping;
+        init
+        {
+            _keeping = value;
+            _backend.KeepsSessions = value != null;
+        }
+    }
+    private readonly KeptEndpoint? _keeping;
 
     /// <summary>The socket path, or for an adopted listener a description such as "fd 3".</summary>
     public string SocketPath => _socketPath;
@@ -324,32 +333,42 @@ public sealed class VhostUserEndpoint : IDisposable
 
     /// <summary>
     /// Takes back the connection the previous process of this daemon kept and rebuilds its session,
-    /// so the front end carries on as if nothing happened; its rings start once every endpoint has
-    /// been rebuilt (<see cref="SessionKeeper.StartRestoredRings"/>), so no port forwards to one not
-    /// back yet. A session that cannot be rebuilt is closed: the front end sees a disconnect and
-    /// starts over, as without a keeper.
+    /// so the front end carries on as if nothing happened. Deferred until every endpoint is up and
+    /// the device group has wired its members (<see cref="SessionKeeper.StartRestoredRings"/>), in
+    /// three passes over all endpoints: sessions rebuilt, then the rings the devices only fill, then
+    /// the rest, so no port forwards what piled up to one not back yet. Nothing the front end sent
+    /// meanwhile is read before its session is back. A session that cannot be rebuilt is closed:
+    /// the front end sees a disconnect and starts over, as without a keeper.
     /// </summary>
     private void ResumeKeptSession()
     {
         if (Keeping?.TakeSession() is not { } kept)
             return;
-        Adopt(kept.Connection, resumed: true);
-        var connection = _connection;
-        if ((kept.Problem ?? _backend.RestoreSession(kept.State!)) is { } problem)
+        Connection? connection = null;
+        Keeping.Restored(pass => _control.Invoke(() =>
         {
-            NotResumed(problem);
-            return;
-        }
-        Keeping.Restored(fillOnlyRings => _control.Invoke(() =>
-        {
-            if (_connection != connection || _disposed)
+            if (_disposed)
+            {
+                if (connection == null)
+                    kept.Connection.Dispose();
                 return;
-            if (_backend.StartRestoredRings(kept.State!, fillOnlyRings) is { } failed)
+            }
+            if (pass == RestorePass.Session)
+            {
+                Adopt(kept.Connection, resumed: true);
+                connection = _connection;
+                if ((kept.Problem ?? _backend.RestoreSession(kept.State!)) is { } problem)
+                    NotResumed(problem);
+                return;
+            }
+            if (_connection != connection || connection == null)
+                return;
+            if (_backend.StartRestoredRings(kept.State!, pass == RestorePass.FillOnlyRings) is { } failed)
             {
                 NotResumed(failed);
                 return;
             }
-            if (fillOnlyRings)
+            if (pass == RestorePass.FillOnlyRings)
                 return;
             Keeping.Changed(_backend.CaptureSession());
             _logger.LogInformation("{Device}: front end's session on {Path} resumed after the restart", _backend.Device.Name, SocketPath);

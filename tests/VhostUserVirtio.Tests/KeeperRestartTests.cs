@@ -73,13 +73,14 @@ public sealed partial class KeeperRestartTests(ITestOutputHelper output) : IDisp
         try
         {
             using var packed = new NetFrontEnd(Path.Combine(_dir, "vf1.sock"), packed: true);
+            string mac = packed.Mac;
             Assert.True(ProcessSignal.Send(daemon, ProcessSignal.SigKill));
             WaitForDaemon(keeper, 2);
             Assert.True(packed.Session.Connection.WaitForClose(60_000), "the packed-ring session was not closed");
             keeper.WaitUntil(() => keeper.Output.Contains("packed rings do not record where they stand", StringComparison.Ordinal),
                 Deadline, "the reason in the log");
             using var again = new NetFrontEnd(Path.Combine(_dir, "vf1.sock"), packed: true);
-            Assert.Equal(packed.Mac, again.Mac);
+            Assert.Equal(mac, again.Mac);
         }
         finally
         {

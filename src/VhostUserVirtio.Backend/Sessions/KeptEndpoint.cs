@@ -100,11 +100,10 @@ public sealed class KeptEndpoint
     }
 
     /// <summary>
-    /// Queues the start of a restored session's rings until every endpoint is restored
-    /// (<see cref="SessionKeeper.StartRestoredRings"/>); it is called twice, first for the rings the
-    /// device only fills, then for the rest.
+    /// Queues the rebuilding of a kept session until every endpoint is up
+    /// (<see cref="SessionKeeper.StartRestoredRings"/>), which calls it once per <see cref="RestorePass"/>, in order.
     /// </summary>
-    public void Restored(Action<bool> startRings) => _keeper.Pending.Add(startRings);
+    public void Restored(Action<RestorePass> pass) => _keeper.Pending.Add(pass);
 
     /// <summary>Keeps the listener so the socket path stays served (connections wait in its backlog) while this process restarts.</summary>
     public void Listening(UnixSocket listener) => _keeper.Store(_prefix + ListenerName, listener.Descriptor);

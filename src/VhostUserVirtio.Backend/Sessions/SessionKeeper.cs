@@ -56,21 +56,21 @@ public sealed class SessionKeeper : IDisposable
         return new KeptEndpoint(this, prefix, mine.ToDictionary(e => e.Key[prefix.Length..], e => e.Value), _logger);
     }
 
-    internal List<Action<bool>> Pending { get; } = new();
+    internal List<Action<RestorePass>> Pending { get; } = new();
 
     /// <summary>
-    /// Once every endpoint is up: starts the rings of the sessions they restored, every device's
-    /// receive rings before any transmit ring, so the frames that piled up while no process ran find
-    /// every port back; then drops whatever no endpoint claimed. Call it from any thread but the control loop.
+    /// Once every endpoint is up and the devices are wired: rebuilds the kept sessions and starts
+    /// their rings, every device's receive rings before any transmit ring, so the frames that piled
+    /// up while no process ran find every port back; then drops whatever no endpoint claimed. Call it
+    /// from any thread but the control loop.
     /// </summary>
     public void StartRestoredRings()
     {
         var pending = Pending.ToList();
         Pending.Clear();
-        foreach (var start in pending)
-            start(true);
-        foreach (var start in pending)
-            start(false);
+        foreach (var pass in Enum.GetValues<RestorePass>())
+            foreach (var restore in pending)
+                restore(pass);
         DropUnclaimed();
     }
 
@@ -112,4 +112,15 @@ public sealed class SessionKeeper : IDisposable
         _left.Clear();
         _keeper.Dispose();
     }
+}
+
+/// <summary>The passes of rebuilding kept sessions, each over every endpoint before the next.</summary>
+public enum RestorePass
+{
+    /// <summary>The connection taken back and the set-up replayed, rings not started.</summary>
+    Session,
+    /// <summary>Rings the device only fills (a net device's receive queues) started.</summary>
+    FillOnlyRings,
+    /// <summary>The other rings started: what piled up is processed now.</summary>
+    OtherRings,
 }

@@ -83,6 +83,7 @@ public sealed unsafe class SessionRecord : IDisposable
     {
         var w = new Writer(into);
         w.U8(s.NotResumable == null ? (byte)1 : (byte)0);
+        w.Text(s.NotResumable ?? "");
         w.U64(s.Features);
         w.U8(s.FeaturesSet ? (byte)1 : (byte)0);
         w.U64((ulong)s.Protocol);
@@ -103,6 +104,9 @@ public sealed unsafe class SessionRecord : IDisposable
             w.U64(a.Desc); w.U64(a.Avail); w.U64(a.Used); w.U64(q.LogAddress ?? 0);
             w.U32(q.Kick != null ? ids(q.Kick) : 0); w.U32(q.Call != null ? ids(q.Call) : 0); w.U32(q.Err != null ? ids(q.Err) : 0);
         }
+        var i = s.Inflight;
+        w.U32(i != null ? ids(i.Descriptor) : 0);
+        w.U64(i?.Size ?? 0); w.U64(i?.Offset ?? 0); w.U32((uint)(i?.Queues ?? 0)); w.U32((uint)(i?.QueueSize ?? 0));
         return w.Position;
     }
 
@@ -110,6 +114,7 @@ public sealed unsafe class SessionRecord : IDisposable
     {
         var r = new Reader(data);
         bool resumable = r.U8() == 1;
+        string reason = r.Text();
         ulong features = r.U64();
         bool featuresSet = r.U8() == 1;
         var protocol = (ProtocolFeatures)r.U64();
@@ -143,11 +148,18 @@ public sealed unsafe class SessionRecord : IDisposable
                 call == 0 ? null : Need(lookup, call, $"queue {index} call"),
                 err == 0 ? null : Need(lookup, err, $"queue {index} err")));
         }
+        uint inflightId = r.U32();
+        ulong inflightSize = r.U64(), inflightOffset = r.U64();
+        uint inflightQueues = r.U32(), inflightQueueSize = r.U32();
+        if (inflightQueues > MaxQueues || inflightQueueSize > ushort.MaxValue + 1u)
+            throw new InvalidDataException($"inflight buffer for {inflightQueues} queues of {inflightQueueSize}");
+        var inflight = inflightId == 0 ? null
+            : new KeptInflight(inflightSize, inflightOffset, (int)inflightQueues, (int)inflightQueueSize, Need(lookup, inflightId, "inflight buffer"));
         return new SessionState
         {
             Features = features, FeaturesSet = featuresSet, Protocol = protocol, Owned = owned, Status = status,
-            Regions = regions, Queues = queues,
-            NotResumable = resumable ? null : "the previous process recorded it as not resumable",
+            Regions = regions, Queues = queues, Inflight = inflight,
+            NotResumable = resumable ? null : reason.Length > 0 ? reason : "the previous process recorded it as not resumable",
         };
     }
 
@@ -169,6 +181,12 @@ public sealed unsafe class SessionRecord : IDisposable
         public void U16(ushort v) => BinaryPrimitives.WriteUInt16LittleEndian(Take(2), v);
         public void U32(uint v) => BinaryPrimitives.WriteUInt32LittleEndian(Take(4), v);
         public void U64(ulong v) => BinaryPrimitives.WriteUInt64LittleEndian(Take(8), v);
+        public void Text(string v)
+        {
+            var bytes = System.Text.Encoding.UTF8.GetBytes(v.Length > 200 ? v[..200] : v);
+            U16((ushort)bytes.Length);
+            bytes.CopyTo(Take(bytes.Length));
+        }
     }
 
     private ref struct Reader(ReadOnlySpan<byte> buffer)
@@ -187,5 +205,10 @@ public sealed unsafe class SessionRecord : IDisposable
         public ushort U16() => BinaryPrimitives.ReadUInt16LittleEndian(Take(2));
         public uint U32() => BinaryPrimitives.ReadUInt32LittleEndian(Take(4));
         public ulong U64() => BinaryPrimitives.ReadUInt64LittleEndian(Take(8));
+        public string Text()
+        {
+            int length = U16();
+            return System.Text.Encoding.UTF8.GetString(Take(length));
+        }
     }
 }

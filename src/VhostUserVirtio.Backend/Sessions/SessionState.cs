@@ -18,6 +18,8 @@ public sealed record SessionState
     public byte Status { get; init; }
     public IReadOnlyList<KeptRegion> Regions { get; init; } = [];
     public IReadOnlyList<KeptQueue> Queues { get; init; } = [];
+    /// <summary>The inflight buffer the rings record into (the front end's, or one made for keeping the session), or null.</summary>
+    public KeptInflight? Inflight { get; init; }
     /// <summary>Why this session cannot be carried across a restart (the connection is then dropped and the front end starts over), or null.</summary>
     public string? NotResumable { get; init; }
 
@@ -26,6 +28,8 @@ public sealed record SessionState
     {
         foreach (var r in Regions)
             yield return r.Descriptor;
+        if (Inflight != null)
+            yield return Inflight.Descriptor;
         foreach (var q in Queues)
         {
             if (q.Kick != null) yield return q.Kick;
@@ -44,3 +48,6 @@ public sealed record KeptRegion(ulong GuestAddress, ulong Size, ulong UserAddres
 /// </summary>
 public sealed record KeptQueue(int Index, int Size, uint Base, bool Running, bool Enabled,
     (ulong Desc, ulong Avail, ulong Used)? Addresses, ulong? LogAddress, FileDescriptor? Kick, FileDescriptor? Call, FileDescriptor? Err);
+
+/// <summary>An inflight buffer's file and geometry (GET/SET_INFLIGHT_FD's payload).</summary>
+public sealed record KeptInflight(ulong Size, ulong Offset, int Queues, int QueueSize, FileDescriptor Descriptor);
