@@ -35,7 +35,7 @@ public sealed partial class GuestRestartTests(ITestOutputHelper output) : IDispo
     {
         string sockets = Path.Combine(_dir, "sockets");
         using var keeper = DaemonProcess.Start(["keep", "--", "serve", "--vfs", "2", "--socket-dir", sockets]);
-        int daemon = WaitForDaemon(keeper, start: 1);
+        int daemon = keeper.WaitForKeptDaemon(start: 1);
         keeper.WaitUntil(() => File.Exists(Path.Combine(sockets, "vf2.sock")), RestartDeadline, "the sockets");
         using var guest = QemuGuest.Start(new GuestOptions
         {
@@ -61,7 +61,7 @@ public sealed partial class GuestRestartTests(ITestOutputHelper output) : IDispo
                 Thread.Sleep(TimeSpan.FromMilliseconds(1500 + random.Next(1500)));
                 kills.Add((DateTime.UtcNow - trafficStart).TotalSeconds);
                 Assert.True(ProcessSignal.Send(daemon, ProcessSignal.SigKill), $"daemon {daemon} was already gone");
-                daemon = WaitForDaemon(keeper, start: restart + 1);
+                daemon = keeper.WaitForKeptDaemon(start: restart + 1);
                 keeper.WaitUntil(() => ResumedCount(keeper.Output) >= 2 * restart, RestartDeadline, $"both VF sessions resumed after restart {restart}");
                 output.WriteLine($"restart {restart} at {kills[^1]:0.0} s: daemon {daemon} resumed both sessions");
             }
@@ -116,25 +116,9 @@ public sealed partial class GuestRestartTests(ITestOutputHelper output) : IDispo
         }
     }
 
-    /// <summary>The pid of the daemon the keeper started as its <paramref name="start"/>th, once it is ready.</summary>
-    private static int WaitForDaemon(DaemonProcess keeper, int start)
-    {
-        int pid = 0;
-        keeper.WaitUntil(() =>
-        {
-            var m = DaemonStarted().Matches(keeper.Output).FirstOrDefault(m => m.Groups[2].Value == start.ToString(CultureInfo.InvariantCulture));
-            if (m == null)
-                return false;
-            pid = int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
-            return keeper.Output.Contains($"; pid {pid}", StringComparison.Ordinal);
-        }, RestartDeadline, $"daemon start {start}");
-        return pid;
-    }
 
     private static int ResumedCount(string log) => ResumedLine().Matches(log).Count;
 
-    [GeneratedRegex(@"daemon started \(pid ([0-9]+), start ([0-9]+)\)")]
-    private static partial Regex DaemonStarted();
 
     [GeneratedRegex(@"session on \S+ resumed after the restart")]
     private static partial Regex ResumedLine();

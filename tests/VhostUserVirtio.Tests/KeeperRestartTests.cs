@@ -13,7 +13,7 @@ namespace VhostUserVirtio.Tests;
 /// meanwhile arrive once each, in order, over connections that never closed. A session that cannot be
 /// carried over is closed so its front end starts over, and stopping the keeper ends every session.
 /// </summary>
-public sealed partial class KeeperRestartTests(ITestOutputHelper output) : IDisposable
+public sealed class KeeperRestartTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(60);
     private readonly string _dir = Directory.CreateTempSubdirectory("vuv-keeper-").FullName;
@@ -26,7 +26,7 @@ public sealed partial class KeeperRestartTests(ITestOutputHelper output) : IDisp
     private DaemonProcess StartKept(out int daemon)
     {
         var keeper = DaemonProcess.Start(["keep", "--", "serve", "--vfs", "2", "--socket-dir", _dir]);
-        daemon = WaitForDaemon(keeper, 1);
+        daemon = keeper.WaitForKeptDaemon(1);
         return keeper;
     }
 
@@ -49,7 +49,7 @@ public sealed partial class KeeperRestartTests(ITestOutputHelper output) : IDisp
             for (int i = 20; i < 120; i++)
                 QueueFrame(a, NetFrontEnd.Frame(macB, macA, $"frame {i}"));
             a.Tx.Notify();
-            WaitForDaemon(keeper, 2);
+            keeper.WaitForKeptDaemon(2);
 
             for (int i = 20; i < 120; i++)
                 Assert.Equal($"frame {i}", Payload(b.Receive().Frame));
@@ -75,7 +75,7 @@ public sealed partial class KeeperRestartTests(ITestOutputHelper output) : IDisp
             using var packed = new NetFrontEnd(Path.Combine(_dir, "vf1.sock"), packed: true);
             string mac = packed.Mac;
             Assert.True(ProcessSignal.Send(daemon, ProcessSignal.SigKill));
-            WaitForDaemon(keeper, 2);
+            keeper.WaitForKeptDaemon(2);
             Assert.True(packed.Session.Connection.WaitForClose(60_000), "the packed-ring session was not closed");
             keeper.WaitUntil(() => keeper.Output.Contains("packed rings do not record where they stand", StringComparison.Ordinal),
                 Deadline, "the reason in the log");
@@ -94,7 +94,7 @@ public sealed partial class KeeperRestartTests(ITestOutputHelper output) : IDisp
         using var keeper = StartKept(out int daemon);
         using var a = new NetFrontEnd(Path.Combine(_dir, "vf1.sock"));
         Assert.True(ProcessSignal.Send(daemon, ProcessSignal.SigKill));
-        WaitForDaemon(keeper, 2);
+        keeper.WaitForKeptDaemon(2);
 
         keeper.Terminate();
         Assert.True(keeper.WaitForExit(Deadline), "the keeper did not stop:\n" + keeper.Output);
@@ -117,21 +117,5 @@ public sealed partial class KeeperRestartTests(ITestOutputHelper output) : IDisp
 
     private static string Payload(byte[] frame) => Encoding.ASCII.GetString(frame, 14, frame.Length - 14).TrimEnd('\0');
 
-    /// <summary>The pid of the daemon the keeper started as its <paramref name="start"/>th, once it is ready.</summary>
-    internal static int WaitForDaemon(DaemonProcess keeper, int start)
-    {
-        int pid = 0;
-        keeper.WaitUntil(() =>
-        {
-            var m = DaemonStarted().Matches(keeper.Output).FirstOrDefault(m => m.Groups[2].Value == start.ToString(CultureInfo.InvariantCulture));
-            if (m == null)
-                return false;
-            pid = int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
-            return keeper.Output.Contains($"; pid {pid}", StringComparison.Ordinal);
-        }, Deadline, $"daemon start {start}");
-        return pid;
-    }
 
-    [GeneratedRegex(@"daemon started \(pid ([0-9]+), start ([0-9]+)\)")]
-    private static partial Regex DaemonStarted();
 }
