@@ -7,7 +7,8 @@
 #
 # Set-up: `vhost-virtio serve --vfs N` (default 3: VFs 1..3 beside the owner) from the Release build
 # (built if missing), and two DPDK testpmd virtio-user front ends: "tx" on vf1.sock in txonly mode,
-# sending 64-byte frames to VF 2's MAC, and "rx" on vf2.sock in rxonly mode. Both have their one
+# sending 64-byte frames to VF 2's MAC, and "rx" on vf2.sock in rxonly mode (after one burst of its
+# own, so the switch learns its MAC rather than flooding every frame). Both have their one
 # forwarding lcore on CPU 0 (--pmd-cpu), niced, and forward only ON of every PERIOD seconds
 # (--traffic, default 1/5): a testpmd lcore spins a whole CPU while started, and the machine is shared.
 # Churn, each on its own period (seconds; 0 turns one off), done between traffic bursts:
@@ -63,7 +64,7 @@ while [[ $# -gt 0 ]]; do
         --max-map-growth) max_maps="$2"; shift 2 ;;
         --max-rss-growth-mb) max_rss_mb="$2"; shift 2 ;;
         --pmd-cpu) pmd_cpu="$2"; shift 2 ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         -*) echo "soak: unknown option $1" >&2; exit 2 ;;
         *) [[ -z "$minutes" ]] || { echo "soak: one MINUTES only" >&2; exit 2; }; minutes="$1"; shift ;;
     esac
@@ -171,7 +172,7 @@ front_end() {
         app=(--forward-mode=txonly --txpkts=64 "--eth-peer=0,$mac2")
     else
         vdev="net_virtio_user0,path=$sock/vf2.sock,queues=1,mac=$mac2"
-        app=(--forward-mode=rxonly)
+        app=(--forward-mode=rxonly --txpkts=64 "--eth-peer=0,$mac1")
     fi
     pmd_start "$name" --lcores "0@$pmd_cpu,1@$pmd_cpu" --main-lcore 0 --no-huge -m 256 --no-pci --vdev "$vdev" -- \
         --nb-cores=1 --total-num-mbufs=8192 "${app[@]}" || return 1
@@ -266,11 +267,14 @@ rx_minute=0 tx_minute=0 rx_total=0
 # The "Accumulated forward statistics" block `stop` prints: RX-packets or TX-packets.
 stop_count() { awk -v what="$1" '/Accumulated forward statistics/ {a = 1} a && $1 == what {print $2; exit}'; }
 
-burst() {   # traffic for traffic_on seconds: rx side first, so it is listening when tx starts
+# Traffic for traffic_on seconds, the rx side first, so it is listening when tx starts. It starts
+# with one burst of its own (tx_first, to VF 1), so the switch learns VF 2's MAC: frames to a MAC
+# never seen as a source are flooded to every port.
+burst() {
     local out n
     ((traffic_on > 0)) || return 0
     [[ -n "${pmd_pid[rx]:-}" && -n "${pmd_pid[tx]:-}" ]] || return 0
-    pmd_cmd rx start >/dev/null || return 0
+    pmd_cmd rx "start tx_first" >/dev/null || return 0
     pmd_cmd tx start >/dev/null || return 0
     sleep "$traffic_on"
     if out="$(pmd_cmd tx stop)"; then n="$(stop_count TX-packets: <<<"$out")"; tx_minute=$((tx_minute + ${n:-0})); fi
