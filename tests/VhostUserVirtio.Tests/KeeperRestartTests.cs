@@ -1,6 +1,4 @@
-using System.Globalization;
 using System.Text;
-using System.Text.RegularExpressions;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Tests.Support;
 using Xunit.Abstractions;
