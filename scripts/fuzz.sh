@@ -12,6 +12,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 targets=(message split-ring packed-ring admin transport)
 say() { echo "fuzz: $*" >&2; }
+# A set-up failure: one result line per target asked for, so callers counting them (scripts/test.sh) see each fail.
+setup_failed() {
+    say "error: $*"
+    local t
+    if [ "${target:-}" = all ]; then for t in "${targets[@]}"; do echo "fuzz $t: failed to start"; done
+    elif [ -n "${target:-}" ]; then echo "fuzz $target: failed to start"; fi
+    exit 1
+}
 
 if [ $# -ne 2 ] || ! [[ "$2" =~ ^[0-9]+$ ]]; then
     echo "usage: $0 TARGET|all SECONDS (targets: ${targets[*]})" >&2
@@ -26,13 +34,12 @@ fi
 if ! command -v afl-fuzz >/dev/null 2>&1; then
     say "installing afl++"
     if [ "$(id -u)" -eq 0 ]; then
-        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y afl++; } >&2 </dev/null || { say "error: cannot install afl++"; exit 1; }
+        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y afl++; } >&2 </dev/null || setup_failed "cannot install afl++"
     else
-        say "error: afl-fuzz is missing; install the afl++ package (apt-get install afl++) as root"
-        exit 1
+        setup_failed "afl-fuzz is missing; install the afl++ package (apt-get install afl++) as root"
     fi
 fi
-dotnet tool restore >&2 </dev/null || { say "error: dotnet tool restore failed (SharpFuzz.CommandLine)"; exit 1; }
+dotnet tool restore >&2 </dev/null || setup_failed "dotnet tool restore failed (SharpFuzz.CommandLine)"
 
 work="${FUZZ_WORK:-artifacts/fuzz}"   # a separate folder lets two runs (CI smoke, a long run) coexist
 mkdir -p "$work"
@@ -40,11 +47,11 @@ build="$work/build"
 say "building the harness (Release)"
 rm -rf "$build"
 dotnet build tests/VhostUserVirtio.Fuzz -c Release -o "$build" --disable-build-servers </dev/null >"$work.build.log" 2>&1 \
-    || { cat "$work.build.log" >&2; say "error: build failed"; exit 1; }
+    || { cat "$work.build.log" >&2; setup_failed "build failed"; }
 say "instrumenting the project's assemblies"
 for dll in "$build"/VhostUserVirtio.*.dll; do
     case "$(basename "$dll")" in VhostUserVirtio.Fuzz.dll) continue ;; esac
-    dotnet sharpfuzz "$dll" >&2 </dev/null || { say "error: instrumenting $dll failed"; exit 1; }
+    dotnet sharpfuzz "$dll" >&2 </dev/null || setup_failed "instrumenting $dll failed"
 done
 
 export AFL_SKIP_BIN_CHECK=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
@@ -59,7 +66,7 @@ fuzz_one() {
     local t="$1" dir="$work/$1" kept="tests/VhostUserVirtio.Fuzz/Regressions/$1"
     rm -rf "$dir"
     mkdir -p "$dir/seeds" "$kept"
-    dotnet "$build/VhostUserVirtio.Fuzz.dll" "$t" --seeds "$dir/seeds" </dev/null || { say "error: cannot write $t's seeds"; return 1; }
+    dotnet "$build/VhostUserVirtio.Fuzz.dll" "$t" --seeds "$dir/seeds" </dev/null || { say "error: cannot write $t's seeds"; echo "fuzz $t: failed to start"; return 1; }
     find "$kept" -maxdepth 1 -type f ! -name '.*' -exec cp {} "$dir/seeds/" \;
     say "$t: fuzzing for $seconds s from $(ls "$dir/seeds" | wc -l) seeds"
     # -V: stop after the time; -t: per-input limit (ms) generous for a loaded machine.
