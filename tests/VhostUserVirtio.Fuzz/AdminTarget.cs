@@ -38,6 +38,7 @@ public static class AdminTarget
             FuzzInvariantException.Check(used <= writable, $"admin command wrote {used} bytes into {writable}");
             FuzzInvariantException.Check(used >= Math.Min(writable, 8u), $"admin command wrote {used} bytes of its 8-byte status into {writable}");
         }
+        FormattingLoggerProvider.ThrowIfUnexpected();
     }
 
     /// <summary>

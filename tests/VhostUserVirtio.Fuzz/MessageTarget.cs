@@ -90,6 +90,9 @@ public static class MessageTarget
             if (net != null)
                 @switch.Detach(net);
         }
+        // A handler that threw something the back end did not expect is refused as Internal: a bug.
+        FuzzInvariantException.Check(backend.Rejections(MessageErrorKind.Internal) == 0, $"a message handler failed: {backend.LastRejection}");
+        FormattingLoggerProvider.ThrowIfUnexpected();
     }
 
     /// <summary>Handles every whole message waiting; false once the connection is (or must be) closed.</summary>

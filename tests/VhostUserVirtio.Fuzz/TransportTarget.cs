@@ -51,6 +51,7 @@ public static class TransportTarget
                 Execute(rig, transport, destroy, 8, shape: 4);
             }
             FuzzInvariantException.Check(transport.Devices.Count == 0, $"{transport.Devices.Count} managed devices left after DEV_DESTROY of each");
+            FormattingLoggerProvider.ThrowIfUnexpected();
         }
     }
 
