@@ -41,4 +41,15 @@ public sealed class GroupRig
 
     /// <summary>Runs <paramref name="work"/> on the group's data-path worker (exceptions come back here).</summary>
     public T OnDataPath<T>(Func<T> work) => Group.DataPath.Loop.Invoke(work);
+
+    /// <summary>
+    /// Waits until the work a command handed on (the control loop serving a new device's socket, the
+    /// data path applying a change) has run, so no instrumented code runs on another thread while the
+    /// next command does: coverage then depends on the input alone.
+    /// </summary>
+    public void Settle()
+    {
+        Server.Control.Invoke(() => { });
+        Group.DataPath.Loop.Invoke(() => { });
+    }
 }

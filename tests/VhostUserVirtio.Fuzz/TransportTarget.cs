@@ -60,6 +60,7 @@ public static class TransportTarget
         var chain = GroupRig.Chains.Build(request, room, shape);
         uint writable = chain.WritableLength;
         uint used = rig.OnDataPath(() => transport.Handle(chain));
+        rig.Settle();
         FuzzInvariantException.Check(used <= writable, $"transport command wrote {used} bytes into {writable}");
     }
 }
