@@ -35,7 +35,8 @@ public static class AdminTarget
             var chain = chains.Build(request.AsSpan(0, length), room, shape);
             uint writable = chain.WritableLength;
             uint used = rig.OnDataPath(() => rig.Owner.Admin.Handle(chain));
-            rig.Settle();
+            if (length >= 2 && BinaryPrimitives.ReadUInt16LittleEndian(request) == (ushort)AdminOpcode.MemberSocket)
+                rig.Settle(); // a member's socket moves on the control loop
             FuzzInvariantException.Check(used <= writable, $"admin command wrote {used} bytes into {writable}");
             FuzzInvariantException.Check(used >= Math.Min(writable, 8u), $"admin command wrote {used} bytes of its 8-byte status into {writable}");
         }

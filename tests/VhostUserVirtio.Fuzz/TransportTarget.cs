@@ -60,7 +60,8 @@ public static class TransportTarget
         var chain = GroupRig.Chains.Build(request, room, shape);
         uint writable = chain.WritableLength;
         uint used = rig.OnDataPath(() => transport.Handle(chain));
-        rig.Settle();
+        if (request.Length >= 12 && BinaryPrimitives.ReadUInt16LittleEndian(request[8..]) == TransportCommand.DeviceClass)
+            rig.Settle(); // a device's socket opens or closes on the control loop
         FuzzInvariantException.Check(used <= writable, $"transport command wrote {used} bytes into {writable}");
     }
 }
