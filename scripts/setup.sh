@@ -34,5 +34,14 @@ fi
 
 # --disable-build-servers: leave no MSBuild node behind holding the caller's output pipe (CI).
 dotnet restore VhostUserVirtio.sln --disable-build-servers </dev/null
+# Fuzzing (scripts/fuzz.sh, smoke-run by scripts/test.sh): AFL++ from Debian, SharpFuzz's instrumenter as a local tool.
+if ! command -v afl-fuzz >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y afl++; } </dev/null
+    else
+        echo "setup: warning: afl-fuzz is missing and this is not root; the fuzz smoke runs will fail (apt-get install afl++)" >&2
+    fi
+fi
+dotnet tool restore </dev/null
 bash scripts/guest/prepare.sh </dev/null
 echo "setup: done"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds (Release) and runs every test, then prints one final line "N passed, M failed" with the
+# Builds (Release) and runs every test and the fuzz smoke runs, then prints one final line "N passed, M failed" with the
 # totals of all TRX result files. Exits non-zero if a test failed, if none ran, or if the build
 # or the test run failed.
 set -uo pipefail
@@ -26,6 +26,15 @@ while IFS= read -r -d '' trx; do
     passed=$((passed + ${p:-0}))
     failed=$((failed + ${f:-0}))
 done < <(find "$results" -name '*.trx' -print0)
+
+# Fuzz smoke (docs/fuzzing.md): each target a few seconds under AFL++; each run counts as one test.
+while IFS= read -r line; do
+    echo "$line"
+    case "$line" in
+        "fuzz "*": ok"*) passed=$((passed + 1)) ;;
+        "fuzz "*) failed=$((failed + 1)) ;;
+    esac
+done < <(FUZZ_WORK=artifacts/fuzz-smoke bash scripts/fuzz.sh all "${FUZZ_SMOKE_SECONDS:-12}" </dev/null)
 
 echo "$passed passed, $failed failed"
 if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ $((passed + failed)) -eq 0 ]; then
