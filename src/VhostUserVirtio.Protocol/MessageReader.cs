@@ -20,6 +20,8 @@ public sealed class MessageReader : IDisposable
     private int _payloadFilled;
     private MessageHeader _current;
     private List<FileDescriptor> _fds = new();
+    // Once framing is lost it cannot be found again: every later read reports the same corruption.
+    private string? _corrupt;
 
     public MessageReader(UnixSocket socket) => _socket = socket;
 
@@ -42,7 +44,9 @@ public sealed class MessageReader : IDisposable
     public Status TryRead(out Message? message, out string? error)
     {
         message = null;
-        error = null;
+        error = _corrupt;
+        if (error != null)
+            return Status.Corrupt;
         while (_headerFilled < MessageHeader.Length)
         {
             bool first = _headerFilled == 0;
@@ -53,19 +57,16 @@ public sealed class MessageReader : IDisposable
                 return Status.Closed;
             if (truncated)
             {
-                error = first
+                return Corrupt(first
                     ? $"a message carried more than {MessageHeader.MaxFds} descriptors"
-                    : "descriptors were sent after the first bytes of a message";
-                Reset();
-                return Status.Corrupt;
+                    : "descriptors were sent after the first bytes of a message", out error);
             }
             _headerFilled += n;
             if (_headerFilled == MessageHeader.Length)
             {
                 _current = MessageHeader.Read(_header);
-                error = _current.FramingError();
-                if (error != null)
-                    return Status.Corrupt;
+                if (_current.FramingError() is { } framing)
+                    return Corrupt(framing, out error);
                 _payload = _current.Size == 0 ? Array.Empty<byte>() : new byte[_current.Size];
                 _payloadFilled = 0;
             }
@@ -80,9 +81,7 @@ public sealed class MessageReader : IDisposable
                 return Status.Closed;
             if (truncated)
             {
-                error = $"descriptors were sent after the first bytes of a {(FrontendRequest)_current.Request} message";
-                Reset();
-                return Status.Corrupt;
+                return Corrupt($"descriptors were sent after the first bytes of a {(FrontendRequest)_current.Request} message", out error);
             }
             _payloadFilled += n;
         }
@@ -92,6 +91,13 @@ public sealed class MessageReader : IDisposable
         _headerFilled = 0;
         _payload = null;
         return Status.Message;
+    }
+
+    private Status Corrupt(string why, out string error)
+    {
+        error = _corrupt = why;
+        Reset();
+        return Status.Corrupt;
     }
 
     private void Reset()
