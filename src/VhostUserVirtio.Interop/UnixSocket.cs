@@ -263,15 +263,7 @@ public sealed unsafe class UnixSocket : IDisposable
     {
         int controlLength = fds.IsEmpty ? 0 : CmsgSpace(fds.Length * sizeof(int));
         byte* control = stackalloc byte[Math.Max(controlLength, 1)];
-        if (controlLength > 0)
-        {
-            new Span<byte>(control, controlLength).Clear();
-            var hdr = (Libc.CmsgHdr*)control;
-            hdr->Length = (nuint)(sizeof(Libc.CmsgHdr) + fds.Length * sizeof(int));
-            hdr->Level = Libc.SOL_SOCKET;
-            hdr->Type = Libc.SCM_RIGHTS;
-            fds.CopyTo(new Span<int>(control + sizeof(Libc.CmsgHdr), fds.Length));
-        }
+        WriteRights(control, controlLength, fds);
 
         int sent = 0;
         fixed (byte* p = data)
@@ -313,15 +305,7 @@ public sealed unsafe class UnixSocket : IDisposable
     {
         int controlLength = fds.IsEmpty ? 0 : CmsgSpace(fds.Length * sizeof(int));
         byte* control = stackalloc byte[Math.Max(controlLength, 1)];
-        if (controlLength > 0)
-        {
-            new Span<byte>(control, controlLength).Clear();
-            var hdr = (Libc.CmsgHdr*)control;
-            hdr->Length = (nuint)(sizeof(Libc.CmsgHdr) + fds.Length * sizeof(int));
-            hdr->Level = Libc.SOL_SOCKET;
-            hdr->Type = Libc.SCM_RIGHTS;
-            fds.CopyTo(new Span<int>(control + sizeof(Libc.CmsgHdr), fds.Length));
-        }
+        WriteRights(control, controlLength, fds);
         int sent = 0;
         fixed (byte* p = data)
         {
@@ -391,6 +375,19 @@ public sealed unsafe class UnixSocket : IDisposable
                 return (int)r;
             }
         }
+    }
+
+    /// <summary>An SCM_RIGHTS control message carrying <paramref name="fds"/> into <paramref name="control"/> (none when the length is 0).</summary>
+    private static void WriteRights(byte* control, int controlLength, ReadOnlySpan<int> fds)
+    {
+        if (controlLength == 0)
+            return;
+        new Span<byte>(control, controlLength).Clear();
+        var hdr = (Libc.CmsgHdr*)control;
+        hdr->Length = (nuint)(sizeof(Libc.CmsgHdr) + fds.Length * sizeof(int));
+        hdr->Level = Libc.SOL_SOCKET;
+        hdr->Type = Libc.SCM_RIGHTS;
+        fds.CopyTo(new Span<int>(control + sizeof(Libc.CmsgHdr), fds.Length));
     }
 
     private static void CollectFds(byte* control, int length, List<FileDescriptor> fds)

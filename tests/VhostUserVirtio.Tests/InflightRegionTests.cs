@@ -3,6 +3,8 @@ using VhostUserVirtio.Interop;
 using VhostUserVirtio.Memory;
 using VhostUserVirtio.Queue;
 
+using VhostUserVirtio.Tests.Support;
+
 namespace VhostUserVirtio.Tests;
 
 /// <summary>
@@ -14,23 +16,19 @@ namespace VhostUserVirtio.Tests;
 [Trait("tier", "unit")]
 public sealed class InflightRegionTests : IDisposable
 {
-    private const int Size = 16;
-    private const ulong MemSize = 0x10000, Desc = 0x1000, Avail = 0x2000, Used = 0x3000, Buffers = 0x4000;
-    private readonly GuestMemoryTable _table = new();
-    private readonly GuestMemory _memory;
+    private const int Size = SplitRingImage.Size;
+    private const ulong Desc = SplitRingImage.Desc, Avail = SplitRingImage.Avail, Used = SplitRingImage.Used, Buffers = SplitRingImage.Buffers;
+    private readonly SplitRingImage _ring = new("inflight");
     private readonly InflightRegion _region = InflightRegion.Create(2, Size);
-    private ushort _availIdx;
 
     public InflightRegionTests()
     {
-        _table.Replace(new[] { (0UL, MemSize, 0x10_0000_0000UL, 0UL) }, new[] { MemFd.Create("inflight", (long)MemSize) });
-        _memory = _table.Current;
     }
 
     public void Dispose()
     {
         _region.Dispose();
-        _table.Dispose();
+        _ring.Dispose();
     }
 
     private InflightQueueRegion Q0 => _region.QueueRegion(0);
@@ -39,40 +37,13 @@ public sealed class InflightRegionTests : IDisposable
     private SplitQueue StartRing(ushort nextAvail = 0, InflightQueueRegion? region = null)
     {
         var q = new SplitQueue(Size);
-        Assert.Null(q.Configure(_memory, Size, Desc, Avail, Used));
+        Assert.Null(q.Configure(_ring.Memory, Size, Desc, Avail, Used));
         q.NextAvail = nextAvail;
         q.SyncUsedIndex();
         Assert.Null(q.AttachInflight(region ?? Q0));
         return q;
     }
 
-    private ushort UsedIndex => ReadU16(Used + 2);
-
-    private ushort ReadU16(ulong gpa)
-    {
-        Span<byte> b = stackalloc byte[2];
-        Assert.True(_memory.Read(gpa, b));
-        return BinaryPrimitives.ReadUInt16LittleEndian(b);
-    }
-
-    private void WriteU16(ulong gpa, ushort value)
-    {
-        Span<byte> b = stackalloc byte[2];
-        BinaryPrimitives.WriteUInt16LittleEndian(b, value);
-        Assert.True(_memory.Write(gpa, b));
-    }
-
-    /// <summary>Makes descriptor <paramref name="head"/> a one-buffer writable chain and publishes it.</summary>
-    private void Offer(ushort head)
-    {
-        Span<byte> d = stackalloc byte[16];
-        BinaryPrimitives.WriteUInt64LittleEndian(d, Buffers + 64UL * head);
-        BinaryPrimitives.WriteUInt32LittleEndian(d[8..], 64);
-        BinaryPrimitives.WriteUInt16LittleEndian(d[12..], 2); // WRITE
-        Assert.True(_memory.Write(Desc + 16UL * head, d));
-        WriteU16(Avail + 4 + 2UL * (ulong)(_availIdx % Size), head);
-        WriteU16(Avail + 2, ++_availIdx);
-    }
 
     private static ushort PopHead(SplitQueue q) => q.Pop() is { } c ? c.Head : throw new Xunit.Sdk.XunitException($"nothing popped ({q.Fault})");
 
@@ -88,7 +59,7 @@ public sealed class InflightRegionTests : IDisposable
         Assert.Equal((long)_region.Size, _region.Descriptor.GetFileSize());
 
         for (ushort h = 0; h < 3; h++)
-            Offer(h);
+            _ring.Offer(h);
         var q = StartRing();
         PopHead(q);
         PopHead(q);
@@ -115,7 +86,7 @@ public sealed class InflightRegionTests : IDisposable
     public void Chains_taken_and_not_completed_are_resubmitted_once_oldest_first_before_new_ones()
     {
         foreach (ushort h in new ushort[] { 5, 2, 9, 7 })
-            Offer(h);
+            _ring.Offer(h);
         var before = StartRing();
         Assert.Equal(5, PopHead(before));
         Assert.Equal(2, PopHead(before));
@@ -123,11 +94,11 @@ public sealed class InflightRegionTests : IDisposable
         before.PushUsed(2, 8);     // completed and published
         before.PushUsed(9, 8, publish: false); // its work done and its used element written, not published
         // The back end dies here. A new one resumes from the region over the same guest memory.
-        Offer(11);
+        _ring.Offer(11);
 
         var after = StartRing(nextAvail: 0); // the front end's base is not what counts: the region is
         // 9's work was done: it is published as it was written, not done again.
-        Assert.Equal(2, UsedIndex);
+        Assert.Equal(2, _ring.UsedIndex);
         Assert.Equal(1, after.ResubmitPending);
         Assert.Equal(3, after.NextAvail);    // used 2 + in flight 1
         Assert.Equal(5, PopHead(after));
@@ -137,7 +108,7 @@ public sealed class InflightRegionTests : IDisposable
         foreach (ushort h in new ushort[] { 5, 7, 11 })
             after.PushUsed(h, 8, publish: false);
         after.PublishUsed();
-        Assert.Equal(5, UsedIndex);          // five chains offered, five completed, none twice
+        Assert.Equal(5, _ring.UsedIndex);          // five chains offered, five completed, none twice
         Assert.Empty(Q0.InflightHeads());
 
         // Resuming again finds nothing to resubmit.
@@ -151,16 +122,16 @@ public sealed class InflightRegionTests : IDisposable
     public void Used_elements_written_but_not_published_are_resubmitted_when_the_used_ring_does_not_hold_them()
     {
         foreach (ushort h in new ushort[] { 5, 2 })
-            Offer(h);
+            _ring.Offer(h);
         var before = StartRing();
         Assert.Equal(5, PopHead(before));
         Assert.Equal(2, PopHead(before));
         before.PushUsed(2, 8, publish: false);
         // Someone overwrote the element the region says was written: nothing is published on its word.
-        Assert.True(_memory.Write(Used + 4, [0x7f, 0, 0, 0]));
+        Assert.True(_ring.Memory.Write(Used + 4, [0x7f, 0, 0, 0]));
 
         var after = StartRing();
-        Assert.Equal(0, UsedIndex);
+        Assert.Equal(0, _ring.UsedIndex);
         Assert.Equal(2, after.ResubmitPending);
         Assert.Equal(5, PopHead(after));
         Assert.Equal(2, PopHead(after));
@@ -170,7 +141,7 @@ public sealed class InflightRegionTests : IDisposable
     public void A_batch_published_to_the_used_ring_but_not_recorded_is_not_resubmitted()
     {
         foreach (ushort h in new ushort[] { 3, 4, 6 })
-            Offer(h);
+            _ring.Offer(h);
         var before = StartRing();
         PopHead(before);
         PopHead(before);
@@ -198,8 +169,8 @@ public sealed class InflightRegionTests : IDisposable
     public void A_fresh_region_keeps_the_rings_position_and_takes_its_used_index()
     {
         for (ushort h = 0; h < 4; h++)
-            Offer(h);
-        WriteU16(Used + 2, 3); // a ring with history (three chains completed before the region came)
+            _ring.Offer(h);
+        _ring.WriteU16(Used + 2, 3); // a ring with history (three chains completed before the region came)
         var q = StartRing(nextAvail: 3);
         Assert.Equal(1, Q0.Version);
         Assert.Equal(Size, Q0.DescNum);
@@ -216,8 +187,8 @@ public sealed class InflightRegionTests : IDisposable
     [Fact]
     public void A_rewound_chain_is_no_longer_in_flight_and_a_rewound_resubmission_comes_again()
     {
-        Offer(1);
-        Offer(2);
+        _ring.Offer(1);
+        _ring.Offer(2);
         var q = StartRing();
         PopHead(q);
         PopHead(q);
@@ -258,9 +229,9 @@ public sealed class InflightRegionTests : IDisposable
             case Damage.Version: region.WriteHeader(0, 2, Size, 0, 0); break;
             case Damage.DescNum: region.WriteHeader(0, 1, Size / 2, 0, 0); break;
             case Damage.Flag: region.WriteDescState(3, 7, 0, 12); break;
-            case Damage.BatchHead: region.WriteHeader(0, 1, Size, 60000, 0); WriteU16(Used + 2, 1); break;
-            case Damage.BatchTooLarge: WriteU16(Used + 2, Size + 1); break;
-            case Damage.BatchRepeats: region.WriteDescState(0, 0, 0, 0); WriteU16(Used + 2, 2); break; // 0 → next 0 → 0
+            case Damage.BatchHead: region.WriteHeader(0, 1, Size, 60000, 0); _ring.WriteU16(Used + 2, 1); break;
+            case Damage.BatchTooLarge: _ring.WriteU16(Used + 2, Size + 1); break;
+            case Damage.BatchRepeats: region.WriteDescState(0, 0, 0, 0); _ring.WriteU16(Used + 2, 2); break; // 0 → next 0 → 0
             case Damage.SameCounter: region.WriteDescState(2, 1, 0, 10); break;
             case Damage.MaxCounter: region.WriteDescState(2, 1, 0, ulong.MaxValue); break;
         }
@@ -268,7 +239,7 @@ public sealed class InflightRegionTests : IDisposable
         byte[] before = Snapshot(view, region.Owner.Size);
 
         var q = new SplitQueue(Size);
-        Assert.Null(q.Configure(_memory, Size, Desc, Avail, Used));
+        Assert.Null(q.Configure(_ring.Memory, Size, Desc, Avail, Used));
         q.SyncUsedIndex();
         var error = q.AttachInflight(region);
 

@@ -3,6 +3,8 @@ using VhostUserVirtio.Interop;
 using VhostUserVirtio.Memory;
 using VhostUserVirtio.Queue;
 
+using VhostUserVirtio.Tests.Support;
+
 namespace VhostUserVirtio.Tests;
 
 /// <summary>
@@ -14,49 +16,18 @@ namespace VhostUserVirtio.Tests;
 [Trait("tier", "unit")]
 public sealed class RingBurstTests : IDisposable
 {
-    private const int Size = 16;
-    private const ulong MemSize = 0x10000, Desc = 0x1000, Avail = 0x2000, Used = 0x3000, Buffers = 0x4000;
-    private readonly GuestMemoryTable _table = new();
-    private readonly GuestMemory _memory;
+    private const int Size = SplitRingImage.Size;
+    private const ulong Desc = SplitRingImage.Desc, Avail = SplitRingImage.Avail, Used = SplitRingImage.Used, Buffers = SplitRingImage.Buffers;
+    private readonly SplitRingImage _ring = new("burst");
     private readonly SplitQueue _queue = new(Size);
-    private ushort _availIdx;
 
     public RingBurstTests()
     {
-        _table.Replace(new[] { (0UL, MemSize, 0x10_0000_0000UL, 0UL) }, new[] { MemFd.Create("burst", (long)MemSize) });
-        _memory = _table.Current;
-        Assert.Null(_queue.Configure(_memory, Size, Desc, Avail, Used));
+        Assert.Null(_queue.Configure(_ring.Memory, Size, Desc, Avail, Used));
     }
 
-    public void Dispose() => _table.Dispose();
+    public void Dispose() => _ring.Dispose();
 
-    private ushort UsedIndex => ReadU16(Used + 2);
-
-    private ushort ReadU16(ulong gpa)
-    {
-        Span<byte> b = stackalloc byte[2];
-        Assert.True(_memory.Read(gpa, b));
-        return BinaryPrimitives.ReadUInt16LittleEndian(b);
-    }
-
-    private void WriteU16(ulong gpa, ushort value)
-    {
-        Span<byte> b = stackalloc byte[2];
-        BinaryPrimitives.WriteUInt16LittleEndian(b, value);
-        Assert.True(_memory.Write(gpa, b));
-    }
-
-    /// <summary>Makes descriptor <paramref name="head"/> a one-buffer writable chain and publishes it.</summary>
-    private void Offer(ushort head)
-    {
-        Span<byte> d = stackalloc byte[16];
-        BinaryPrimitives.WriteUInt64LittleEndian(d, Buffers + 64UL * head);
-        BinaryPrimitives.WriteUInt32LittleEndian(d[8..], 64);
-        BinaryPrimitives.WriteUInt16LittleEndian(d[12..], 2); // WRITE
-        Assert.True(_memory.Write(Desc + 16UL * head, d));
-        WriteU16(Avail + 4 + 2UL * (ulong)(_availIdx % Size), head);
-        WriteU16(Avail + 2, ++_availIdx);
-    }
 
     private struct Handler(RingBurstTests test, Action<int>? during) : IChainHandler
     {
@@ -65,7 +36,7 @@ public sealed class RingBurstTests : IDisposable
 
         public uint Handle(DescriptorChain chain)
         {
-            UsedSeen.Add(test.UsedIndex);
+            UsedSeen.Add(test._ring.UsedIndex);
             during?.Invoke(Calls++);
             return 8;
         }
@@ -75,14 +46,14 @@ public sealed class RingBurstTests : IDisposable
     public void A_burst_publishes_the_used_index_once_after_every_element_is_written()
     {
         for (ushort h = 0; h < 8; h++)
-            Offer(h);
+            _ring.Offer(h);
         var handler = new Handler(this, null);
         var result = _queue.Drain(ref handler);
 
         Assert.Equal(8, result.Handled);
         // While the burst ran, the driver saw no used element yet; after it, all eight at once.
         Assert.All(handler.UsedSeen, seen => Assert.Equal(0, seen));
-        Assert.Equal(8, UsedIndex);
+        Assert.Equal(8, _ring.UsedIndex);
         for (int i = 0; i < 8; i++)
             Assert.Equal((uint)i, BinaryPrimitives.ReadUInt32LittleEndian(Read(Used + 4 + 8UL * (uint)i, 4)));
     }
@@ -90,21 +61,21 @@ public sealed class RingBurstTests : IDisposable
     [Fact]
     public void Buffers_the_driver_adds_during_a_burst_are_taken_once_the_ones_seen_are_used_up()
     {
-        Offer(0);
-        Offer(1);
+        _ring.Offer(0);
+        _ring.Offer(1);
         // While the first chain is handled, the driver adds two more: the cached index says 2, so the
         // ring must look again when those two are done, not stop there.
         var handler = new Handler(this, call =>
         {
             if (call == 0)
             {
-                Offer(2);
-                Offer(3);
+                _ring.Offer(2);
+                _ring.Offer(3);
             }
         });
         var result = _queue.Drain(ref handler);
         Assert.Equal(4, result.Handled);
-        Assert.Equal(4, UsedIndex);
+        Assert.Equal(4, _ring.UsedIndex);
         Assert.Equal(4, _queue.NextAvail);
         Assert.False(_queue.HasPending);
     }
@@ -112,19 +83,19 @@ public sealed class RingBurstTests : IDisposable
     [Fact]
     public void An_avail_index_that_jumps_past_the_queue_size_still_breaks_the_ring_when_it_is_read_again()
     {
-        Offer(0);
-        var handler = new Handler(this, _ => WriteU16(Avail + 2, (ushort)(_availIdx + Size + 1)));
+        _ring.Offer(0);
+        var handler = new Handler(this, _ => _ring.WriteU16(Avail + 2, (ushort)(_ring.AvailIndex + Size + 1)));
         _queue.Drain(ref handler);
         Assert.Equal(1, handler.Calls);
         Assert.Equal(RingErrorKind.AvailIndexOutOfRange, _queue.Fault?.Kind);
-        Assert.Equal(1, UsedIndex); // what was handled is still given back
+        Assert.Equal(1, _ring.UsedIndex); // what was handled is still given back
     }
 
     [Fact]
     public void Rewound_chains_are_popped_again_from_the_index_already_seen()
     {
-        Offer(0);
-        Offer(1);
+        _ring.Offer(0);
+        _ring.Offer(1);
         Assert.NotNull(_queue.Pop());
         Assert.NotNull(_queue.Pop());
         _queue.Rewind(2);
@@ -135,15 +106,15 @@ public sealed class RingBurstTests : IDisposable
         // Pushed without publishing: the driver sees nothing until the publish (or the notification decision).
         _queue.PushUsed(0, 8, publish: false);
         _queue.PushUsed(1, 8, publish: false);
-        Assert.Equal(0, UsedIndex);
+        Assert.Equal(0, _ring.UsedIndex);
         _queue.NeedsNotification();
-        Assert.Equal(2, UsedIndex);
+        Assert.Equal(2, _ring.UsedIndex);
     }
 
     private byte[] Read(ulong gpa, int length)
     {
         var b = new byte[length];
-        Assert.True(_memory.Read(gpa, b));
+        Assert.True(_ring.Memory.Read(gpa, b));
         return b;
     }
 }
