@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the daemon (Release) and runs it in the foreground with the default configuration: two
-# echo devices listening on ./sockets/echo0.sock and ./sockets/echo1.sock (relative to the current
-# directory). Extra arguments go to vhost-virtio, e.g. `bash scripts/run.sh --devices 4` or `--help`.
+# Builds the daemon (Release) and runs it in the foreground with the default configuration: a
+# virtio-net device group, the owner on ./sockets/pf.sock and two VFs on ./sockets/vf1.sock and
+# ./sockets/vf2.sock (relative to the current directory). Extra arguments go to vhost-virtio, e.g.
+# `bash scripts/run.sh --vfs 4`, `bash scripts/run.sh keep -- serve` (restarted with its sessions
+# kept if it dies, docs/restart.md) or `--help`.
 # Stop it with Ctrl-C or SIGTERM; it removes its sockets and exits 0.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
