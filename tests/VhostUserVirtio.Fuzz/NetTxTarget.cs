@@ -15,8 +15,8 @@ namespace VhostUserVirtio.Fuzz;
 /// Input: a selector byte (bit 0 sender offloads, 1 sender mergeable, 2 receiver checksum and TSO,
 /// 3 receiver mergeable, 4 receiver ECN, 5-6 receive buffer shape), then up to 16 frames, each a
 /// shape byte (bits 0-1 descriptors minus one, 2 a trailing writable descriptor, 3 indirect,
-/// 4 addresses fixed up to the sender's own source, 5 to broadcast rather than the receiver), a u16
-/// length of header plus frame, three u16 split points, and that many bytes.
+/// 4 addresses fixed up to the sender's own source, 5 to broadcast rather than the receiver, 6 length
+/// plus 65535), a u16 length of header plus frame, three u16 split points, and that many bytes.
 /// </summary>
 public static class NetTxTarget
 {
@@ -33,7 +33,7 @@ public static class NetTxTarget
     }
 
     /// <summary>Shape byte flags (also used by the seeds).</summary>
-    public const byte TrailingWritable = 4, Indirect = 8, FixAddresses = 16, ToBroadcast = 32;
+    public const byte TrailingWritable = 4, Indirect = 8, FixAddresses = 16, ToBroadcast = 32, Long = 64;
     public const byte SenderOffloads = 1, SenderMergeable = 2, ReceiverOffloads = 4, ReceiverMergeable = 8, ReceiverEcn = 16;
 }
 
@@ -42,7 +42,7 @@ internal sealed class NetTxRig
 {
     private const int HeaderSize = VirtioNet.HeaderSize;
     private const int QueueSize = 128, RxChains = 16, Gap = 64, Canary = 0xa5;
-    private const int SlotSize = 0x10000 + HeaderSize + 4 * Gap;
+    private const int SlotSize = 0x20000 + 4 * Gap;
     private const ulong OffloadTx = (1UL << VirtioNet.FCsum) | (1UL << VirtioNet.FHostTso4) | (1UL << VirtioNet.FHostTso6) | (1UL << VirtioNet.FHostEcn);
     private const ulong OffloadRx = (1UL << VirtioNet.FGuestCsum) | (1UL << VirtioNet.FGuestTso4) | (1UL << VirtioNet.FGuestTso6);
     private static readonly Mac Vf1 = Mac.Parse("02:56:56:00:00:01"), Vf2 = Mac.Parse("02:56:56:00:00:02");
@@ -89,7 +89,7 @@ internal sealed class NetTxRig
         if ((selector & NetTxTarget.ReceiverOffloads) == 0) rx &= ~OffloadRx;
         if ((selector & NetTxTarget.ReceiverMergeable) == 0) rx &= ~(1UL << VirtioNet.FMrgRxbuf);
         if ((selector & NetTxTarget.ReceiverEcn) == 0) rx &= ~(1UL << VirtioNet.FGuestEcn);
-        var options = new FrontEndSession.Options { QueueCount = 2, QueueSize = QueueSize, RamSize = 4 << 20 };
+        var options = new FrontEndSession.Options { QueueCount = 2, QueueSize = QueueSize, RamSize = 8 << 20 };
         _tx = FrontEndSession.Start(Path.Combine(_directory, "vf1.sock"), options with { WantedFeatures = tx });
         _rx = FrontEndSession.Start(Path.Combine(_directory, "vf2.sock"), options with { WantedFeatures = rx, RamSize = 8 << 20 });
         _slots = new ulong[NetTxTarget.MaxFrames];
@@ -142,7 +142,8 @@ internal sealed class NetTxRig
         while (!input.IsEmpty && frames < NetTxTarget.MaxFrames)
         {
             byte shape = input.Byte();
-            int length = input.U16();
+            // Past 64 KiB too: a GSO frame's length limit is checked at its edge.
+            int length = input.U16() + ((shape & NetTxTarget.Long) != 0 ? 0xffff : 0);
             int pieces = 1 + (shape & 3);
             cuts[0] = 0;
             for (int i = 1; i < 4; i++)

@@ -274,6 +274,8 @@ public static class Seeds
             ("tso-segmented", [All, .. TxChain(Fix | 1, tso, 12, 0, 0)]),
             ("tso-segmented-small", [All | 0x20, .. TxChain(Fix | 3 | NetTxTarget.Indirect, tso, 6, 66, 1000)]),
             ("tso-whole", [All | NetTxTarget.ReceiverOffloads | 0x60, .. TxChain(Fix | NetTxTarget.TrailingWritable, tso, 0, 0, 0)]),
+            // Only the headers given: the rest of the 65,635 bytes read as zeros, past the largest frame.
+            ("gso-past-64k", [All, Fix | NetTxTarget.Long, 100, 0, 0, 0, 0, 0, 0, 0, .. tso.AsSpan(0, 100)]),
             ("split-num-buffers", [NetTxTarget.SenderMergeable | NetTxTarget.ReceiverMergeable | 0x40, .. TxChain(Fix, NetFrame(Ipv4Udp(1400), 0, 0, 0, 0, 0, 0), 0, 0, 0)]),
         ];
     }
