@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
-targets=(message split-ring packed-ring admin transport)
+targets=(message split-ring packed-ring admin transport net-tx)
 say() { echo "fuzz: $*" >&2; }
 # A set-up failure: one result line per target asked for, so callers counting them (scripts/test.sh) see each fail.
 setup_failed() {

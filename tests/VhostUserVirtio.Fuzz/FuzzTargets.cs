@@ -13,5 +13,6 @@ public static class FuzzTargets
         ["packed-ring"] = RingTarget.RunPacked,
         ["admin"] = AdminTarget.Run,
         ["transport"] = TransportTarget.Run,
+        ["net-tx"] = NetTxTarget.Run,
     };
 }

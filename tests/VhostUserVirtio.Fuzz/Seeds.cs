@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using VhostUserVirtio.Backend;
+using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Group.Transport;
 using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Queue;
@@ -19,6 +20,7 @@ public static class Seeds
         "packed-ring" => Ring(packed: true),
         "admin" => Admin(),
         "transport" => Transport(),
+        "net-tx" => NetTx(),
         _ => throw new ArgumentException($"no target '{target}'", nameof(target)),
     };
 
@@ -255,5 +257,96 @@ public static class Seeds
                 .. T(1, TransportCommand.DeviceClass, TransportCommand.DevDestroy, [])]),
             ("limit", [.. create, .. create, .. create, .. create, .. create]),
         ];
+    }
+
+    // ---- net-tx: selector, then (shape, length u16, three split points u16, header + frame)*.
+    private static List<(string, byte[])> NetTx()
+    {
+        const byte Fix = NetTxTarget.FixAddresses;
+        byte[] udp = NetFrame(Ipv4Udp(200), flags: 0, gso: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0);
+        byte[] csum = NetFrame(Ipv4Udp(300), flags: VirtioNet.HdrFlagNeedsCsum, gso: 0, hdrLen: 0, gsoSize: 0, csumStart: 34, csumOffset: 6);
+        byte[] tso = NetFrame(Ipv4Tcp(3000), flags: VirtioNet.HdrFlagNeedsCsum, gso: VirtioNet.GsoTcpV4, hdrLen: 54, gsoSize: 1448, csumStart: 34, csumOffset: 16);
+        const byte All = NetTxTarget.SenderOffloads | NetTxTarget.SenderMergeable | NetTxTarget.ReceiverMergeable;
+        return
+        [
+            ("udp", [0, .. TxChain(Fix, udp, 0, 0, 0), .. TxChain(Fix | NetTxTarget.ToBroadcast | 1, udp, 12, 0, 0)]),
+            ("checksum", [All, .. TxChain(Fix | 2, csum, 12, 40, 0)]),
+            ("tso-segmented", [All, .. TxChain(Fix | 1, tso, 12, 0, 0)]),
+            ("tso-segmented-small", [All | 0x20, .. TxChain(Fix | 3 | NetTxTarget.Indirect, tso, 6, 66, 1000)]),
+            ("tso-whole", [All | NetTxTarget.ReceiverOffloads | 0x60, .. TxChain(Fix | NetTxTarget.TrailingWritable, tso, 0, 0, 0)]),
+            // Only the headers given: the rest of the 65,635 bytes read as zeros, past the largest frame.
+            ("gso-past-64k", [All, Fix | NetTxTarget.Long, 100, 0, 0, 0, 0, 0, 0, 0, .. tso.AsSpan(0, 100)]),
+            ("split-num-buffers", [NetTxTarget.SenderMergeable | NetTxTarget.ReceiverMergeable | 0x40, .. TxChain(Fix, NetFrame(Ipv4Udp(1400), 0, 0, 0, 0, 0, 0), 0, 0, 0)]),
+        ];
+    }
+
+    private static byte[] TxChain(int shape, byte[] bytes, ushort cut1, ushort cut2, ushort cut3)
+    {
+        var c = new byte[9 + bytes.Length];
+        c[0] = (byte)shape;
+        BinaryPrimitives.WriteUInt16LittleEndian(c.AsSpan(1), (ushort)bytes.Length);
+        BinaryPrimitives.WriteUInt16LittleEndian(c.AsSpan(3), cut1);
+        BinaryPrimitives.WriteUInt16LittleEndian(c.AsSpan(5), cut2);
+        BinaryPrimitives.WriteUInt16LittleEndian(c.AsSpan(7), cut3);
+        bytes.CopyTo(c, 9);
+        return c;
+    }
+
+    /// <summary>A 12-byte virtio-net header in front of <paramref name="frame"/> (its addresses are fixed up by the target).</summary>
+    private static byte[] NetFrame(byte[] frame, byte flags, byte gso, ushort hdrLen, ushort gsoSize, ushort csumStart, ushort csumOffset)
+    {
+        var b = new byte[VirtioNet.HeaderSize + frame.Length];
+        b[0] = flags;
+        b[1] = gso;
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(2), hdrLen);
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(4), gsoSize);
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(6), csumStart);
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(8), csumOffset);
+        frame.CopyTo(b, VirtioNet.HeaderSize);
+        return b;
+    }
+
+    private static byte[] Ipv4(int protocol, int l4Length)
+    {
+        var f = new byte[14 + 20 + l4Length];
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(12), 0x0800);
+        f[14] = 0x45;
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(16), (ushort)(20 + l4Length));
+        f[22] = 64;
+        f[23] = (byte)protocol;
+        byte[] addresses = [10, 0, 0, 1, 10, 0, 0, 2];
+        addresses.CopyTo(f, 26);
+        uint sum = 0;
+        for (int i = 14; i < 34; i += 2)
+            sum += BinaryPrimitives.ReadUInt16BigEndian(f.AsSpan(i));
+        while (sum > 0xffff)
+            sum = (sum & 0xffff) + (sum >> 16);
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(24), (ushort)~sum);
+        return f;
+    }
+
+    private static byte[] Ipv4Udp(int payload)
+    {
+        var f = Ipv4(17, 8 + payload);
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(34), 4000);
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(36), 5000);
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(38), (ushort)(8 + payload));
+        for (int i = 42; i < f.Length; i++)
+            f[i] = (byte)i;
+        return f;
+    }
+
+    private static byte[] Ipv4Tcp(int payload)
+    {
+        var f = Ipv4(6, 20 + payload);
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(34), 4000);
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(36), 5000);
+        BinaryPrimitives.WriteUInt32BigEndian(f.AsSpan(38), 1000);
+        f[46] = 0x50;   // data offset 5 words
+        f[47] = 0x18;   // PSH, ACK
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(48), 0xffff);
+        for (int i = 54; i < f.Length; i++)
+            f[i] = (byte)i;
+        return f;
     }
 }

@@ -69,6 +69,17 @@ public sealed class OffloadDeliveryTests : IDisposable
         Assert.Equal(0, _backend.Member(2).Device.Counters.ChecksumsCompleted);
     }
 
+    [Fact]
+    public void Segments_taken_before_the_receive_ring_ran_out_reach_the_receiver()
+    {
+        using var vf1 = new NetFrontEnd(_backend.Socket(1));
+        using var vf2 = new NetFrontEnd(_backend.Socket(2), ~GuestTso);
+        vf2.PostRx(3); // room for 3 of the 7 segments: the frame fails, but what was written is the guest's
+        vf1.Send(TcpFrames.Build(B, A, v6: false, payload: 10_000), TcpFrames.Header(v6: false, 1448));
+        for (int i = 0; i < 3; i++)
+            Assert.Equal(0, vf2.ReceiveWithHeader().Header[1]);
+    }
+
     [Theory]
     [InlineData(false, 10_000, 1448, 7)]
     [InlineData(true, 5_000, 1428, 4)]

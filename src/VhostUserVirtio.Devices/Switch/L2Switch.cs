@@ -206,17 +206,20 @@ public sealed class L2Switch
             return;
         }
         var c = port.Counters.LaneAt(local.Lane);
-        if (port.Deliver(frame, dst, out var reason))
+        bool delivered = port.Deliver(frame, dst, out var reason);
+        if (delivered)
         {
             c.RxPackets++;
             c.RxBytes += frame.Length;
-            if (!local.PendingFlush.Contains(port))
-                local.PendingFlush.Add(port);
         }
         else
         {
             c.Drops[(int)reason]++;
         }
+        // Flushed even after a refusal: a frame segmented on the way may have left segments in the
+        // port's ring before it ran out of buffers, and those are the guest's to see.
+        if (!local.PendingFlush.Contains(port))
+            local.PendingFlush.Add(port);
     }
 
     /// <summary>A known source on its own port only refreshes its age (at most once a millisecond); anything else takes the learning lock.</summary>
