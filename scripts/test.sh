@@ -34,7 +34,7 @@ while IFS= read -r line; do
         "fuzz "*": ok"*) passed=$((passed + 1)) ;;
         "fuzz "*) failed=$((failed + 1)) ;;
     esac
-done < <(FUZZ_WORK=artifacts/fuzz-smoke bash scripts/fuzz.sh all "${FUZZ_SMOKE_SECONDS:-12}" </dev/null)
+done < <(FUZZ_WORK=artifacts/fuzz-smoke bash scripts/fuzz.sh all "${FUZZ_SMOKE_SECONDS:-10}" </dev/null)
 
 echo "$passed passed, $failed failed"
 if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ $((passed + failed)) -eq 0 ]; then
