@@ -181,6 +181,32 @@ public sealed class SessionKeepingTests
     }
 
     [Fact]
+    public void The_keeper_waits_on_an_idle_daemon_without_throwing_an_exception_every_half_second()
+    {
+        int thrown = 0;
+        void Count(object? sender, System.Runtime.ExceptionServices.FirstChanceExceptionEventArgs e)
+        {
+            if (Thread.CurrentThread.Name == "keeper")
+                Interlocked.Increment(ref thrown);
+        }
+        using var store = new DescriptorStore(NullLogger.Instance);
+        using var keeper = DescriptorKeeper.Connect(store.Path);
+        using var fd = new EventFd();
+        keeper.Store("a#1", fd.Descriptor);
+        Assert.True(EchoBackend.WaitUntil(() => store.Count == 1), "the store did not take the descriptor");
+        AppDomain.CurrentDomain.FirstChanceException += Count;
+        try
+        {
+            Thread.Sleep(2_000); // the daemon idle over several of the store's waits
+        }
+        finally
+        {
+            AppDomain.CurrentDomain.FirstChanceException -= Count;
+        }
+        Assert.Equal(0, Volatile.Read(ref thrown));
+    }
+
+    [Fact]
     public void The_descriptor_store_refuses_a_process_other_than_the_daemon_it_runs()
     {
         using var store = new DescriptorStore(NullLogger.Instance) { Authorized = Environment.ProcessId + 1_000_000 };
