@@ -504,6 +504,7 @@ public sealed class VhostUserEndpoint : IDisposable
             {
                 CloseConnection("back end shutting down");
                 CloseListener();
+                Keeping?.Closed();
             });
         }
         catch (ObjectDisposedException)

@@ -1,7 +1,10 @@
 using Microsoft.Extensions.Logging.Abstractions;
+using VhostUserVirtio.Backend;
 using VhostUserVirtio.Backend.Sessions;
+using VhostUserVirtio.Devices.Echo;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Protocol;
+using VhostUserVirtio.Tests.Support;
 
 namespace VhostUserVirtio.Tests;
 
@@ -143,6 +146,64 @@ public sealed class SessionKeepingTests
             foreach (var fd in kept.Values)
                 fd.Dispose();
         }
+    }
+
+    /// <summary>Session records open in this process (the daemon's side and the store's copy, both here).</summary>
+    private static int OpenSessionRecords() => ProcessFds.Targets().Count(t => t.Contains("memfd:vhost-virtio-session"));
+
+    [Fact]
+    public void A_removed_device_leaves_no_session_record_open_in_the_daemon_or_the_keeper()
+    {
+        string dir = Directory.CreateTempSubdirectory("vuv-kept.").FullName;
+        try
+        {
+            using var store = new DescriptorStore(NullLogger.Instance);
+            using var sessions = SessionKeeper.Connect(store.Path, NullLogger.Instance);
+            using var server = new VhostUserServer(NullLoggerFactory.Instance) { Sessions = sessions };
+            string socket = Path.Combine(dir, "vf1.sock");
+            var endpoint = server.Serve(new EchoDevice("vf1"), socket);
+            int before = OpenSessionRecords();
+            using (UnixSocket.Connect(socket))
+            {
+                // Listener, connection and the session's record are kept.
+                Assert.True(EchoBackend.WaitUntil(() => store.Count == 3), $"{store.Count} descriptor(s) kept, not 3");
+                Assert.Equal(before + 2, OpenSessionRecords());
+                // The device goes (a VF disabled) with its front end attached.
+                server.Remove(endpoint);
+            }
+            Assert.True(EchoBackend.WaitUntil(() => store.Count == 0), $"the keeper still holds {store.Count} descriptor(s) of the removed device");
+            Assert.Equal(before, OpenSessionRecords());
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void The_keeper_waits_on_an_idle_daemon_without_throwing_an_exception_every_half_second()
+    {
+        int thrown = 0;
+        void Count(object? sender, System.Runtime.ExceptionServices.FirstChanceExceptionEventArgs e)
+        {
+            if (Thread.CurrentThread.Name == "keeper")
+                Interlocked.Increment(ref thrown);
+        }
+        using var store = new DescriptorStore(NullLogger.Instance);
+        using var keeper = DescriptorKeeper.Connect(store.Path);
+        using var fd = new EventFd();
+        keeper.Store("a#1", fd.Descriptor);
+        Assert.True(EchoBackend.WaitUntil(() => store.Count == 1), "the store did not take the descriptor");
+        AppDomain.CurrentDomain.FirstChanceException += Count;
+        try
+        {
+            Thread.Sleep(2_000); // the daemon idle over several of the store's waits
+        }
+        finally
+        {
+            AppDomain.CurrentDomain.FirstChanceException -= Count;
+        }
+        Assert.Equal(0, Volatile.Read(ref thrown));
     }
 
     [Fact]

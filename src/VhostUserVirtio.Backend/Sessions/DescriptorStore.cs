@@ -104,6 +104,11 @@ public sealed class DescriptorStore : IDisposable
             (string Verb, string Argument, FileDescriptor? Fd)? record;
             try
             {
+                // The daemon is idle most of the time: wait here, not in Receive, whose timeout is an
+                // exception (twice a second for the keeper's whole life, its garbage growing the
+                // keeper's memory until a collection).
+                if (!client.Descriptor.WaitReadable(500))
+                    continue;
                 record = KeeperProtocol.Receive(client, 500);
             }
             catch (TimeoutException)

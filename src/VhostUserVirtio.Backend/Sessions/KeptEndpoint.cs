@@ -170,6 +170,22 @@ public sealed class KeptEndpoint
         ReleaseLeft();
     }
 
+    /// <summary>
+    /// The endpoint is gone for good (its device removed, or the process stopping): after
+    /// <see cref="Disconnected"/> and <see cref="NotListening"/>, only the record is left; close it
+    /// here and in the keeper, rather than when the collector gets round to the mapping.
+    /// </summary>
+    public void Closed()
+    {
+        if (_record != null)
+        {
+            _keeper.Drop(_prefix + RecordName);
+            _record.Dispose();
+            _record = null;
+        }
+        ReleaseLeft();
+    }
+
     private void DropExcept(HashSet<uint> live)
     {
         foreach (var id in _stored.Where(id => !live.Contains(id)).ToList())

@@ -27,9 +27,14 @@ public sealed class SessionKeeper : IDisposable
     /// <summary>Connects to the keeper this process runs under and fetches what it holds; null without one.</summary>
     public static SessionKeeper? FromEnvironment(ILogger logger)
     {
-        var keeper = DescriptorKeeper.FromEnvironment();
-        if (keeper == null)
-            return null;
+        string? path = Environment.GetEnvironmentVariable(KeeperProtocol.EnvironmentVariable);
+        return string.IsNullOrEmpty(path) ? null : Connect(path, logger);
+    }
+
+    /// <summary>Connects to the keeper at <paramref name="path"/> and fetches what it holds.</summary>
+    public static SessionKeeper Connect(string path, ILogger logger)
+    {
+        var keeper = DescriptorKeeper.Connect(path);
         try
         {
             var left = keeper.Fetch();
