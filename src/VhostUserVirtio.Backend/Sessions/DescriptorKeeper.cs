@@ -20,13 +20,6 @@ public sealed class DescriptorKeeper : IDisposable
 
     public string Path { get; }
 
-    /// <summary>Connects to the keeper named by <see cref="KeeperProtocol.EnvironmentVariable"/>; null when this process runs without one.</summary>
-    public static DescriptorKeeper? FromEnvironment()
-    {
-        string? path = Environment.GetEnvironmentVariable(KeeperProtocol.EnvironmentVariable);
-        return string.IsNullOrEmpty(path) ? null : Connect(path);
-    }
-
     public static DescriptorKeeper Connect(string path) => new(UnixSocket.ConnectRecords(path), path);
 
     /// <summary>Everything kept, by name; the caller owns the descriptors.</summary>
