@@ -13,6 +13,7 @@ namespace VhostUserVirtio.Tests;
 /// rings at whatever is in its memory). Every command must complete with a status, the process must
 /// survive, and the group must keep switching frames for the members nobody fuzzed.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class AdminFuzzTests() : OwnerTest(useAllCommands: true)
 {
     private sealed record Command(ushort Opcode, ushort Group, ulong Member, byte[] Data, int ResultRoom);

@@ -11,6 +11,7 @@ namespace VhostUserVirtio.Tests;
 /// device resets and group types (virtio-admin.md §3.4, §4.1). Each test reconnects the owner driver
 /// itself: a disconnect resets the owner device (docs/owner-binding.md).
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class AdminNormativeTests : IDisposable
 {
     private const ushort SrIov = (ushort)AdminGroupType.SrIov, Self = (ushort)AdminGroupType.Self;

@@ -9,6 +9,7 @@ namespace VhostUserVirtio.Tests;
 /// queued after the change see the new set"): exactly the commands that need the SR-IOV group fail,
 /// the others complete, and nothing done before is undone.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class AdminQueuedDisableTests() : OwnerTest(useAllCommands: true)
 {
     private const ushort SrIov = (ushort)AdminGroupType.SrIov, Self = (ushort)AdminGroupType.Self;

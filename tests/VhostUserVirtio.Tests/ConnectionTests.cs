@@ -7,6 +7,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>Server and client socket modes, one front end at a time, reconnects.</summary>
+[Trait("tier", "unit")]
 public sealed class ConnectionTests
 {
     [Fact]

@@ -9,6 +9,7 @@ namespace VhostUserVirtio.Tests;
 /// The vhost-virtio executable end to end: real process, real sockets, real signals. Deadlines are
 /// generous because a cold `dotnet` start on a busy 2-core machine is slow; nothing here measures speed.
 /// </summary>
+[Trait("tier", "daemon")]
 public sealed class DaemonTests : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);

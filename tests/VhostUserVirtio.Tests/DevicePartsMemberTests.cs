@@ -16,6 +16,7 @@ namespace VhostUserVirtio.Tests;
 /// another queue count, are refused and leave the member exactly as it was (its parts compared
 /// byte for byte before and after); the metadata, selection and object rules of the commands.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class DevicePartsMemberTests() : OwnerTest(useAllCommands: true)
 {
     private const ushort SrIov = (ushort)AdminGroupType.SrIov, Self = (ushort)AdminGroupType.Self;

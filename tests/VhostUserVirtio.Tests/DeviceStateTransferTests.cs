@@ -12,6 +12,7 @@ namespace VhostUserVirtio.Tests;
 /// state read to its end (save) or written and closed (load), then CHECK_DEVICE_STATE. The bytes are
 /// the VF's device parts, the same stream the owner's DEV_PARTS_GET returns.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class DeviceStateTransferTests : IDisposable
 {
     private readonly GroupBackend _source = new(vfs: 1);

@@ -12,6 +12,7 @@ namespace VhostUserVirtio.Tests;
 /// SET_VRING_ADDR with VHOST_VRING_F_LOG per ring; off: SET_FEATURES without LOG_ALL, SET_VRING_ADDR
 /// without the flag. The bitmap is read the way QEMU reads it, from its own mapping of the log.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed unsafe class DirtyLogTests : IDisposable
 {
     private const string A = "02:56:56:00:00:01", B = "02:56:56:00:00:02";

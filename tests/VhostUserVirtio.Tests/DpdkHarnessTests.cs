@@ -4,21 +4,12 @@ using Xunit.Abstractions;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>
-/// Tests that run real DPDK processes. They busy-poll cores, so they never run next to other tests
-/// (the machine has two cores) and assert only "something flowed, and the counts are consistent".
-/// </summary>
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class DpdkCollection
-{
-    public const string Name = "DPDK";
-}
-
-/// <summary>
 /// The harness end to end with DPDK on both sides: a txonly virtio-user front end on switch port 0,
-/// an rxonly one on port 1, and a back end joining them (DPDK's vhost PMD now; our daemon later,
+/// an rxonly one on port 1, and a back end joining them (DPDK's vhost PMD, or ours in or out of process;
 /// see <see cref="VhostSwitches.Names"/>).
 /// </summary>
 [Collection(DpdkCollection.Name)]
+[Trait("tier", "dpdk")]
 public sealed class DpdkHarnessTests : IDisposable
 {
     private static readonly TimeSpan RunTime = TimeSpan.FromSeconds(3);

@@ -9,6 +9,7 @@ namespace VhostUserVirtio.Tests;
 /// switch's counts agree exactly with what the front ends sent and received.
 /// </summary>
 [Collection(DpdkCollection.Name)]
+[Trait("tier", "dpdk")]
 public sealed class DpdkMultiqueueTests : IDisposable
 {
     private static readonly TimeSpan RunTime = TimeSpan.FromSeconds(3);

@@ -9,6 +9,7 @@ namespace VhostUserVirtio.Tests;
 /// frame sent went through the switch and every frame delivered was counted by the sink.
 /// </summary>
 [Collection(DpdkCollection.Name)]
+[Trait("tier", "dpdk")]
 public sealed class DpdkPackedRingTests : IDisposable
 {
     private const string SourceMac = "02:56:56:00:00:01", SinkMac = "02:56:56:00:00:02";

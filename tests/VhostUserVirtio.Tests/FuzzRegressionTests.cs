@@ -7,6 +7,7 @@ namespace VhostUserVirtio.Tests;
 /// every input the fuzzer ever crashed or hung on (tests/VhostUserVirtio.Fuzz/Regressions/TARGET/,
 /// copied next to the tests) must now run to the end without an exception.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class FuzzRegressionTests
 {
     private static readonly string Kept = Path.Combine(AppContext.BaseDirectory, "FuzzRegressions");
@@ -27,7 +28,6 @@ public sealed class FuzzRegressionTests
     }
 
     [Theory]
-    [Trait("tier", "unit")]
     [MemberData(nameof(Inputs))]
     public void Every_seed_and_kept_fuzz_finding_runs_through_its_target_without_an_exception(string target, string input)
     {

@@ -10,6 +10,7 @@ namespace VhostUserVirtio.Tests;
 /// observes the link through its traffic: while a member's link is down the switch drops its frames
 /// both ways.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed partial class GuestAdminTests(ITestOutputHelper output) : IDisposable
 {
     // VF1's and VF2's own MACs: an untrusted VF may send only from its own.

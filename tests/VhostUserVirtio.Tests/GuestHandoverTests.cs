@@ -10,6 +10,7 @@ namespace VhostUserVirtio.Tests;
 /// namespace with a TAP uplink, and the namespace bridges the two TAPs, so the pinged address is
 /// reachable through either daemon's switch. Deadlines are minutes: QEMU emulates the CPU.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed class GuestHandoverTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);

@@ -11,6 +11,7 @@ namespace VhostUserVirtio.Tests;
 /// proven with QEMU's own networking so it does not depend on any back end of this repository.
 /// Deadlines are minutes: QEMU emulates the CPU (no KVM) and the machine may be busy.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed class GuestHarnessTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);

@@ -15,6 +15,7 @@ namespace VhostUserVirtio.Tests;
 /// namespace with a TAP uplink bridged to br0, which holds the pinged address. Deadlines are
 /// minutes: QEMU emulates the CPU.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed class GuestHotPlugTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan StartDeadline = TimeSpan.FromSeconds(60);

@@ -9,6 +9,7 @@ namespace VhostUserVirtio.Tests;
 /// virtio-vfio-pci would drive it, talking IPv4 through the switch with a real Linux guest (QEMU,
 /// stock virtio-net driver) on another VF.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed class GuestLegacyTests(ITestOutputHelper output) : IDisposable
 {
     private const string GuestMac = "02:56:56:00:00:02"; // VF2's own: an untrusted VF may send only from it

@@ -10,6 +10,7 @@ namespace VhostUserVirtio.Tests;
 /// writes there, talking IPv4 through the switch with a real Linux guest (QEMU, stock virtio-net
 /// driver) on a VF: both ping each other.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed class GuestManagedDeviceTests(ITestOutputHelper output) : IDisposable
 {
     private const string GuestMac = "02:56:56:00:00:01"; // VF1's own: an untrusted VF may send only from it

@@ -5,6 +5,7 @@ using VhostUserVirtio.Tests.Support;
 
 namespace VhostUserVirtio.Tests;
 
+[Trait("tier", "unit")]
 public sealed class GuestMemoryTests
 {
     private static (ulong, ulong, ulong, ulong) Region(ulong gpa, ulong size, ulong uva, ulong offset = 0) => (gpa, size, uva, offset);

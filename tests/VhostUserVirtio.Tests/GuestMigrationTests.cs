@@ -12,6 +12,7 @@ namespace VhostUserVirtio.Tests;
 /// while it pings a second guest on a third VF. Deadlines are minutes: QEMU emulates the CPU and the
 /// machine is shared.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed class GuestMigrationTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);

@@ -7,6 +7,7 @@ namespace VhostUserVirtio.Tests;
 /// A real Linux guest under QEMU with its stock virtio-net driver on two of the group's VFs, pinging
 /// across the built-in switch. Deadlines are minutes: QEMU emulates the CPU and the machine is shared.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed class GuestNetworkTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);

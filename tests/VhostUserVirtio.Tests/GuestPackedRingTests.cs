@@ -8,6 +8,7 @@ namespace VhostUserVirtio.Tests;
 /// switch, next to a guest NIC on a split ring: the stock driver, QEMU's vhost-user ring set-up
 /// (the packed ring base, driver and device areas) and our packed ring agree.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed class GuestPackedRingTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);

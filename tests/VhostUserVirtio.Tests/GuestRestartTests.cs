@@ -12,6 +12,7 @@ namespace VhostUserVirtio.Tests;
 /// from one VF to the other throughout, and nothing is lost or duplicated. QEMU runs with
 /// reconnect=1, as a user would, but never needs it: the keeper holds the connections.
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed partial class GuestRestartTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);

@@ -8,6 +8,7 @@ namespace VhostUserVirtio.Tests;
 /// VF to the other, once with both NICs taking checksum and TSO offloads (GSO frames pass through
 /// whole) and once with the receiving NIC's offloads off in QEMU (the switch segments them).
 /// </summary>
+[Trait("tier", "qemu")]
 public sealed class GuestTcpOffloadTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan BootDeadline = TimeSpan.FromMinutes(3);

@@ -4,6 +4,7 @@ using VhostUserVirtio.Tests.Support;
 
 namespace VhostUserVirtio.Tests;
 
+[Trait("tier", "unit")]
 public sealed class HandshakeTests
 {
     [Fact]

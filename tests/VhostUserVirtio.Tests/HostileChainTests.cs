@@ -9,6 +9,7 @@ namespace VhostUserVirtio.Tests;
 /// error descriptor signalled, nothing read or written outside guest memory, the process and every
 /// other queue and device unaffected.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class HostileChainTests : IDisposable
 {
     private const ushort Next = SplitRing.DescNext;

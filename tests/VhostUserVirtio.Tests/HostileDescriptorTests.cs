@@ -13,6 +13,7 @@ namespace VhostUserVirtio.Tests;
 /// and closed; an eventfd the front end made blocking and filled to its maximum count stalls neither
 /// the worker that signals it nor the control loop, so every other device keeps working.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class HostileDescriptorTests : IDisposable
 {
     private const ulong MaxCount = 0xffff_ffff_ffff_fffe; // the most a write(2) can leave in an eventfd

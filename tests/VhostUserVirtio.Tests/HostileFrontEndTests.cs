@@ -17,6 +17,7 @@ namespace VhostUserVirtio.Tests;
 /// hostility, so first-use costs in the daemon land before the baseline. Random tests print their
 /// seed; CsCheck_Seed=SEED replays one.
 /// </summary>
+[Trait("tier", "daemon")]
 public sealed class HostileFrontEndTests(ITestOutputHelper output)
 {
     private const int Hostile = GroupUnderAttack.HostileVf;

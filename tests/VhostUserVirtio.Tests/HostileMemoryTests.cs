@@ -12,6 +12,7 @@ namespace VhostUserVirtio.Tests;
 /// child process: a fault (SIGBUS) there shows up as the child dying, never as the test host
 /// dying. The test never maps a file it truncates, so only the daemon could fault.
 /// </summary>
+[Trait("tier", "daemon")]
 public sealed partial class HostileMemoryTests : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);

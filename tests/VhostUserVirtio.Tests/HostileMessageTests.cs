@@ -11,6 +11,7 @@ namespace VhostUserVirtio.Tests;
 /// or the connection dropped when the stream cannot be trusted), logged, its descriptors closed, and
 /// the back end, the refused device's running rings and every other device keep working.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class HostileMessageTests : IDisposable
 {
     private readonly EchoBackend _backend = new(devices: 2);

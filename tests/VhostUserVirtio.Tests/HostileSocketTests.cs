@@ -10,6 +10,7 @@ namespace VhostUserVirtio.Tests;
 /// every byte, the daemon's descriptors exhausted, replies never read. Each costs the hostile front
 /// end its own connection at most; the daemon keeps accepting and serving everyone else.
 /// </summary>
+[Trait("tier", "daemon")]
 public sealed class HostileSocketTests : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);

@@ -10,6 +10,7 @@ namespace VhostUserVirtio.Tests;
 /// the front ends reconnect as QEMU's reconnect=1 does, handing their inflight buffers back. Every
 /// transmit chain posted completes exactly once, and every frame arrives.
 /// </summary>
+[Trait("tier", "daemon")]
 public sealed class InflightDaemonRestartTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(60);

@@ -16,6 +16,7 @@ namespace VhostUserVirtio.Tests;
 /// device and the file, and a back end that went away with chains taken resumes them for a front end
 /// that reconnects with its buffer, each exactly once.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class InflightProtocolTests : IDisposable
 {
     private readonly EchoBackend _backend = new(devices: 1);

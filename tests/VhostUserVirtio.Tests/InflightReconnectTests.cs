@@ -14,6 +14,7 @@ namespace VhostUserVirtio.Tests;
 /// same socket; the front end reconnects as QEMU does, handing its inflight buffer back, and every
 /// chain it posted completes exactly once.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class InflightReconnectTests : IDisposable
 {
     private readonly string _dir = Path.Combine(Path.GetTempPath(), "vuv-" + Guid.NewGuid().ToString("N")[..12]);

@@ -11,6 +11,7 @@ namespace VhostUserVirtio.Tests;
 /// meanwhile arrive once each, in order, over connections that never closed. A session that cannot be
 /// carried over is closed so its front end starts over, and stopping the keeper ends every session.
 /// </summary>
+[Trait("tier", "daemon")]
 public sealed class KeeperRestartTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(60);

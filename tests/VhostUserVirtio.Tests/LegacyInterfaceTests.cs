@@ -12,6 +12,7 @@ namespace VhostUserVirtio.Tests;
 /// queue. Test names follow the device-side statements of that section and of the legacy register
 /// layout a member must present (docs/admin-conformance.md).
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class LegacyInterfaceTests() : OwnerTest(useAllCommands: true)
 {
     private const ushort SrIov = (ushort)AdminGroupType.SrIov;

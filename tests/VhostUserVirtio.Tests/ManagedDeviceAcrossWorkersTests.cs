@@ -9,6 +9,7 @@ namespace VhostUserVirtio.Tests;
 /// its shared receive ring, and its interrupt (an MSI write into the owner's memory) is still raised
 /// by the home worker.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class ManagedDeviceAcrossWorkersTests
 {
     [Fact]

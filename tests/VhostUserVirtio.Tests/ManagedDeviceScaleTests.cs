@@ -11,6 +11,7 @@ namespace VhostUserVirtio.Tests;
 /// socket folder, are what they were. Some of them are brought up through the queue (rings started
 /// in the owner's memory) before they are destroyed, so ring teardown is covered too.
 /// </summary>
+[Trait("tier", "daemon")]
 public sealed class ManagedDeviceScaleTests(ITestOutputHelper output) : IDisposable
 {
     private const int Rounds = 1000;

@@ -14,6 +14,7 @@ namespace VhostUserVirtio.Tests;
 /// `vhost-virtio migrate-member` drives it: the member's state moves through the admin queues of both
 /// owners, its socket path moves to the target, and its front end reconnects there.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class MemberHandoverTests
 {
     private const ushort SrIov = (ushort)AdminGroupType.SrIov;

@@ -7,6 +7,7 @@ namespace VhostUserVirtio.Tests;
 /// returns only after each worker finished its burst, with every buffer taken written back, and no
 /// worker touches the member's rings afterwards.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class MemberStopAcrossWorkersTests
 {
     [Fact]

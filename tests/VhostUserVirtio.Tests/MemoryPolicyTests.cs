@@ -7,6 +7,7 @@ namespace VhostUserVirtio.Tests;
 /// The memory table under its policy, without a connection: sealing before the size is read,
 /// unsealable files, mapping only a region's own pages, the per-connection mapped-bytes limit.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class MemoryPolicyTests
 {
     private const ulong MiB = 1 << 20;

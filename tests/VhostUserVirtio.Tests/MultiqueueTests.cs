@@ -6,6 +6,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>virtio-net multiqueue: several queue pairs per device, any of them carrying traffic.</summary>
+[Trait("tier", "unit")]
 public sealed class MultiqueueTests
 {
     [Fact]

@@ -7,6 +7,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>SEND_RARP and NET_SET_MTU reach a device that offers them, and only such a device.</summary>
+[Trait("tier", "unit")]
 public sealed class NetControlTests
 {
     /// <summary>An echo device that also takes the net-only requests, recording what it was told.</summary>

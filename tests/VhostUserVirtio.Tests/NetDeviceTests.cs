@@ -8,6 +8,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>virtio-net members joined by the switch, driven by the front-end library as their drivers.</summary>
+[Trait("tier", "unit")]
 public sealed class NetDeviceTests : IDisposable
 {
     // VF1's and VF2's own MACs (untrusted VFs send only from those), and one nobody has.

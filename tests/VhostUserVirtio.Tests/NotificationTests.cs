@@ -5,6 +5,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>Notification suppression both ways: EVENT_IDX and the NO_INTERRUPT / NO_NOTIFY flags.</summary>
+[Trait("tier", "unit")]
 public sealed class NotificationTests : IDisposable
 {
     private readonly EchoBackend _backend = new(devices: 1);

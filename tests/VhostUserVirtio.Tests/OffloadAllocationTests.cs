@@ -6,6 +6,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>Offloaded frames (passed through, checksummed or segmented in software) allocate nothing per frame on the worker.</summary>
+[Trait("tier", "unit")]
 public sealed class OffloadAllocationTests
 {
     private const string A = "02:56:56:00:00:01", B = "02:56:56:00:00:02";

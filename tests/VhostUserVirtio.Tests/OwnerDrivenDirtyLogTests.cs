@@ -10,6 +10,7 @@ namespace VhostUserVirtio.Tests;
 /// Dirty logging for a VF the owner drives (legacy interface): its rings have no SET_VRING_ADDR, so
 /// its used ring is logged at its own guest address while its front end has LOG_ALL on.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed unsafe class OwnerDrivenDirtyLogTests() : OwnerTest(useAllCommands: true)
 {
     private const ulong Page = 0x1000;

@@ -8,6 +8,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>virtio-net members driven over packed rings (VIRTIO_F_RING_PACKED) by the front-end library, next to split-ring members.</summary>
+[Trait("tier", "unit")]
 public sealed class PackedNetDeviceTests : IDisposable
 {
     private const string A = "02:56:56:00:00:01", B = "02:56:56:00:00:02", Bcast = "ff:ff:ff:ff:ff:ff";

@@ -13,6 +13,7 @@ namespace VhostUserVirtio.Tests;
 /// readable before writable, no longer than the ring, ids below the ring size), and a ring that did not break has nothing left in flight once every
 /// chain is returned.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class PackedQueueFuzzTests
 {
     private const int QueueSize = 16;

@@ -8,6 +8,7 @@ namespace VhostUserVirtio.Tests;
 /// the error descriptor signalled, while the member's other ring and every other member (split or
 /// packed) keep forwarding.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class PackedRingIsolationTests : IDisposable
 {
     private const string A = "02:56:56:00:00:01", B = "02:56:56:00:00:02", Bcast = "ff:ff:ff:ff:ff:ff";

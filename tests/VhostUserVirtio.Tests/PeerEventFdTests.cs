@@ -8,6 +8,7 @@ namespace VhostUserVirtio.Tests;
 /// waits, even after the peer cleared O_NONBLOCK on its copy (the flag is shared by both copies).
 /// The peer's copy here is a duplicate of ours: same open file, as after SCM_RIGHTS.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class PeerEventFdTests
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(10);

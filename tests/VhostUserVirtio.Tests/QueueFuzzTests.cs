@@ -11,6 +11,7 @@ namespace VhostUserVirtio.Tests;
 /// indirect tables: whatever the guest wrote, popping terminates, never throws, and every chain it
 /// yields obeys the rules (inside memory, readable before writable, no longer than the queue).
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class QueueFuzzTests
 {
     private const int QueueSize = 16;

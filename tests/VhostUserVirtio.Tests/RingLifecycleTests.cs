@@ -5,6 +5,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>Ring states per vhost-user.rst: started/stopped, enabled/disabled, base, reset.</summary>
+[Trait("tier", "unit")]
 public sealed class RingLifecycleTests : IDisposable
 {
     private readonly EchoBackend _backend = new(devices: 1);

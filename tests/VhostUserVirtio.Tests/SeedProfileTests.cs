@@ -13,6 +13,7 @@ namespace VhostUserVirtio.Tests;
 /// and DEV_CTX_* at 0x7–0xd for the VFs, over the same device parts stream as the spec profile, driven
 /// through the owner's admin queue by the owner driver library.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class SeedProfileTests : IDisposable
 {
     private const ushort SrIov = (ushort)AdminGroupType.SrIov, Self = (ushort)AdminGroupType.Self;
@@ -100,7 +101,6 @@ public sealed class SeedProfileTests : IDisposable
     private static byte[] Control(byte cls, byte value) => [cls, 0, 0, 0, 0, 0, 0, 0, value];
 
     [Fact]
-    [Trait("tier", "unit")]
     public void Modes_round_trip_through_dev_mode_set_and_get_and_stop_pauses_the_vf()
     {
         var backend = _backend.Member(1).Endpoint.Backend;
@@ -122,7 +122,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void A_context_read_in_chunks_equals_the_spec_profiles_get_all_and_its_size_goes_down_as_it_is_read()
     {
         // The same VF in a spec-profile group: one DEV_PARTS_GET ALL through a GET object.
@@ -166,7 +165,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void A_context_write_outside_freeze_is_refused()
     {
         AssertStatus(Run(SeedOpcode.DevCtxWrite, 1, [1, 2, 3], 0), AdminStatus.Ebusy, AdminQualifier.InvalidCommand);
@@ -203,7 +201,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void Leaving_freeze_with_a_truncated_context_fails_and_changes_nothing()
     {
         AssertOk(Run((ushort)AdminOpcode.NetMemberCtrl, 1, Control(0x81, 0), 0));
@@ -224,7 +221,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void Context_data_the_queue_would_cut_or_past_the_largest_context_is_refused_and_nothing_is_kept()
     {
         AssertOk(Run((ushort)AdminOpcode.NetMemberCtrl, 2, Control(0x81, 0), 0));
@@ -247,7 +243,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void Each_mode_change_makes_a_new_context_to_read()
     {
         SetMode(1, Stop);
@@ -260,7 +255,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void Discard_drops_a_partly_read_context_and_a_partly_written_one()
     {
         SetMode(1, Stop);
@@ -282,7 +276,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void Fields_query_lists_every_part_type_of_the_context_with_a_length_its_records_fit()
     {
         var r = Run(SeedOpcode.DevCtxFieldsQuery, 1, result: 512);
@@ -309,7 +302,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void A_frozen_vf_refuses_changes_from_the_owner_until_it_leaves_freeze()
     {
         var device = _backend.Member(1).Device;
@@ -328,7 +320,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void The_seed_profile_offers_its_opcodes_for_the_vfs_and_not_the_spec_parts_commands()
     {
         var sriov = Run((ushort)AdminOpcode.ListQuery, 0, result: 16);
@@ -346,7 +337,6 @@ public sealed class SeedProfileTests : IDisposable
     }
 
     [Fact]
-    [Trait("tier", "unit")]
     public void In_the_spec_profile_opcodes_0x7_to_0xd_keep_their_spec_meaning()
     {
         using var spec = new GroupBackend(vfs: 2);
@@ -368,35 +358,6 @@ public sealed class SeedProfileTests : IDisposable
         Assert.True(owner.Admin.Execute(0x11, SrIov, 1, [1], 0).Ok);
         Assert.True(spec.Member(1).Endpoint.Backend.MemberStopped);
         Assert.True(owner.Admin.Execute(0x11, SrIov, 1, [0], 0).Ok);
-    }
-
-    [Fact]
-    public void The_daemon_serves_the_seed_profile_when_asked_and_refuses_an_unknown_one()
-    {
-        using (var bad = DaemonProcess.Run("serve", "--admin-profile", "draft"))
-        {
-            Assert.NotEqual(0, bad.ExitCode);
-            Assert.Contains("draft", bad.Output);
-        }
-        var dir = Path.Combine(Path.GetTempPath(), "vuvs-" + Guid.NewGuid().ToString("N")[..12]);
-        try
-        {
-            using var daemon = DaemonProcess.Start(["serve", "--socket-dir", dir, "--vfs", "1", "--admin-profile", "seed"]);
-            var pf = Path.Combine(dir, "pf.sock");
-            daemon.WaitUntil(() => File.Exists(pf) && daemon.Output.Contains("ready:"), Deadline, "the owner's socket");
-            using (var owner = OwnerDriver.Connect(pf))
-            {
-                var list = owner.Admin.Execute(0, SrIov, 0, [], 16);
-                Assert.True(list.Ok, list.Describe());
-                Assert.Equal(0x3f80UL, BinaryPrimitives.ReadUInt64LittleEndian(list.Result) & 0x3ff80);
-            }
-            daemon.Terminate();
-            Assert.True(daemon.WaitForExit(Deadline));
-        }
-        finally
-        {
-            try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-        }
     }
 
     [Fact]

@@ -9,6 +9,7 @@ namespace VhostUserVirtio.Tests;
 /// The switch driven by two data-path workers at once (as a group with two workers does): learning,
 /// moves and ageing keep the table and each port's learned count consistent, and counts stay exact.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class SwitchConcurrencyTests : IDisposable
 {
     private const int OwnMacs = 32;

@@ -13,6 +13,7 @@ namespace VhostUserVirtio.Tests;
 /// nothing changed, a managed device driven through the queue exchanging frames with a VF, its MSI
 /// vectors, and its isolation from the other managed devices (DMA windows, MSI targets).
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class TransportQueueTests : IDisposable
 {
     private const string Vf1Mac = "02:56:56:00:00:01";

@@ -3,6 +3,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>The TAP uplink has no virtio-net header: offloaded frames reach it complete (needs root and /dev/net/tun).</summary>
+[Trait("tier", "unit")]
 public sealed class UplinkOffloadTests
 {
     [Fact]

@@ -4,6 +4,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>The TAP uplink joins the host to the switch (needs root and /dev/net/tun, as CI has).</summary>
+[Trait("tier", "unit")]
 public sealed class UplinkTests
 {
     [Fact]

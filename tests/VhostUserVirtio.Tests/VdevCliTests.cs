@@ -3,6 +3,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>`vhost-virtio vdev …`: managed devices from the command line, through the owner's transport queue.</summary>
+[Trait("tier", "daemon")]
 public sealed class VdevCliTests : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);

@@ -3,6 +3,7 @@ using VhostUserVirtio.Tests.Support;
 namespace VhostUserVirtio.Tests;
 
 /// <summary>The daemon's --cpus: workers pinned as OVS's pmd-cpu-mask pins PMD threads, a bad list refused before anything starts.</summary>
+[Trait("tier", "daemon")]
 public sealed class WorkerCpuPlacementTests : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);

@@ -14,6 +14,7 @@ namespace VhostUserVirtio.Tests;
 /// for longer than a deadline, memory is retired by the workers themselves, and a stuck worker is
 /// reported rather than waited on.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class WorkerIsolationTests : IDisposable
 {
     private readonly GroupBackend _backend = new(vfs: 3);

@@ -10,6 +10,7 @@ namespace VhostUserVirtio.Tests;
 /// exact counters: a race in the ring, the table or the counters shows up as a loss, a duplicate, a
 /// torn frame or a count off by some.
 /// </summary>
+[Trait("tier", "unit")]
 public sealed class WorkerSpreadForwardingTests
 {
     private const int FramesPerRing = 20_000;
