@@ -19,6 +19,7 @@ internal sealed class MetricsEndpoint : IDisposable
 {
     private const int MaxRequestBytes = 8192;
     private const int MaxConnections = 8;
+    private const int MaxDrainBytes = 64 * 1024;
     private static readonly TimeSpan ClientDeadline = TimeSpan.FromSeconds(5);
 
     private readonly Socket _listener;
@@ -190,6 +191,16 @@ internal sealed class MetricsEndpoint : IDisposable
         while (sent < payload.Length)
             sent += await client.SendAsync(payload.AsMemory(sent), SocketFlags.None, token).ConfigureAwait(false);
         client.Shutdown(SocketShutdown.Send);
+        // Closing with unread request bytes would send a reset that can overtake the answer; read
+        // (a bounded amount, within the deadline) until the client closes its side.
+        var sink = new byte[4096];
+        for (int drained = 0; drained < MaxDrainBytes;)
+        {
+            int n = await client.ReceiveAsync(sink, SocketFlags.None, token).ConfigureAwait(false);
+            if (n == 0)
+                break;
+            drained += n;
+        }
     }
 
     /// <summary>Stops accepting and ends the connections in progress.</summary>

@@ -75,6 +75,9 @@ public sealed class GroupMetrics : IDisposable
 
     public Meter Meter { get; }
 
+    /// <summary>Snapshots taken from the group so far (tests check one serves a whole collection).</summary>
+    internal long Snapshots { get; private set; }
+
     private sealed record Sample(GroupStatus Status, int Vfs, int ManagedDevices, IReadOnlyList<(string Port, string Reason, long Count)> Rejections);
 
     private static readonly Sample Empty = new(new GroupStatus([], [], 0), 0, 0, []);
@@ -106,6 +109,7 @@ public sealed class GroupMetrics : IDisposable
             var rejections = _group.Server.Control.Invoke(() => _group.AllDevices
                 .SelectMany(m => Enum.GetValues<MessageErrorKind>().Select(k => (m.Name, Snake(k.ToString()), m.Endpoint.Backend.Rejections(k))))
                 .Where(r => r.Item3 > 0).ToList());
+            Snapshots++;
             return new Sample(status, vfs, managed, rejections);
         }
         catch (Exception e) when (e is LoopStuckException or ObjectDisposedException or InvalidOperationException)
