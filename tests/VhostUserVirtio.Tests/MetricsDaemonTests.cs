@@ -34,8 +34,8 @@ public sealed class MetricsDaemonTests : IDisposable
     private DaemonProcess StartDaemon(int port)
     {
         var daemon = DaemonProcess.Start(["serve", "--socket-dir", _dir, "--vfs", "2", "--metrics-listen", $"127.0.0.1:{port}"]);
-        daemon.WaitUntil(() => daemon.Output.Contains("ready:"), Deadline, "the ready line");
-        Assert.Contains($"metrics: http://127.0.0.1:{port}/metrics", daemon.Output);
+        daemon.WaitUntil(() => daemon.Output.Contains($"metrics: http://127.0.0.1:{port}/metrics") && daemon.Output.Contains("; pid "),
+            Deadline, "the metrics line and the daemon's ready line");
         return daemon;
     }
 
