@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using VhostUserVirtio.Tests.Support;
+using Xunit.Abstractions;
 
 namespace VhostUserVirtio.Tests;
 
@@ -10,13 +11,11 @@ namespace VhostUserVirtio.Tests;
 /// real traffic, hostile clients, a bad address and a taken port.
 /// </summary>
 [Trait("tier", "daemon")]
-public sealed class MetricsDaemonTests : IDisposable
+public sealed class MetricsDaemonTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
 
-    private readonly string _dir = Path.Combine(Path.GetTempPath(), "vuv-m-" + Guid.NewGuid().ToString("N")[..12]);
-
-    public MetricsDaemonTests() => Directory.CreateDirectory(_dir);
+    private readonly string _dir = Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), "vuv-m-" + Guid.NewGuid().ToString("N")[..12])).FullName;
 
     public void Dispose()
     {
@@ -66,6 +65,7 @@ public sealed class MetricsDaemonTests : IDisposable
         string text = "";
         daemon.WaitUntil(() => (text = Scrape(port)).Contains("vhost_virtio_port_packets_total{port=\"vf2\",role=\"vf\",direction=\"rx\"} 5\n"),
             Deadline, "vf2's five received frames in the scrape");
+        output.WriteLine(text); // a sample scrape, for the docs and for a failure's diagnosis
         var lines = text.Split('\n');
         Assert.Contains("vhost_virtio_port_packets_total{port=\"vf1\",role=\"vf\",direction=\"tx\"} 5", lines);
         Assert.Contains("vhost_virtio_port_bytes_total{port=\"vf1\",role=\"vf\",direction=\"tx\"} 300", lines); // 5 frames of 60 bytes
