@@ -103,6 +103,30 @@ public sealed class GroupMetricsTests : IDisposable
     }
 
     [Fact]
+    public async Task A_stuck_worker_is_reported_and_collections_keep_the_last_counts_without_waiting_for_it()
+    {
+        Assert.Equal(2, Value("vhost_virtio.vfs"));
+        var loop = _backend.Group.DataPath.Loop;
+        loop.InvokeDeadline = TimeSpan.FromSeconds(1);
+        using var gate = new ManualResetEventSlim();
+        loop.Post(() => gate.Wait(TimeSpan.FromSeconds(60)));
+        try
+        {
+            Assert.True(EchoBackend.WaitUntil(() => Value("vhost_virtio.worker.stuck", ("worker", loop.Name)) == 1, 30_000), "the stuck worker is not reported");
+            // Stuck now: a collection must not wait (a long deadline would show as this test's timeout).
+            loop.InvokeDeadline = TimeSpan.FromSeconds(120);
+            var collection = await Task.Run(Collect).WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.Contains(collection, m => m.Instrument == "vhost_virtio.vfs" && m.Value == 2);
+            Assert.Contains(collection, m => m.Instrument == "vhost_virtio.port.link_up" && m.Tags["port"] == "vf1" && m.Value == 1);
+        }
+        finally
+        {
+            gate.Set();
+        }
+        Assert.True(EchoBackend.WaitUntil(() => Value("vhost_virtio.worker.stuck", ("worker", loop.Name)) == 0, 30_000), "still reported stuck");
+    }
+
+    [Fact]
     public void One_collection_asks_the_group_for_one_snapshot_whatever_the_number_of_instruments()
     {
         using var cached = new GroupMetrics(_backend.Group, maxAge: TimeSpan.FromMinutes(5));
