@@ -37,6 +37,17 @@ internal static class ServeCommand
             cpus = parsed;
         }
 
+        System.Net.IPEndPoint? metricsAt = null;
+        if (settings.MetricsListen != null)
+        {
+            if (MetricsEndpoint.Parse(settings.MetricsListen, out var parsedAt) is { } problem)
+            {
+                Console.Error.WriteLine($"vhost-virtio: --metrics-listen {settings.MetricsListen}: {problem}");
+                return 2;
+            }
+            metricsAt = parsedAt;
+        }
+
         using var loggers = CreateLoggers(settings.LogLevel);
         var log = loggers.CreateLogger("vhost-virtio");
 
@@ -58,6 +69,9 @@ internal static class ServeCommand
         var server = new VhostUserServer(loggers, settings.Workers, TimeSpan.FromMicroseconds(settings.PollMicroseconds), settings.Memory);
         DeviceGroup? group = null;
         SessionKeeper? sessions = null;
+        MetricsEndpoint? metricsEndpoint = null;
+        Group.Metrics.GroupMetrics? metrics = null;
+        Group.Metrics.PrometheusText? prometheus = null;
         try
         {
             try
@@ -81,9 +95,29 @@ internal static class ServeCommand
                     return 2;
                 }
             }
+            if (metricsAt != null)
+            {
+                // Bound before the group's sockets exist, so a taken port fails the start with nothing to undo.
+                try
+                {
+                    metricsEndpoint = MetricsEndpoint.Bind(metricsAt);
+                }
+                catch (System.Net.Sockets.SocketException e)
+                {
+                    log.LogCritical("cannot listen for metrics on {Address}: {Error}", settings.MetricsListen, e.Message);
+                    return 1;
+                }
+            }
             group = StartGroup(server, settings, loggers, log);
             if (group == null)
                 return 1;
+            metrics = new Group.Metrics.GroupMetrics(group);
+            if (metricsEndpoint != null)
+            {
+                prometheus = new Group.Metrics.PrometheusText(metrics.Meter);
+                metricsEndpoint.Start(prometheus.Render, log);
+                log.LogInformation("metrics: http://{Address}/metrics", metricsEndpoint.LocalEndPoint);
+            }
             sessions?.StartRestoredRings();
             LogPlacement(group, log);
             log.LogInformation("ready: {Type} group with owner and {Vfs} VF(s), {Pairs} queue pair(s) each, {Workers} worker(s){Mode}; pid {Pid}",
@@ -97,6 +131,9 @@ internal static class ServeCommand
         }
         finally
         {
+            metricsEndpoint?.Dispose();
+            prometheus?.Dispose();
+            metrics?.Dispose();
             group?.Dispose();
             server.Dispose();
             sessions?.Dispose();

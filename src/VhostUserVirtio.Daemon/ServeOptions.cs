@@ -26,7 +26,8 @@ internal sealed record DaemonSettings(
     Group.Admin.ResourceObjectOpcodes ResourceObjectOpcodes,
     int MaxVdevs = 64,
     int TransportFeatureBit = 47,
-    string? Cpus = null);
+    string? Cpus = null,
+    string? MetricsListen = null);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -193,6 +194,12 @@ internal sealed class ServeOptions
         DefaultValueFactory = _ => "256G",
     };
 
+    private readonly Option<string?> _metricsListen = new("--metrics-listen")
+    {
+        Description = "Serve the metrics (docs/metrics.md) for Prometheus at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464. Off by default.",
+        HelpName = "ADDR:PORT",
+    };
+
     private readonly Option<bool> _printCapabilities = new("--print-capabilities")
     {
         Description = "Print the vhost-user.json capability document and exit.",
@@ -229,7 +236,7 @@ internal sealed class ServeOptions
         });
 
         foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _maxVdevs, _transportBit, _adminProfile, _objectOpcodes, _workers, _cpus, _pollUs, _client,
-                     _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities })
+                     _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _metricsListen })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
     }
@@ -296,5 +303,6 @@ internal sealed class ServeOptions
         ResourceObjectOpcodes: ObjectOpcodes[r.GetValue(_objectOpcodes)!],
         MaxVdevs: r.GetValue(_socketPath) != null || r.GetValue(_fd) != null ? 0 : r.GetValue(_maxVdevs),
         TransportFeatureBit: r.GetValue(_transportBit),
-        Cpus: r.GetValue(_cpus));
+        Cpus: r.GetValue(_cpus),
+        MetricsListen: r.GetValue(_metricsListen));
 }
