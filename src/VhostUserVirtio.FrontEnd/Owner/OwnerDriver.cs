@@ -50,9 +50,9 @@ public sealed class OwnerDriver : IDisposable
         var timeout = connectTimeout ?? TimeSpan.FromSeconds(10);
         // A first connection reads where the admin queue is; the session then sets up that many rings.
         OwnerInfo info;
-        using (var probe = VhostUserFrontEnd.Connect(pfSocket, timeout))
+        using (var probe = ConnectProbe(pfSocket, timeout))
         {
-            if (!VirtioFeature.Has(probe.GetFeatures(), VirtioFeature.AdminVq))
+            if (!VirtioFeature.Has(FirstReply(probe, pfSocket), VirtioFeature.AdminVq))
                 throw new FrontEndException($"{pfSocket} does not offer VIRTIO_F_ADMIN_VQ: not a group owner");
             probe.SetProtocolFeatures(probe.GetProtocolFeatures());
             var block = probe.GetConfig(OwnerInfo.Offset, OwnerInfo.Size)
@@ -66,6 +66,35 @@ public sealed class OwnerDriver : IDisposable
             ConnectTimeout = timeout,
         });
         return new OwnerDriver(session, info);
+    }
+
+    private static VhostUserFrontEnd ConnectProbe(string pfSocket, TimeSpan timeout)
+    {
+        try
+        {
+            return VhostUserFrontEnd.Connect(pfSocket, timeout);
+        }
+        catch (Interop.NativeException e) when (e.IsNoListener)
+        {
+            throw new FrontEndException($"no daemon serves {pfSocket} ({e.Message})");
+        }
+    }
+
+    /// <summary>
+    /// GET_FEATURES, the first request. An owner already driven by another front end accepts the
+    /// connection, waits a moment for the other to go, then closes it unanswered: say so, rather than
+    /// "connection reset".
+    /// </summary>
+    private static ulong FirstReply(VhostUserFrontEnd probe, string pfSocket)
+    {
+        try
+        {
+            return probe.GetFeatures();
+        }
+        catch (Exception e) when (e is BackEndClosedException or Interop.NativeException { IsPeerGone: true })
+        {
+            throw new FrontEndException($"{pfSocket} is in use by another front end: its owner serves one at a time and closed this connection unanswered");
+        }
     }
 
     /// <summary>
