@@ -35,7 +35,7 @@ public sealed record DeviceGroupOptions
 
     /// <summary>
     /// What the owner's admin queue offers at opcodes 0x7 and above: VIRTIO 1.4's capabilities, resource
-    /// objects and device parts (the default), or seed 003's device migration commands for the VFs.
+    /// objects and device parts (the default), or the device migration proposal's commands (virtio-comment, 2023) for the VFs.
     /// </summary>
     public Admin.AdminProfile AdminProfile { get; init; } = Admin.AdminProfile.Spec;
     /// <summary>Managed devices the transport queue may create at once (max_vdevs); 0: the owner offers no transport queue.</summary>

@@ -1,7 +1,7 @@
 using VhostUserVirtio.Protocol;
 namespace VhostUserVirtio.Protocol;
 
-/// <summary>Admin command opcodes (VIRTIO 1.4 "Administration Commands", plus this project's seed block).</summary>
+/// <summary>Admin command opcodes (VIRTIO 1.4 "Administration Commands", plus this project's block at 0x40).</summary>
 public enum AdminOpcode : ushort
 {
     ListQuery = 0x0,

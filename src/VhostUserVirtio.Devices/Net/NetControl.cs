@@ -5,11 +5,11 @@ namespace VhostUserVirtio.Devices.Net;
 
 /// <summary>
 /// The virtio-net control commands (VIRTIO 5.1.6.5), applied to one device. Used by the device's own
-/// control queue and, later, by the owner's NET_MEMBER_CTRL admin command, so both behave the same.
+/// control queue and by the owner's NET_MEMBER_CTRL admin command, so both behave the same.
 /// </summary>
 public static class NetControl
 {
-    /// <summary>Owner-only class (seed 002): command 0, u8 trusted.</summary>
+    /// <summary>Owner-only class (after the virtio-net admin control virtqueue proposal): command 0, u8 trusted.</summary>
     public const byte TrustClass = 0x80;
     /// <summary>Owner-only class (this project): command 0, u8 link up.</summary>
     public const byte LinkClass = 0x81;

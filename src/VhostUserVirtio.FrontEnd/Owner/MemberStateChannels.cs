@@ -30,7 +30,7 @@ public abstract class MemberStateChannel(OwnerDriver owner, ulong member)
     /// <summary>Resumes the member. After a completed <see cref="MemberStateSink.Commit"/> the member runs with the state it received.</summary>
     public abstract void Resume();
 
-    /// <summary>Which profile an owner runs: the seed's DEV_MODE_GET (0x7) answers for an SR-IOV member; in the spec profile 0x7 is a self-group command.</summary>
+    /// <summary>Which profile an owner runs: the device migration proposal's DEV_MODE_GET (0x7) answers for an SR-IOV member; in the spec profile 0x7 is a self-group command.</summary>
     public static bool IsSeedProfile(OwnerDriver owner, ulong member) =>
         owner.Admin.Execute(0x7, SrIov, member, default, 8).Ok;
 

@@ -58,7 +58,7 @@ public sealed class AdminCommandProcessor
         Profile = profile;
         if (profile == AdminProfile.Seed)
         {
-            // The seed's migration commands take 0x7–0xd for the VFs; 0xe–0x11 are not offered, and the
+            // The device migration proposal's commands take 0x7–0xd for the VFs; 0xe–0x11 are not offered, and the
             // self group's capabilities go too, since they only describe resource objects.
             _seed = new SeedMigrationCommands(group, logger);
             var seed = AdminOpcodeSet.Of(Enumerable.Range(SeedOpcode.DevModeGet, 7).Select(o => (AdminOpcode)o).ToArray());
@@ -94,7 +94,7 @@ public sealed class AdminCommandProcessor
 
     /// <summary>
     /// Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks. Spec profile: 0x0–0x6,
-    /// resource objects 0xa–0xd, device parts 0xe–0x11; seed profile: 0x0–0x6 and the seed's 0x7–0xd.
+    /// resource objects 0xa–0xd, device parts 0xe–0x11; seed profile: 0x0–0x6 and the device migration proposal's 0x7–0xd.
     /// Both: the project block 0x40–0x43.
     /// </summary>
     public AdminOpcodeSet SrIovSupported { get; }
@@ -276,7 +276,7 @@ public sealed class AdminCommandProcessor
     };
 
     /// <summary>
-    /// MEMBER_RESOURCE (seed 000): data {u8 operation (1 assign, 2 query); u8 reserved; le16 resource
+    /// MEMBER_RESOURCE (after the MSI-X vector management proposal): data {u8 operation (1 assign, 2 query); u8 reserved; le16 resource
     /// (0 = MSI-X vectors); u8 reserved[4]; le64 resource_val}, result {le64 resource_val; u8 reserved[8]}.
     /// </summary>
     private AdminOutcome MemberResource(ulong member, ReadOnlySpan<byte> data, Span<byte> result)
@@ -305,7 +305,7 @@ public sealed class AdminCommandProcessor
     }
 
     /// <summary>
-    /// NET_MEMBER_CTRL (seed 002): {u8 class; u8 command; u8 reserved[6]; command data}, applied to the
+    /// NET_MEMBER_CTRL (after the virtio-net admin control virtqueue proposal): {u8 class; u8 command; u8 reserved[6]; command data}, applied to the
     /// member as if its own control queue had received it, plus the owner-only trust and link classes.
     /// </summary>
     private AdminOutcome NetMemberCtrl(ulong member, ReadOnlySpan<byte> data)

@@ -12,11 +12,11 @@ public enum AdminProfile
 {
     /// <summary>VIRTIO 1.4: capabilities 0x7–0x9 (self group), resource objects 0xa–0xd, device parts 0xe–0x11.</summary>
     Spec,
-    /// <summary>The device migration proposal (seed 003): DEV_MODE_* and DEV_CTX_* at 0x7–0xd for the SR-IOV group; no 0xe–0x11.</summary>
+    /// <summary>The device migration proposal (virtio-comment, 2023; the "seed" profile): DEV_MODE_* and DEV_CTX_* at 0x7–0xd for the SR-IOV group; no 0xe–0x11.</summary>
     Seed,
 }
 
-/// <summary>Opcodes of the seed profile (seed 003, "Device Migration" group administration commands).</summary>
+/// <summary>Opcodes of the seed profile (the device migration proposal's "Device Migration" group administration commands).</summary>
 public static class SeedOpcode
 {
     public const ushort DevModeGet = 0x7;
@@ -30,7 +30,7 @@ public static class SeedOpcode
     public static bool Contains(ushort opcode) => opcode is >= DevModeGet and <= DevCtxDiscard;
 }
 
-/// <summary>The member modes of seed 003: Active, Stop (the 1.4 "stopped"), Freeze (stopped, and its state does not change).</summary>
+/// <summary>The member modes of the device migration proposal: Active, Stop (the 1.4 "stopped"), Freeze (stopped, and its state does not change).</summary>
 public enum SeedMode : byte
 {
     Active = 0,
@@ -39,7 +39,7 @@ public enum SeedMode : byte
 }
 
 /// <summary>
-/// The device migration commands of seed 003 for the SR-IOV members (docs/owner-binding.md "Admin
+/// The device migration proposal's commands for the SR-IOV members (docs/owner-binding.md "Admin
 /// command profiles", profile <c>seed</c>). The device context is the member's device parts stream
 /// (<see cref="DevicePartsWriter"/>), the same state model as the spec profile's DEV_PARTS commands:
 /// a read context is captured when reading starts and consumed as it is read; a written context is

@@ -3,7 +3,7 @@ namespace VhostUserVirtio.Group.Transport;
 /// <summary>
 /// Classes and commands of the transport virtqueue (docs/owner-binding.md "Transport virtqueue"):
 /// the command numbers of virtio-admin.md §7.1 split into class and command (0xCCNN = class 0xCC,
-/// command 0xNN), carried in seed 004's virtio_transportq_ctrl framing.
+/// command 0xNN), carried in the transport virtqueue proposal's virtio_transportq_ctrl framing (virtio-comment, 2023).
 /// </summary>
 public static class TransportCommand
 {
@@ -24,7 +24,7 @@ public static class TransportCommand
     /// <summary>Largest command-out and command-in data handled (a config read, a device list).</summary>
     public const int MaxData = 4096, MaxResult = 4096;
 
-    /// <summary>ack values (seed 004).</summary>
+    /// <summary>ack values (the transport virtqueue proposal).</summary>
     public const uint Ok = 0, Error = 1;
 
     /// <summary>The virtio device type a managed device can have: network (1).</summary>
