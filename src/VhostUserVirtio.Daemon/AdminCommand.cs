@@ -90,7 +90,7 @@ internal static class AdminCommand
         state.AcceptOnlyFromAmong("up", "down");
         var link = new Command("link", "Set the member's link state.");
         link.Arguments.Add(state);
-        link.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.NetControl.LinkClass, 0,
+        link.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), NetMemberControl.LinkClass, 0,
             [(byte)(r.GetValue(state) == "up" ? 1 : 0)])));
         vf.Subcommands.Add(link);
 
@@ -98,7 +98,7 @@ internal static class AdminCommand
         trusted.AcceptOnlyFromAmong("on", "off");
         var trust = new Command("trust", "Whether the member may send from MACs other than its own (no spoof check) and its own driver may change its MAC and receive modes.");
         trust.Arguments.Add(trusted);
-        trust.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.NetControl.TrustClass, 0,
+        trust.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), NetMemberControl.TrustClass, 0,
             [(byte)(r.GetValue(trusted) == "on" ? 1 : 0)])));
         vf.Subcommands.Add(trust);
 
@@ -224,10 +224,10 @@ internal static class AdminCommand
     private static string MemberCtrl(string socket, int member, byte cls, byte command, byte[] data)
     {
         using var owner = Connect(socket);
-        var payload = new byte[8 + data.Length];
+        var payload = new byte[NetMemberControl.HeaderSize + data.Length];
         payload[0] = cls;
         payload[1] = command;
-        data.CopyTo(payload, 8);
+        data.CopyTo(payload, NetMemberControl.HeaderSize);
         var r = owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, (ushort)AdminGroupType.SrIov, (ulong)member, payload, 0);
         if (!r.Ok)
             throw new FrontEndException($"NET_MEMBER_CTRL on member {member} failed: {r.Describe()}");
@@ -242,7 +242,7 @@ internal static class AdminCommand
     {
         using var owner = Connect(socket);
         var data = new byte[16];
-        data[0] = vectors == null ? (byte)2 : (byte)1; // query or assign
+        data[0] = vectors == null ? MemberResourceData.Query : MemberResourceData.Assign;
         BitConverter.GetBytes((ulong)Math.Max(0, vectors ?? 0)).CopyTo(data, 8);
         var r = owner.Admin.Execute((ushort)AdminOpcode.MemberResource, (ushort)AdminGroupType.SrIov, (ulong)member, data, 16);
         if (!r.Ok)
@@ -265,7 +265,7 @@ internal static class AdminCommand
         using var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
         try
         {
-            owner.Session.Connection.SetConfig(OwnerInfo.Offset + 0xA, BitConverter.GetBytes((ushort)count));
+            owner.Session.Connection.SetConfig(OwnerInformation.Offset + OwnerInformation.NumVfs, BitConverter.GetBytes((ushort)count));
         }
         catch (FrontEndException)
         {

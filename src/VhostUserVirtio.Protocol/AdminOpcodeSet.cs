@@ -1,7 +1,5 @@
 using System.Buffers.Binary;
-using VhostUserVirtio.Protocol;
-
-namespace VhostUserVirtio.Group.Admin;
+namespace VhostUserVirtio.Protocol;
 
 /// <summary>A set of opcodes as the LIST_QUERY/LIST_USE bitmap (le64 words, bit n = opcode n).</summary>
 public readonly record struct AdminOpcodeSet(ulong Word0, ulong Word1)

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using VhostUserVirtio.Devices.Switch;
+using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.Devices.Net;
 
@@ -9,11 +10,6 @@ namespace VhostUserVirtio.Devices.Net;
 /// </summary>
 public static class NetControl
 {
-    /// <summary>Owner-only class (after the virtio-net admin control virtqueue proposal): command 0, u8 trusted.</summary>
-    public const byte TrustClass = 0x80;
-    /// <summary>Owner-only class (this project): command 0, u8 link up.</summary>
-    public const byte LinkClass = 0x81;
-
     /// <summary>
     /// Applies one command; returns VIRTIO_NET_OK or VIRTIO_NET_ERR. The owner-only classes (trust,
     /// link) are reachable only through the owner's NET_MEMBER_CTRL, never a device's own control queue.
@@ -46,10 +42,10 @@ public static class NetControl
             case VirtioNet.CtrlAnnounce when command == VirtioNet.CtrlAnnounceAck && data.IsEmpty:
                 device.AcknowledgeAnnounce();
                 return VirtioNet.Ok;
-            case TrustClass when command == 0 && data.Length == 1 && data[0] <= 1:
+            case NetMemberControl.TrustClass when command == 0 && data.Length == 1 && data[0] <= 1:
                 device.Trusted = data[0] == 1;
                 return VirtioNet.Ok;
-            case LinkClass when command == 0 && data.Length == 1 && data[0] <= 1:
+            case NetMemberControl.LinkClass when command == 0 && data.Length == 1 && data[0] <= 1:
                 device.SetLink(data[0] == 1);
                 return VirtioNet.Ok;
             case VirtioNet.CtrlMq when command == VirtioNet.CtrlMqVqPairsSet && data.Length == 2:

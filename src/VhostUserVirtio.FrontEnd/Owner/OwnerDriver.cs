@@ -3,18 +3,17 @@ using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.FrontEnd.Owner;
 
-/// <summary>The owner information block the PF publishes in its config space at 0xC0 (docs/owner-binding.md).</summary>
+/// <summary>The owner information block the PF publishes in its config space (<see cref="OwnerInformation"/>).</summary>
 public sealed record OwnerInfo(ushort AdminQueueIndex, ushort AdminQueueNum, ushort TvqIndex, ushort TvqNum,
     ushort TotalVfs, ushort NumVfs, ushort MaxVdevs, ushort BindingVersion)
 {
-    public const uint Offset = 0xC0;
-    public const uint Size = 32;
-
     public static OwnerInfo Read(ReadOnlySpan<byte> b) => new(
-        BinaryPrimitives.ReadUInt16LittleEndian(b), BinaryPrimitives.ReadUInt16LittleEndian(b[2..]),
-        BinaryPrimitives.ReadUInt16LittleEndian(b[4..]), BinaryPrimitives.ReadUInt16LittleEndian(b[6..]),
-        BinaryPrimitives.ReadUInt16LittleEndian(b[8..]), BinaryPrimitives.ReadUInt16LittleEndian(b[10..]),
-        BinaryPrimitives.ReadUInt16LittleEndian(b[12..]), BinaryPrimitives.ReadUInt16LittleEndian(b[14..]));
+        Field(b, OwnerInformation.AdminQueueIndex), Field(b, OwnerInformation.AdminQueueNum),
+        Field(b, OwnerInformation.TvqIndex), Field(b, OwnerInformation.TvqNum),
+        Field(b, OwnerInformation.TotalVfs), Field(b, OwnerInformation.NumVfs),
+        Field(b, OwnerInformation.MaxVdevs), Field(b, OwnerInformation.BindingVersion));
+
+    private static ushort Field(ReadOnlySpan<byte> block, int offset) => BinaryPrimitives.ReadUInt16LittleEndian(block[offset..]);
 }
 
 /// <summary>
@@ -55,7 +54,7 @@ public sealed class OwnerDriver : IDisposable
             if (!VirtioFeature.Has(FirstReply(probe, pfSocket), VirtioFeature.AdminVq))
                 throw new FrontEndException($"{pfSocket} does not offer VIRTIO_F_ADMIN_VQ: not a group owner");
             probe.SetProtocolFeatures(probe.GetProtocolFeatures());
-            var block = probe.GetConfig(OwnerInfo.Offset, OwnerInfo.Size)
+            var block = probe.GetConfig(OwnerInformation.Offset, OwnerInformation.Size)
                 ?? throw new FrontEndException("the owner refused to read its information block");
             info = OwnerInfo.Read(block);
         }
@@ -103,16 +102,16 @@ public sealed class OwnerDriver : IDisposable
     /// </summary>
     public byte[] UseAllCommands()
     {
-        var query = Admin.Execute(0, SrIovGroup, 0, default, 64);
+        var query = Admin.Execute((ushort)AdminOpcode.ListQuery, SrIovGroup, 0, default, 64);
         if (!query.Ok)
             throw new FrontEndException($"LIST_QUERY failed: status {query.Status}, qualifier {query.Qualifier}");
-        var use = Admin.Execute(1, SrIovGroup, 0, query.Result, 0);
+        var use = Admin.Execute((ushort)AdminOpcode.ListUse, SrIovGroup, 0, query.Result, 0);
         if (!use.Ok)
             throw new FrontEndException($"LIST_USE failed: status {use.Status}, qualifier {use.Qualifier}");
         return query.Result;
     }
 
-    private const ushort SrIovGroup = 1;
+    private const ushort SrIovGroup = (ushort)AdminGroupType.SrIov;
 
     public void Dispose() => Session.Dispose();
 }

@@ -271,7 +271,7 @@ public sealed class AdminCommandProcessor
     {
         AdminOpcode.LegacyCommonCfgWrite or AdminOpcode.LegacyDevCfgWrite or AdminOpcode.LegacyCommonCfgRead => true,
         AdminOpcode.NetMemberCtrl => member != 0,
-        AdminOpcode.MemberResource => !data.IsEmpty && data[0] == 1,
+        AdminOpcode.MemberResource => !data.IsEmpty && data[0] == MemberResourceData.Assign,
         _ => false,
     };
 
@@ -287,10 +287,10 @@ public sealed class AdminCommandProcessor
         byte operation = d[0];
         ushort resource = BinaryPrimitives.ReadUInt16LittleEndian(d[2..]);
         ulong value = BinaryPrimitives.ReadUInt64LittleEndian(d[8..]);
-        if (resource != 0 || operation is not (1 or 2))
+        if (resource != 0 || operation is not (MemberResourceData.Assign or MemberResourceData.Query))
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
         int index = (int)(member - 1);
-        if (operation == 1)
+        if (operation == MemberResourceData.Assign)
         {
             if (value == 0 || value > (ulong)_group.Msix.PerVfMax)
                 return AdminOutcome.Invalid(AdminQualifier.InvalidField);

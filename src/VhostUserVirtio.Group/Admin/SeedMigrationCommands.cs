@@ -16,28 +16,6 @@ public enum AdminProfile
     Seed,
 }
 
-/// <summary>Opcodes of the seed profile (the device migration proposal's "Device Migration" group administration commands).</summary>
-public static class SeedOpcode
-{
-    public const ushort DevModeGet = 0x7;
-    public const ushort DevModeSet = 0x8;
-    public const ushort DevCtxSizeGet = 0x9;
-    public const ushort DevCtxRead = 0xa;
-    public const ushort DevCtxWrite = 0xb;
-    public const ushort DevCtxFieldsQuery = 0xc;
-    public const ushort DevCtxDiscard = 0xd;
-
-    public static bool Contains(ushort opcode) => opcode is >= DevModeGet and <= DevCtxDiscard;
-}
-
-/// <summary>The member modes of the device migration proposal: Active, Stop (the 1.4 "stopped"), Freeze (stopped, and its state does not change).</summary>
-public enum SeedMode : byte
-{
-    Active = 0,
-    Stop = 1,
-    Freeze = 2,
-}
-
 /// <summary>
 /// The device migration proposal's commands for the SR-IOV members (docs/owner-binding.md "Admin
 /// command profiles", profile <c>seed</c>). The device context is the member's device parts stream
