@@ -42,7 +42,7 @@ public sealed record DeviceGroupOptions
     public int MaxManagedDevices { get; init; } = 64;
     public const int MaxManagedDevicesLimit = 4096;
     /// <summary>The feature bit of VIRTIO_F_TRANSPT_VQ (project-assigned; 44–49 are unallocated in VIRTIO 1.4).</summary>
-    public int TransportFeatureBit { get; init; } = Transport.TransportCommand.DefaultFeatureBit;
+    public int TransportFeatureBit { get; init; } = Protocol.TransportCommand.DefaultFeatureBit;
     /// <summary>Which of VIRTIO 1.4's two readings of the RESOURCE_OBJ_MODIFY/QUERY opcodes the owner uses.</summary>
     public Admin.ResourceObjectOpcodes ResourceObjectOpcodes { get; init; } = Admin.ResourceObjectOpcodes.Paragraphs;
 

@@ -1,4 +1,4 @@
-namespace VhostUserVirtio.Group.Transport;
+namespace VhostUserVirtio.Protocol;
 
 /// <summary>
 /// Classes and commands of the transport virtqueue (docs/owner-binding.md "Transport virtqueue"):
@@ -44,4 +44,31 @@ public static class TransportCommand
         (7, 1) => "NOTIFY_INFO", (7, 2) => "NOTIFY",
         _ => $"{cls}.{command}",
     };
+}
+
+/// <summary>Transport-queue commands as class.command (0xCCNN: class 0xCC, command 0xNN), docs/owner-binding.md.</summary>
+public enum TransportOpcode : ushort
+{
+    DevList = TransportCommand.DeviceClass << 8 | TransportCommand.DevList,
+    DevCreate = TransportCommand.DeviceClass << 8 | TransportCommand.DevCreate,
+    DevDestroy = TransportCommand.DeviceClass << 8 | TransportCommand.DevDestroy,
+    DevInfo = TransportCommand.DeviceClass << 8 | TransportCommand.DevInfo,
+    DevFeaturesGet = TransportCommand.FeatureClass << 8 | TransportCommand.DevFeaturesGet,
+    DrvFeaturesSet = TransportCommand.FeatureClass << 8 | TransportCommand.DrvFeaturesSet,
+    DrvFeaturesGet = TransportCommand.FeatureClass << 8 | TransportCommand.DrvFeaturesGet,
+    StatusGet = TransportCommand.StatusClass << 8 | TransportCommand.StatusGet,
+    StatusSet = TransportCommand.StatusClass << 8 | TransportCommand.StatusSet,
+    GenerationGet = TransportCommand.StatusClass << 8 | TransportCommand.GenerationGet,
+    CfgRead = TransportCommand.ConfigClass << 8 | TransportCommand.CfgRead,
+    CfgWrite = TransportCommand.ConfigClass << 8 | TransportCommand.CfgWrite,
+    VqInfo = TransportCommand.QueueClass << 8 | TransportCommand.VqInfo,
+    VqSet = TransportCommand.QueueClass << 8 | TransportCommand.VqSet,
+    VqEnable = TransportCommand.QueueClass << 8 | TransportCommand.VqEnable,
+    VqReset = TransportCommand.QueueClass << 8 | TransportCommand.VqReset,
+    VqGet = TransportCommand.QueueClass << 8 | TransportCommand.VqGet,
+    MsiSet = TransportCommand.MsiClass << 8 | TransportCommand.MsiSet,
+    ConfigVectorSet = TransportCommand.MsiClass << 8 | TransportCommand.ConfigVectorSet,
+    MsiGet = TransportCommand.MsiClass << 8 | TransportCommand.MsiGet,
+    NotifyInfo = TransportCommand.NotifyClass << 8 | TransportCommand.NotifyInfo,
+    Notify = TransportCommand.NotifyClass << 8 | TransportCommand.Notify,
 }
