@@ -109,6 +109,22 @@ public sealed class CliErrorTests : IClassFixture<CliErrorTests.Daemon>
         Assert.DoesNotContain("ready:", daemon.Output, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void A_daemon_that_cannot_start_under_the_keeper_is_not_restarted()
+    {
+        // A first start that fails with 2 would fail the same way again: the keeper gives up at once
+        // with that code, rather than restarting it forever.
+        using var dir = new TempDir();
+        var notADirectory = Path.Combine(dir.Path, "file");
+        File.WriteAllText(notADirectory, "");
+        using var keeper = DaemonProcess.Start(["keep", "--", "serve", "--socket-dir", notADirectory]);
+        Assert.True(keeper.WaitForExit(Deadline), "the keeper kept restarting a daemon that cannot start:\n" + keeper.Output);
+        Assert.True(keeper.ExitCode == 2, $"exit code {keeper.ExitCode}:\n{keeper.Output}");
+        Assert.Contains("cannot serve on", keeper.Output, StringComparison.Ordinal);
+        Assert.Contains("not restarting it", keeper.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", keeper.Output, StringComparison.Ordinal);
+    }
+
     private static void AssertOneLineFailure(DaemonProcess cli, string message)
     {
         var lines = cli.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
