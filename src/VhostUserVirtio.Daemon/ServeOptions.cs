@@ -212,6 +212,12 @@ internal sealed class ServeOptions
         AddRange(_maxVdevs, 0, Group.DeviceGroupOptions.MaxManagedDevicesLimit);
         AddRange(_transportBit, 44, 49);
         _fd.CustomParser = r => CliValues.Int(0, int.MaxValue)(r);
+        // A Linux interface name: 1..15 bytes (IFNAMSIZ), no '/', ':' or white space.
+        _uplink.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<string?>() is { } name && (name.Length is < 1 or > 15 || name.Any(c => c is '/' or ':' || c <= ' ' || c > '~')))
+                r.AddError($"--uplink '{name}' is not an interface name (1 to 15 characters, no '/', ':' or spaces).");
+        });
         _socketPath.Validators.Add(r =>
         {
             if (string.IsNullOrWhiteSpace(r.GetValueOrDefault<string?>()))

@@ -70,6 +70,7 @@ public sealed class CliErrorTests : IClassFixture<CliErrorTests.Daemon>
         { "serve --vfs x", "--vfs 'x' is not a number" },
         { "serve --fd x", "--fd 'x' is not a number" },
         { "serve --queue-pairs 99", "--queue-pairs '99' is not a number from 1 to 16" },
+        { "serve --uplink a-much-too-long-name", "--uplink 'a-much-too-long-name' is not an interface name" },
         { "--no-such-option", "--no-such-option" },
     };
 
