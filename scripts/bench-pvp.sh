@@ -40,6 +40,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib/bench.sh
 source "$root/scripts/lib/bench.sh"   # say, stop_pid, wait_sockets, median
+# shellcheck source=lib/testpmd.sh
+source "$root/scripts/lib/testpmd.sh" # wait_log, pmd_cmd, pmd_link_up, pmd_quit
 backends="dpdk,ovs,ours"
 sizes="64,1518"
 samples=5
@@ -138,47 +140,6 @@ pmd_start() {
     fi
 }
 
-# wait_log NAME OFFSET REGEX: until REGEX appears in the log after byte OFFSET (or timeout/exit)
-wait_log() {
-    local name="$1" off="$2" re="$3" end=$((SECONDS + timeout))
-    while ((SECONDS < end)); do
-        tail -c "+$((off + 1))" "${pmd_log[$name]}" | grep -qE "$re" && return 0
-        kill -0 "${pmd_pid[$name]}" 2>/dev/null || { tail -c "+$((off + 1))" "${pmd_log[$name]}" | grep -qE "$re"; return; }
-        sleep 0.1
-    done
-    return 1
-}
-
-# pmd_cmd NAME COMMAND: runs it, prints its output (up to the next prompt)
-pmd_cmd() {
-    local name="$1" cmd="$2" off
-    off=$(stat -c %s "${pmd_log[$name]}")
-    echo "$cmd" >&"${pmd_fd[$name]}"
-    wait_log "$name" "$off" 'testpmd> ' || { say "$name: no answer to '$cmd'"; return 1; }
-    tail -c "+$((off + 1))" "${pmd_log[$name]}"
-}
-
-pmd_link_up() {  # pmd_link_up NAME PORT: waits until `show port info` says the link is up
-    local end=$((SECONDS + timeout))
-    while ((SECONDS < end)); do
-        pmd_cmd "$1" "show port info $2" | grep -q 'Link status: up' && return 0
-        kill -0 "${pmd_pid[$1]}" 2>/dev/null || return 1
-        sleep 0.5
-    done
-    return 1
-}
-
-pmd_quit() {
-    local name="$1" pid="${pmd_pid[$1]:-}" i fd
-    [[ -n "$pid" ]] || return 0
-    echo quit >&"${pmd_fd[$name]}" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    stop_pid "$pid"
-    wait "$pid" 2>/dev/null || true
-    fd="${pmd_fd[$name]}"; exec {fd}>&-
-    rm -rf "${dpdk_run:?}/$tag-$name"
-    unset "pmd_pid[$name]" "pmd_fd[$name]"
-}
 
 
 

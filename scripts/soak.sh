@@ -47,6 +47,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib/bench.sh
 source "$root/scripts/lib/bench.sh"   # say, stop_pid, wait_sockets
+# shellcheck source=lib/testpmd.sh
+source "$root/scripts/lib/testpmd.sh" # wait_log, pmd_cmd, pmd_link_up, pmd_quit
 
 minutes=
 vfs=3
@@ -128,7 +130,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo; say "interrupted"; exit 130' INT TERM
 
-# ---- interactive testpmd through a FIFO (as in bench-pvp.sh; logs appended across restarts) ----
+# ---- interactive testpmd through a FIFO (helpers in lib/testpmd.sh; logs appended across restarts) ----
 pmd_start() {   # pmd_start NAME EAL-ARGS... -- APP-ARGS...   (waits for the prompt)
     local name="$1"; shift
     local fifo="$work/$name.in" log="$base.$name.log" fd off
@@ -144,45 +146,6 @@ pmd_start() {   # pmd_start NAME EAL-ARGS... -- APP-ARGS...   (waits for the pro
     fi
 }
 
-wait_log() {   # wait_log NAME OFFSET REGEX: until REGEX appears after byte OFFSET (false on timeout or exit)
-    local name="$1" off="$2" re="$3" end=$((SECONDS + timeout))
-    while ((SECONDS < end)); do
-        tail -c "+$((off + 1))" "${pmd_log[$name]}" | grep -qE "$re" && return 0
-        kill -0 "${pmd_pid[$name]}" 2>/dev/null || { tail -c "+$((off + 1))" "${pmd_log[$name]}" | grep -qE "$re"; return; }
-        sleep 0.1
-    done
-    return 1
-}
-
-pmd_cmd() {   # pmd_cmd NAME COMMAND: runs it, prints its output (up to the next prompt)
-    local name="$1" cmd="$2" off
-    off=$(stat -c %s "${pmd_log[$name]}")
-    echo "$cmd" >&"${pmd_fd[$name]}"
-    wait_log "$name" "$off" 'testpmd> ' || { say "$name: no answer to '$cmd'"; return 1; }
-    tail -c "+$((off + 1))" "${pmd_log[$name]}"
-}
-
-pmd_link_up() {   # pmd_link_up NAME: until port 0's link is up
-    local end=$((SECONDS + timeout))
-    while ((SECONDS < end)); do
-        pmd_cmd "$1" "show port info 0" | grep -q 'Link status: up' && return 0
-        kill -0 "${pmd_pid[$1]}" 2>/dev/null || return 1
-        sleep 0.5
-    done
-    return 1
-}
-
-pmd_quit() {
-    local name="$1" pid="${pmd_pid[$1]:-}" i fd
-    [[ -n "$pid" ]] || return 0
-    echo quit >&"${pmd_fd[$name]}" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    stop_pid "$pid"
-    wait "$pid" 2>/dev/null || true
-    fd="${pmd_fd[$name]}"; exec {fd}>&-
-    rm -rf "${dpdk_run:?}/$tag-$name"
-    unset "pmd_pid[$name]" "pmd_fd[$name]"
-}
 
 # front_end tx|rx: starts that front end and waits for its link. 256 MB of memfd memory each.
 front_end() {

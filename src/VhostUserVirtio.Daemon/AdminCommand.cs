@@ -29,7 +29,7 @@ internal static class AdminCommand
         list.SetAction(r => Run(() => List(r.GetValue(socket)!)));
         admin.Subcommands.Add(list);
 
-        var count = new Argument<int>("N") { Description = "VFs to enable (0 disables them)." };
+        var count = new Argument<int>("N") { Description = "VFs to enable (0 disables them).", CustomParser = CliValues.Int(0, ushort.MaxValue) };
         var set = new Command("set", "SR-IOV VF Enable: write num_vfs (only 0 → N or N → 0, as on PCI).");
         set.Arguments.Add(count);
         set.SetAction(r => Run(() => SetVfs(r.GetValue(socket)!, r.GetValue(count))));
@@ -44,19 +44,7 @@ internal static class AdminCommand
         return admin;
     }
 
-    private static int Run(Func<string> action)
-    {
-        try
-        {
-            Console.Out.Write(action());
-            return 0;
-        }
-        catch (Exception e) when (e is FrontEndException or NativeException or TimeoutException or FormatException or OverflowException)
-        {
-            Console.Error.WriteLine("vhost-virtio admin: " + e.Message);
-            return 1;
-        }
-    }
+    private static int Run(Func<string> action) => CliValues.Run("admin", action);
 
     private static string List(string socket)
     {
@@ -83,17 +71,17 @@ internal static class AdminCommand
     /// <summary>`vf ID set-mac MAC | link up|down | trust on|off`: NET_MEMBER_CTRL on one member (0 = the owner).</summary>
     private static Command MemberCommand(Option<string> socket)
     {
-        var id = new Argument<int>("ID") { Description = "Member id: the VF number (0 = the owner itself)." };
+        var id = new Argument<int>("ID") { Description = "Member id: the VF number (0 = the owner itself).", CustomParser = CliValues.Int(0, ushort.MaxValue) };
         var vf = new Command("vf", "Control one member through NET_MEMBER_CTRL.");
         vf.Arguments.Add(id);
 
-        var mac = new Argument<string>("MAC");
+        var mac = new Argument<Devices.Switch.Mac>("MAC") { Description = "Six hex octets, such as 52:54:00:12:34:56.", CustomParser = CliValues.Mac };
         var setMac = new Command("set-mac", "Set the member's MAC (what its config space reports and its receive filter uses).");
         setMac.Arguments.Add(mac);
         setMac.SetAction(r => Run(() =>
         {
             var bytes = new byte[6];
-            Devices.Switch.Mac.Parse(r.GetValue(mac)!).Write(bytes);
+            r.GetValue(mac).Write(bytes);
             return MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.VirtioNet.CtrlMac, Devices.Net.VirtioNet.CtrlMacAddrSet, bytes);
         }));
         vf.Subcommands.Add(setMac);
@@ -102,7 +90,7 @@ internal static class AdminCommand
         state.AcceptOnlyFromAmong("up", "down");
         var link = new Command("link", "Set the member's link state.");
         link.Arguments.Add(state);
-        link.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.NetControl.LinkClass, 0,
+        link.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), NetMemberControl.LinkClass, 0,
             [(byte)(r.GetValue(state) == "up" ? 1 : 0)])));
         vf.Subcommands.Add(link);
 
@@ -110,7 +98,7 @@ internal static class AdminCommand
         trusted.AcceptOnlyFromAmong("on", "off");
         var trust = new Command("trust", "Whether the member may send from MACs other than its own (no spoof check) and its own driver may change its MAC and receive modes.");
         trust.Arguments.Add(trusted);
-        trust.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.NetControl.TrustClass, 0,
+        trust.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), NetMemberControl.TrustClass, 0,
             [(byte)(r.GetValue(trusted) == "on" ? 1 : 0)])));
         vf.Subcommands.Add(trust);
 
@@ -125,7 +113,8 @@ internal static class AdminCommand
             (byte)Array.IndexOf(RxModes, r.GetValue(mode)), [(byte)(r.GetValue(modeState) == "on" ? 1 : 0)])));
         vf.Subcommands.Add(rx);
 
-        var vectors = new Argument<int>("N") { Description = "MSI-X vectors for the VF (its driver must not be attached)." };
+        // 2048: the most an MSI-X table holds (PCI); the owner's pool may allow fewer.
+        var vectors = new Argument<int>("N") { Description = "MSI-X vectors for the VF (its driver must not be attached).", CustomParser = CliValues.Int(0, 2048) };
         var msixSet = new Command("set", "Assign MSI-X vectors to the VF (MEMBER_RESOURCE assign).");
         msixSet.Arguments.Add(vectors);
         msixSet.SetAction(r => Run(() => Msix(r.GetValue(socket)!, r.GetValue(id), r.GetValue(vectors))));
@@ -144,23 +133,37 @@ internal static class AdminCommand
     /// </summary>
     private static Command LegacyCommand(Option<string> socket)
     {
-        var vf = new Option<int>("--vf") { Description = "The VF (member id).", Required = true };
-        var common = new Option<int?>("--common") { Description = "Offset in the legacy common header (0..23).", HelpName = "OFFSET" };
-        var device = new Option<int?>("--device") { Description = "Offset in the legacy device config (virtio-net: 0..11).", HelpName = "OFFSET" };
-        var length = new Option<int>("--len") { Description = "Access width in bytes.", DefaultValueFactory = _ => 4 };
+        var vf = new Option<int>("--vf") { Description = "The VF (member id).", Required = true, CustomParser = CliValues.Int(0, ushort.MaxValue) };
+        // Offsets up to 255 (the admin command's field); the device refuses those past its registers.
+        var common = new Option<int?>("--common") { Description = "Offset in the legacy common header (0..23).", HelpName = "OFFSET", CustomParser = r => CliValues.Int(0, 255)(r) };
+        var device = new Option<int?>("--device") { Description = "Offset in the legacy device config (virtio-net: 0..11).", HelpName = "OFFSET", CustomParser = r => CliValues.Int(0, 255)(r) };
+        var length = new Option<int>("--len") { Description = "Access width in bytes (1..8).", DefaultValueFactory = _ => 4, CustomParser = CliValues.Int(1, 8) };
         var legacy = new Command("legacy", "Access a VF's legacy (transitional) registers through the owner (LEGACY_* admin commands).");
 
+        void OneRegister(System.CommandLine.Parsing.CommandResult r)
+        {
+            if ((r.GetValue(common) == null) == (r.GetValue(device) == null))
+                r.AddError("give exactly one of --common OFFSET or --device OFFSET");
+        }
         var read = new Command("read", "Read a legacy register (LEGACY_COMMON_CFG_READ / LEGACY_DEV_CFG_READ).");
         foreach (var o in new Option[] { vf, common, device, length })
             read.Options.Add(o);
+        read.Validators.Add(OneRegister);
         read.SetAction(r => Run(() => Legacy(r.GetValue(socket)!, r.GetValue(vf), r.GetValue(common), r.GetValue(device), r.GetValue(length), null)));
         legacy.Subcommands.Add(read);
 
-        var value = new Argument<string>("VALUE") { Description = "Little-endian value to write (decimal or 0x hex)." };
+        var value = new Argument<ulong>("VALUE") { Description = "Little-endian value to write (decimal or 0x hex).", CustomParser = CliValues.ULong(0, ulong.MaxValue) };
         var write = new Command("write", "Write a legacy register (LEGACY_COMMON_CFG_WRITE / LEGACY_DEV_CFG_WRITE).");
         foreach (var o in new Option[] { vf, common, device, length })
             write.Options.Add(o);
         write.Arguments.Add(value);
+        write.Validators.Add(OneRegister);
+        write.Validators.Add(r =>
+        {
+            int len = r.GetValue(length);
+            if (len is >= 1 and < 8 && r.GetValue(value) >> (8 * len) != 0)
+                r.AddError($"VALUE 0x{r.GetValue(value):x} does not fit in --len {len} byte(s)");
+        });
         write.SetAction(r => Run(() => Legacy(r.GetValue(socket)!, r.GetValue(vf), r.GetValue(common), r.GetValue(device), r.GetValue(length), r.GetValue(value))));
         legacy.Subcommands.Add(write);
 
@@ -177,13 +180,10 @@ internal static class AdminCommand
         return legacy;
     }
 
-    private static string Legacy(string socket, int vf, int? common, int? device, int length, string? value)
+    /// <summary>One legacy access; the parser has checked the offsets, the width and that <paramref name="value"/> fits it.</summary>
+    private static string Legacy(string socket, int vf, int? common, int? device, int length, ulong? value)
     {
-        if ((common == null) == (device == null))
-            throw new FrontEndException("give exactly one of --common OFFSET or --device OFFSET");
         int offset = common ?? device!.Value;
-        if (offset is < 0 or > 255 || length is < 1 or > 8)
-            throw new FrontEndException("offset must be 0..255 and --len 1..8");
         using var owner = Connect(socket);
         var registers = new LegacyAccess(owner.Admin, (ulong)vf);
         string where = common != null ? $"common {offset}" : $"device {offset}";
@@ -198,9 +198,7 @@ internal static class AdminCommand
                 number = number << 8 | bytes[i];
             return $"VF {vf} {where} ({length} byte(s)): 0x{number.ToString($"x{2 * length}")} ({number}) bytes {Convert.ToHexString(bytes).ToLowerInvariant()}\n";
         }
-        ulong parsed = value.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
-            ? Convert.ToUInt64(value[2..], 16)
-            : ulong.Parse(value, System.Globalization.CultureInfo.InvariantCulture);
+        ulong parsed = value.Value;
         var data = BitConverter.GetBytes(parsed)[..length];
         var w = common != null ? registers.WriteCommonRaw(offset, data) : registers.WriteDeviceRaw(offset, data);
         if (!w.Ok)
@@ -226,10 +224,10 @@ internal static class AdminCommand
     private static string MemberCtrl(string socket, int member, byte cls, byte command, byte[] data)
     {
         using var owner = Connect(socket);
-        var payload = new byte[8 + data.Length];
+        var payload = new byte[NetMemberControl.HeaderSize + data.Length];
         payload[0] = cls;
         payload[1] = command;
-        data.CopyTo(payload, 8);
+        data.CopyTo(payload, NetMemberControl.HeaderSize);
         var r = owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, (ushort)AdminGroupType.SrIov, (ulong)member, payload, 0);
         if (!r.Ok)
             throw new FrontEndException($"NET_MEMBER_CTRL on member {member} failed: {r.Describe()}");
@@ -244,7 +242,7 @@ internal static class AdminCommand
     {
         using var owner = Connect(socket);
         var data = new byte[16];
-        data[0] = vectors == null ? (byte)2 : (byte)1; // query or assign
+        data[0] = vectors == null ? MemberResourceData.Query : MemberResourceData.Assign;
         BitConverter.GetBytes((ulong)Math.Max(0, vectors ?? 0)).CopyTo(data, 8);
         var r = owner.Admin.Execute((ushort)AdminOpcode.MemberResource, (ushort)AdminGroupType.SrIov, (ulong)member, data, 16);
         if (!r.Ok)
@@ -264,12 +262,10 @@ internal static class AdminCommand
 
     private static string SetVfs(string socket, int count)
     {
-        if (count is < 0 or > ushort.MaxValue)
-            throw new FrontEndException($"VF count {count} is out of range");
         using var owner = OwnerDriver.Connect(socket, connectTimeout: TimeSpan.FromSeconds(2));
         try
         {
-            owner.Session.Connection.SetConfig(OwnerInfo.Offset + 0xA, BitConverter.GetBytes((ushort)count));
+            owner.Session.Connection.SetConfig(OwnerInformation.Offset + OwnerInformation.NumVfs, BitConverter.GetBytes((ushort)count));
         }
         catch (FrontEndException)
         {

@@ -21,7 +21,8 @@ internal static class KeepCommand
     private static readonly TimeSpan HealthyRun = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan FirstBackOff = TimeSpan.FromMilliseconds(100), MaxBackOff = TimeSpan.FromSeconds(5);
 
-    public static Command Create()
+    /// <param name="root">The whole command line's parser: the daemon's own command line is checked with it before anything starts.</param>
+    public static Command Create(RootCommand root)
     {
         var command = new Argument<string[]>("command")
         {
@@ -30,9 +31,16 @@ internal static class KeepCommand
         };
         var keep = new Command("keep", "Run the daemon under a session keeper: restarted whenever it dies, its front ends' sessions resume without a disconnect.");
         keep.Arguments.Add(command);
-        keep.SetAction(r => Run(r.GetValue(command) is { Length: > 0 } args ? args : ["serve"]));
+        keep.Validators.Add(r =>
+        {
+            foreach (var error in root.Parse(ChildArgs(r.GetValue(command))).Errors)
+                r.AddError("the daemon's command line: " + error.Message);
+        });
+        keep.SetAction(r => Run(ChildArgs(r.GetValue(command))));
         return keep;
     }
+
+    private static string[] ChildArgs(string[]? args) => args is { Length: > 0 } ? args : ["serve"];
 
     private static int Run(string[] childArgs)
     {
@@ -84,6 +92,13 @@ internal static class KeepCommand
             {
                 log.LogInformation("daemon exited with {Code}{Why}; closing {Kept} kept descriptor(s)", code,
                     stopSignal != 0 ? " after the stop signal" : " by itself", store.Count);
+                return code;
+            }
+            // A first start that fails this way (its sockets, uplink or CPUs unusable) fails the same way
+            // again; later ones keep being retried, as the sessions kept for them are worth waiting for.
+            if (start == 1 && code == CliValues.Failed)
+            {
+                log.LogError("daemon could not start (exit {Code}); not restarting it", code);
                 return code;
             }
             backOff = started.Elapsed >= HealthyRun ? TimeSpan.Zero

@@ -17,8 +17,14 @@ internal static class MigrateMemberCommand
     {
         var from = new Option<string>("--from") { Description = "The source back end's owner socket (its pf.sock).", HelpName = "PATH", Required = true };
         var to = new Option<string>("--to") { Description = "The target back end's owner socket.", HelpName = "PATH", Required = true };
-        var member = new Option<int>("--member") { Description = "The VF to move (its id on the source).", HelpName = "N", Required = true };
-        var toMember = new Option<int?>("--to-member") { Description = "The VF of the target that takes it over (default: the same id); it must have no front end.", HelpName = "N" };
+        // Members are VFs, numbered from 1.
+        var member = new Option<int>("--member") { Description = "The VF to move (its id on the source).", HelpName = "N", Required = true, CustomParser = CliValues.Int(1, ushort.MaxValue) };
+        var toMember = new Option<int?>("--to-member")
+        {
+            Description = "The VF of the target that takes it over (default: the same id); it must have no front end.",
+            HelpName = "N",
+            CustomParser = r => CliValues.Int(1, ushort.MaxValue)(r),
+        };
         var command = new Command("migrate-member",
             "Move a VF to another back end without its guest restarting: freeze it, stream its device parts into a VF of the target, " +
             "hand its socket path over; the front end reconnects (QEMU: reconnect=) to the same path and finds it as it was.");
@@ -32,11 +38,6 @@ internal static class MigrateMemberCommand
 
     private static async Task<int> RunAsync(string fromSocket, int member, string toSocket, int toMember, CancellationToken cancel)
     {
-        if (member < 1 || toMember < 1)
-        {
-            Console.Error.WriteLine("vhost-virtio migrate-member: members are VFs, numbered from 1");
-            return 1;
-        }
         var clock = Stopwatch.StartNew();
         void Show(HandoverProgress p) =>
             Console.Error.WriteLine($"[{clock.Elapsed.TotalMilliseconds,8:0.0} ms] {p.Stage}{(p.Bytes > 0 ? $" ({p.Bytes} bytes)" : "")}");
@@ -52,10 +53,9 @@ internal static class MigrateMemberCommand
                 $"{done.Stopped.TotalMilliseconds:0.0} ms; {done.SocketPath} is served by the target now");
             return 0;
         }
-        catch (Exception e) when (e is FrontEndException or NativeException or TimeoutException or IOException)
+        catch (Exception e) when (CliValues.IsReported(e))
         {
-            Console.Error.WriteLine("vhost-virtio migrate-member: " + e.Message);
-            return 1;
+            return CliValues.Fail("migrate-member", e.Message);
         }
     }
 

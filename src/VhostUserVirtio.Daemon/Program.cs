@@ -14,14 +14,11 @@ root.Subcommands.Add(serve);
 root.Subcommands.Add(AdminCommand.Create());
 root.Subcommands.Add(VdevCommand.Create());
 root.Subcommands.Add(MigrateMemberCommand.Create());
-root.Subcommands.Add(KeepCommand.Create());
+root.Subcommands.Add(KeepCommand.Create(root));
 
 var parsed = root.Parse(args);
-// A bad command line gets its error and a pointer to --help, not the whole help text.
-if (parsed.Action is System.CommandLine.Invocation.ParseErrorAction onError)
-    onError.ShowHelp = false;
+// A bad command line gets one line per error and a pointer to --help, not the whole help text, and exit 2.
+if (CliValues.CheckCommandLine(parsed) is { } failed)
+    return failed;
 // No ProcessTerminationTimeout: the daemon handles SIGINT/SIGTERM itself and must exit 0 on them.
-int exitCode = parsed.Invoke(new InvocationConfiguration { ProcessTerminationTimeout = null });
-if (parsed.Errors.Count > 0)
-    Console.Error.WriteLine("Try 'vhost-virtio --help' for the options.");
-return exitCode;
+return parsed.Invoke(new InvocationConfiguration { ProcessTerminationTimeout = null });

@@ -10,8 +10,9 @@ namespace VhostUserVirtio.Daemon;
 /// <summary>
 /// Runs the daemon in the foreground (never daemonises): creates the sockets, logs "ready", waits
 /// for SIGINT/SIGTERM, then disconnects the front ends, removes the sockets and returns 0.
-/// Exit 1 when a socket cannot be created, after undoing whatever was already set up; exit 2 when
-/// the worker placement (--cpus) names CPUs this machine cannot run the workers on.
+/// Exit 2 when what the command line names cannot be used (a socket that cannot be created, an uplink
+/// the daemon may not open, CPUs it cannot run on), after undoing whatever was already set up; exit 1
+/// when the session keeper it was started under cannot be reached.
 /// </summary>
 internal static class ServeCommand
 {
@@ -105,12 +106,12 @@ internal static class ServeCommand
                 catch (System.Net.Sockets.SocketException e)
                 {
                     log.LogCritical("cannot listen for metrics on {Address}: {Error}", settings.MetricsListen, e.Message);
-                    return 1;
+                    return CliValues.Failed;
                 }
             }
             group = StartGroup(server, settings, loggers, log);
             if (group == null)
-                return 1;
+                return CliValues.Failed;
             metrics = new Group.Metrics.GroupMetrics(group);
             if (metricsEndpoint != null)
             {

@@ -218,10 +218,12 @@ internal sealed class ServeOptions
         AddRange(_pollUs, 0, 1_000_000);
         AddRange(_maxVdevs, 0, Group.DeviceGroupOptions.MaxManagedDevicesLimit);
         AddRange(_transportBit, 44, 49);
-        _fd.Validators.Add(r =>
+        _fd.CustomParser = r => CliValues.Int(0, int.MaxValue)(r);
+        // A Linux interface name: 1..15 bytes (IFNAMSIZ), no '/', ':' or white space.
+        _uplink.Validators.Add(r =>
         {
-            if (r.GetValueOrDefault<int?>() is < 0)
-                r.AddError("--fd must be a descriptor number (0 or more).");
+            if (r.GetValueOrDefault<string?>() is { } name && (name.Length is < 1 or > 15 || name.Any(c => c is '/' or ':' || c <= ' ' || c > '~')))
+                r.AddError($"--uplink '{name}' is not an interface name (1 to 15 characters, no '/', ':' or spaces).");
         });
         _socketPath.Validators.Add(r =>
         {
@@ -241,13 +243,8 @@ internal sealed class ServeOptions
         command.Validators.Add(ValidateCombination);
     }
 
-    private static void AddRange(Option<int> option, int min, int max) =>
-        option.Validators.Add(r =>
-        {
-            int value = r.GetValueOrDefault<int>();
-            if (value < min || value > max)
-                r.AddError($"{option.Name} must be between {min} and {max} (got {value}).");
-        });
+    // A parser, not a validator: a validator reading a value that failed to parse (--vfs x) would throw.
+    private static void AddRange(Option<int> option, int min, int max) => option.CustomParser = CliValues.Int(min, max);
 
     /// <summary>Rules between options: one device via --socket-path xor --fd, which excludes the multi-device ones.</summary>
     private void ValidateCombination(CommandResult r)

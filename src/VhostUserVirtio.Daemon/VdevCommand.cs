@@ -70,7 +70,7 @@ internal static class VdevCommand
 
         var msi = new Command("msi", "One MSI vector of a managed device (MSI_GET): address, data, mask, pending.");
         var msiId = IdArgument();
-        var vector = new Argument<ushort>("VECTOR") { Description = "The vector number." };
+        var vector = new Argument<ushort>("VECTOR") { Description = "The vector number.", CustomParser = r => (ushort)CliValues.Int(0, ushort.MaxValue)(r) };
         msi.Arguments.Add(msiId);
         msi.Arguments.Add(vector);
         msi.SetAction(r => Run(r.GetValue(socket)!, t =>
@@ -85,7 +85,11 @@ internal static class VdevCommand
 
     private const uint VirtioNetDeviceId = 1;
 
-    private static Argument<ulong> IdArgument() => new("ID") { Description = "The managed device's id (from create or list)." };
+    private static Argument<ulong> IdArgument() => new("ID")
+    {
+        Description = "The managed device's id (from create or list).",
+        CustomParser = CliValues.ULong(0, ulong.MaxValue),
+    };
 
     /// <summary>`status ID [set VALUE]`: STATUS_GET, or STATUS_SET then STATUS_GET (the device may keep FEATURES_OK clear).</summary>
     private static Command StatusCommand(Option<string> socket)
@@ -95,30 +99,33 @@ internal static class VdevCommand
         var words = new Argument<string[]>("set VALUE") { Arity = new ArgumentArity(0, 2), Description = "set VALUE: write the status (decimal or 0x hex)." };
         status.Arguments.Add(id);
         status.Arguments.Add(words);
+        // The words are checked while parsing, so a malformed request never connects.
+        status.Validators.Add(r =>
+        {
+            var rest = r.GetValue(words) ?? [];
+            if (rest.Length == 0)
+                return;
+            if (rest.Length != 2 || rest[0] != "set")
+                r.AddError("expected: status ID [set VALUE]");
+            else if (!CliValues.TryParseNumber(rest[1], out ulong v) || v > byte.MaxValue)
+                r.AddError($"status VALUE '{rest[1]}' is not a number from 0 to 255 (the status is a byte)");
+        });
         status.SetAction(r =>
         {
             ulong device = r.GetValue(id);
             var rest = r.GetValue(words) ?? [];
-            byte? value = null;
+            byte? value = rest.Length == 2 && CliValues.TryParseNumber(rest[1], out ulong v) ? (byte)v : null;
             return Run(r.GetValue(socket)!, t =>
             {
                 var text = new StringBuilder();
-                if (value is { } v)
+                if (value is { } set)
                 {
-                    t.StatusSet(device, v);
-                    text.Append(CultureInfo.InvariantCulture, $"vdev {device}: status <- 0x{v:x2}\n");
+                    t.StatusSet(device, set);
+                    text.Append(CultureInfo.InvariantCulture, $"vdev {device}: status <- 0x{set:x2}\n");
                 }
                 byte s = t.StatusGet(device);
                 text.Append(CultureInfo.InvariantCulture, $"vdev {device}: status 0x{s:x2} {StatusNames(s)}\n");
                 return text.ToString();
-            }, check: () =>
-            {
-                if (rest.Length == 0)
-                    return;
-                if (rest.Length != 2 || rest[0] != "set")
-                    throw new FormatException("expected: status ID [set VALUE]");
-                var parsed = ParseNumber(rest[1]);
-                value = parsed <= byte.MaxValue ? (byte)parsed : throw new FormatException($"status {parsed} does not fit in a byte");
             });
         });
         return status;
@@ -130,26 +137,17 @@ internal static class VdevCommand
         var cfg = new Command("cfg", "A managed device's config space.");
         var id = IdArgument();
         cfg.Arguments.Add(id);
-        var offset = new Argument<string>("OFFSET") { Description = "Offset (decimal or 0x hex)." };
-        var length = new Argument<string>("LEN") { Description = "Bytes to read (1..4096)." };
+        var offset = new Argument<ulong>("OFFSET") { Description = "Offset (decimal or 0x hex).", CustomParser = CliValues.ULong(0, uint.MaxValue) };
+        var length = new Argument<ulong>("LEN") { Description = "Bytes to read (1..4096).", CustomParser = CliValues.ULong(1, 4096) };
         var read = new Command("read", "Read config bytes (CFG_READ).");
         read.Arguments.Add(offset);
         read.Arguments.Add(length);
-        read.SetAction(r =>
+        read.SetAction(r => Run(r.GetValue(socket)!, t =>
         {
-            ulong off = 0, len = 0;
-            return Run(r.GetValue(socket)!, t =>
-            {
-                var bytes = t.CfgRead(r.GetValue(id), (uint)off, (uint)len);
-                return $"vdev {r.GetValue(id)} config 0x{off:x} ({len} byte(s)): {Convert.ToHexString(bytes).ToLowerInvariant()}\n";
-            }, check: () =>
-            {
-                off = ParseNumber(r.GetValue(offset)!);
-                len = ParseNumber(r.GetValue(length)!);
-                if (off > uint.MaxValue || len is < 1 or > 4096)
-                    throw new FormatException("OFFSET must fit in 32 bits and LEN be 1..4096");
-            });
-        });
+            ulong off = r.GetValue(offset), len = r.GetValue(length);
+            var bytes = t.CfgRead(r.GetValue(id), (uint)off, (uint)len);
+            return $"vdev {r.GetValue(id)} config 0x{off:x} ({len} byte(s)): {Convert.ToHexString(bytes).ToLowerInvariant()}\n";
+        }));
         cfg.Subcommands.Add(read);
         return cfg;
     }
@@ -162,31 +160,16 @@ internal static class VdevCommand
     }
 
     /// <summary>
-    /// Checks the arguments (<paramref name="check"/>, before connecting), connects as the owner driver,
-    /// runs <paramref name="action"/> on its transport queue and prints the result; exit 1 with a
-    /// message on any failure.
+    /// Connects as the owner driver, runs <paramref name="action"/> on its transport queue and prints the
+    /// result; one line and exit 2 on any failure (the arguments were checked while parsing).
     /// </summary>
-    private static int Run(string socket, Func<TransportQueueClient, string> action, Action? check = null)
+    private static int Run(string socket, Func<TransportQueueClient, string> action) => CliValues.Run("vdev", () =>
     {
-        try
-        {
-            check?.Invoke();
-            using var owner = AdminCommand.Connect(socket);
-            var transport = owner.Transport
-                ?? throw new FrontEndException($"the owner on {socket} has no transport queue (tvq_num is 0): it cannot manage vdevs");
-            Console.Out.Write(action(transport));
-            return 0;
-        }
-        catch (Exception e) when (e is FrontEndException or NativeException or TimeoutException or FormatException or OverflowException)
-        {
-            Console.Error.WriteLine("vhost-virtio vdev: " + e.Message);
-            return 1;
-        }
-    }
-
-    internal static ulong ParseNumber(string text) => text.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
-        ? Convert.ToUInt64(text[2..], 16)
-        : ulong.Parse(text, NumberStyles.None, CultureInfo.InvariantCulture);
+        using var owner = AdminCommand.Connect(socket);
+        var transport = owner.Transport
+            ?? throw new FrontEndException($"the owner on {socket} has no transport queue (tvq_num is 0): it cannot manage vdevs");
+        return action(transport);
+    });
 
     private static string Hex128(UInt128 v) => $"0x{(ulong)(v >> 64):x16}{(ulong)v:x16}";
 

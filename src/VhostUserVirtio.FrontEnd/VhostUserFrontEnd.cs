@@ -8,6 +8,9 @@ namespace VhostUserVirtio.FrontEnd;
 /// <summary>A reply that broke the protocol, or a refusal (failure ack) from the back end.</summary>
 public class FrontEndException(string message) : Exception(message);
 
+/// <summary>The back end closed the connection before the reply was complete.</summary>
+public sealed class BackEndClosedException() : FrontEndException("the back end closed the connection");
+
 /// <summary>
 /// The front-end side of one vhost-user connection, as QEMU would drive it: typed requests with
 /// reply checks (flags exactly REPLY|v1, same request code, expected size), REPLY_ACK when
@@ -121,7 +124,7 @@ public sealed class VhostUserFrontEnd : IDisposable
                 foreach (var fd in fds) fd.Dispose();
             fds.Clear();
             if (n == 0)
-                throw new FrontEndException("the back end closed the connection");
+                throw new BackEndClosedException();
             if (n > 0)
                 done += n;
         }

@@ -35,14 +35,14 @@ public sealed record DeviceGroupOptions
 
     /// <summary>
     /// What the owner's admin queue offers at opcodes 0x7 and above: VIRTIO 1.4's capabilities, resource
-    /// objects and device parts (the default), or seed 003's device migration commands for the VFs.
+    /// objects and device parts (the default), or the device migration proposal's commands (virtio-comment, 2023) for the VFs.
     /// </summary>
     public Admin.AdminProfile AdminProfile { get; init; } = Admin.AdminProfile.Spec;
     /// <summary>Managed devices the transport queue may create at once (max_vdevs); 0: the owner offers no transport queue.</summary>
     public int MaxManagedDevices { get; init; } = 64;
     public const int MaxManagedDevicesLimit = 4096;
     /// <summary>The feature bit of VIRTIO_F_TRANSPT_VQ (project-assigned; 44–49 are unallocated in VIRTIO 1.4).</summary>
-    public int TransportFeatureBit { get; init; } = Transport.TransportCommand.DefaultFeatureBit;
+    public int TransportFeatureBit { get; init; } = Protocol.TransportCommand.DefaultFeatureBit;
     /// <summary>Which of VIRTIO 1.4's two readings of the RESOURCE_OBJ_MODIFY/QUERY opcodes the owner uses.</summary>
     public Admin.ResourceObjectOpcodes ResourceObjectOpcodes { get; init; } = Admin.ResourceObjectOpcodes.Paragraphs;
 

@@ -18,11 +18,6 @@ namespace VhostUserVirtio.Group;
 /// </summary>
 public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
 {
-    /// <summary>Offset and size of the owner information block in config space.</summary>
-    public const int InfoBlockOffset = 0xC0;
-    public const int InfoBlockSize = 32;
-    public const int NumVfsOffset = InfoBlockOffset + 0xA;
-
     private readonly DeviceGroup _group;
     private readonly ILogger _logger;
 
@@ -56,29 +51,29 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
     public ProtocolFeatures ExtraProtocolFeatures => Net.ExtraProtocolFeatures;
     public int QueueCount => Net.QueueCount + 1 + (Transport != null ? 1 : 0);
     public int MaxQueueSize => Net.MaxQueueSize;
-    public int ConfigSize => InfoBlockOffset + InfoBlockSize;
+    public int ConfigSize => OwnerInformation.Offset + OwnerInformation.Size;
 
     public void ReadConfig(int offset, Span<byte> data)
     {
-        Span<byte> config = stackalloc byte[InfoBlockOffset + InfoBlockSize];
+        Span<byte> config = stackalloc byte[OwnerInformation.Offset + OwnerInformation.Size];
         config.Clear();
         Net.ReadConfig(0, config[..Net.ConfigSize]);
-        var info = config[InfoBlockOffset..];
-        BinaryPrimitives.WriteUInt16LittleEndian(info, (ushort)AdminQueueIndex);    // admin_queue_index
-        BinaryPrimitives.WriteUInt16LittleEndian(info[2..], 1);                    // admin_queue_num
-        BinaryPrimitives.WriteUInt16LittleEndian(info[4..], (ushort)(Transport?.QueueIndex ?? 0)); // tvq_index
-        BinaryPrimitives.WriteUInt16LittleEndian(info[6..], Transport != null ? (ushort)1 : (ushort)0); // tvq_num
-        BinaryPrimitives.WriteUInt16LittleEndian(info[8..], (ushort)TotalVfs);     // total_vfs
-        BinaryPrimitives.WriteUInt16LittleEndian(info[10..], (ushort)NumVfs);      // num_vfs
-        BinaryPrimitives.WriteUInt16LittleEndian(info[12..], (ushort)(Transport?.MaxDevices ?? 0)); // max_vdevs
-        BinaryPrimitives.WriteUInt16LittleEndian(info[14..], 0);                   // binding_version
+        var info = config[OwnerInformation.Offset..];
+        BinaryPrimitives.WriteUInt16LittleEndian(info[OwnerInformation.AdminQueueIndex..], (ushort)AdminQueueIndex);
+        BinaryPrimitives.WriteUInt16LittleEndian(info[OwnerInformation.AdminQueueNum..], 1);
+        BinaryPrimitives.WriteUInt16LittleEndian(info[OwnerInformation.TvqIndex..], (ushort)(Transport?.QueueIndex ?? 0));
+        BinaryPrimitives.WriteUInt16LittleEndian(info[OwnerInformation.TvqNum..], Transport != null ? (ushort)1 : (ushort)0);
+        BinaryPrimitives.WriteUInt16LittleEndian(info[OwnerInformation.TotalVfs..], (ushort)TotalVfs);
+        BinaryPrimitives.WriteUInt16LittleEndian(info[OwnerInformation.NumVfs..], (ushort)NumVfs);
+        BinaryPrimitives.WriteUInt16LittleEndian(info[OwnerInformation.MaxVdevs..], (ushort)(Transport?.MaxDevices ?? 0));
+        BinaryPrimitives.WriteUInt16LittleEndian(info[OwnerInformation.BindingVersion..], 0);
         config.Slice(offset, data.Length).CopyTo(data);
     }
 
     /// <summary>Only num_vfs is writable: writing it is VF Enable/Disable (see <see cref="DeviceGroup.SetNumVfs"/>).</summary>
     public bool WriteConfig(int offset, ReadOnlySpan<byte> data)
     {
-        if (offset != NumVfsOffset || data.Length != 2)
+        if (offset != OwnerInformation.Offset + OwnerInformation.NumVfs || data.Length != 2)
             return false;
         int wanted = BinaryPrimitives.ReadUInt16LittleEndian(data);
         string? refused = _group.SetNumVfs(wanted);

@@ -140,6 +140,12 @@ internal static unsafe partial class Libc
     internal const int EPERM = 1;
     internal const int ESRCH = 3;
     internal const int EINVAL = 22;
+    // Why a TAP cannot be opened, and how a Unix socket's peer can be missing or gone.
+    internal const int ENOENT = 2;
+    internal const int EACCES = 13;
+    internal const int EPIPE = 32;
+    internal const int ECONNRESET = 104;
+    internal const int ECONNREFUSED = 111;
 
     internal const int PROT_READ = 0x1;
     internal const int PROT_WRITE = 0x2;

@@ -26,9 +26,10 @@ public sealed unsafe class TapDevice : IDisposable
         byte[] bytes = Encoding.ASCII.GetBytes(name);
         if (bytes.Length == 0 || bytes.Length >= IfNameSize)
             throw new ArgumentException($"interface name '{name}' must be 1..{IfNameSize - 1} characters", nameof(name));
-        var fd = new FileDescriptor(NativeException.Check(Libc.Open("/dev/net/tun", Libc.O_RDWR | Libc.O_CLOEXEC), "open(/dev/net/tun)"));
+        FileDescriptor? fd = null;
         try
         {
+            fd = new FileDescriptor(NativeException.Check(Libc.Open("/dev/net/tun", Libc.O_RDWR | Libc.O_CLOEXEC), "open(/dev/net/tun)"));
             byte* ifr = stackalloc byte[40];
             new Span<byte>(ifr, 40).Clear();
             bytes.CopyTo(new Span<byte>(ifr, IfNameSize));
@@ -38,9 +39,16 @@ public sealed unsafe class TapDevice : IDisposable
             SetLinkUp(name);
             return new TapDevice(fd, name);
         }
+        catch (NativeException e) when (e.Errno is Libc.EPERM or Libc.EACCES)
+        {
+            fd?.Dispose();
+            throw new UnauthorizedAccessException(
+                $"TAP interface {name} needs CAP_NET_ADMIN: creating it, attaching to one another user owns and bringing it up all do " +
+                $"(run as root, or grant the capability: systemd AmbientCapabilities=CAP_NET_ADMIN, or setcap cap_net_admin+ep); {e.Message}", e);
+        }
         catch
         {
-            fd.Dispose();
+            fd?.Dispose();
             throw;
         }
     }
@@ -53,6 +61,9 @@ public sealed unsafe class TapDevice : IDisposable
         new Span<byte>(ifr, 40).Clear();
         Encoding.ASCII.GetBytes(name).CopyTo(new Span<byte>(ifr, IfNameSize));
         NativeException.Check(Libc.Ioctl(sock.Number, Libc.SIOCGIFFLAGS, ifr), "ioctl(SIOCGIFFLAGS)");
+        // Already up (a persistent TAP an administrator prepared): setting it again would need CAP_NET_ADMIN.
+        if ((*(short*)(ifr + IfNameSize) & Libc.IFF_UP) != 0)
+            return;
         *(short*)(ifr + IfNameSize) |= Libc.IFF_UP;
         NativeException.Check(Libc.Ioctl(sock.Number, Libc.SIOCSIFFLAGS, ifr), "ioctl(SIOCSIFFLAGS)");
     }

@@ -1,7 +1,6 @@
-using VhostUserVirtio.Protocol;
 namespace VhostUserVirtio.Protocol;
 
-/// <summary>Admin command opcodes (VIRTIO 1.4 "Administration Commands", plus this project's seed block).</summary>
+/// <summary>Admin command opcodes (VIRTIO 1.4 "Administration Commands", plus this project's block at 0x40).</summary>
 public enum AdminOpcode : ushort
 {
     ListQuery = 0x0,
@@ -60,4 +59,39 @@ public enum AdminQualifier : ushort
     InvalidMember = 0x5,
     NoResource = 0x6,
     TryAgain = 0x7,
+}
+
+/// <summary>Sizes of the command container (struct virtio_admin_cmd).</summary>
+public static class AdminLayout
+{
+    /// <summary>opcode, group_type, reserved[12], group_member_id.</summary>
+    public const int HeaderSize = 24;
+    /// <summary>status, status_qualifier, reserved[4].</summary>
+    public const int StatusSize = 8;
+    /// <summary>Largest command data accepted; more is ignored (the spec's tolerance rule).</summary>
+    public const int MaxData = 4096;
+    /// <summary>Largest result produced.</summary>
+    public const int MaxResult = 4096;
+}
+
+/// <summary>Opcodes of the seed profile (the device migration proposal's "Device Migration" group administration commands).</summary>
+public static class SeedOpcode
+{
+    public const ushort DevModeGet = 0x7;
+    public const ushort DevModeSet = 0x8;
+    public const ushort DevCtxSizeGet = 0x9;
+    public const ushort DevCtxRead = 0xa;
+    public const ushort DevCtxWrite = 0xb;
+    public const ushort DevCtxFieldsQuery = 0xc;
+    public const ushort DevCtxDiscard = 0xd;
+
+    public static bool Contains(ushort opcode) => opcode is >= DevModeGet and <= DevCtxDiscard;
+}
+
+/// <summary>The member modes of the device migration proposal: Active, Stop (the 1.4 "stopped"), Freeze (stopped, and its state does not change).</summary>
+public enum SeedMode : byte
+{
+    Active = 0,
+    Stop = 1,
+    Freeze = 2,
 }

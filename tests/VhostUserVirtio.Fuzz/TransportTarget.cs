@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using VhostUserVirtio.Group.Transport;
+using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.Fuzz;
 

@@ -140,8 +140,8 @@ public sealed class AdminNormativeTests : IDisposable
             Assert.Equal(sriov, Query(SrIov));
 
             // VF Disable / Enable, then a device reset.
-            o.Session.Connection.SetConfig(OwnerInfo.Offset + 0xA, BitConverter.GetBytes((ushort)0));
-            o.Session.Connection.SetConfig(OwnerInfo.Offset + 0xA, BitConverter.GetBytes((ushort)2));
+            o.Session.Connection.SetConfig(OwnerInformation.Offset + OwnerInformation.NumVfs, BitConverter.GetBytes((ushort)0));
+            o.Session.Connection.SetConfig(OwnerInformation.Offset + OwnerInformation.NumVfs, BitConverter.GetBytes((ushort)2));
             Assert.Equal(sriov, Query(SrIov));
             o = Reconnect(o);
             Assert.Equal(sriov, Query(SrIov));

@@ -20,7 +20,7 @@ public sealed class AdminQueuedDisableTests() : OwnerTest(useAllCommands: true)
     private static byte[] Query => [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];      // MEMBER_RESOURCE query MSI-X
     private static byte[] LinkDown => [0x81, 0, 0, 0, 0, 0, 0, 0, 0];                       // NET_MEMBER_CTRL link 0
 
-    private void SetNumVfs(ushort n) => _owner.Session.Connection.SetConfig(OwnerInfo.Offset + 0xA, BitConverter.GetBytes(n));
+    private void SetNumVfs(ushort n) => _owner.Session.Connection.SetConfig(OwnerInformation.Offset + OwnerInformation.NumVfs, BitConverter.GetBytes(n));
 
     [Fact]
     public async Task Disabling_vfs_fails_exactly_the_queued_commands_that_target_them_and_nothing_else()

@@ -3,6 +3,7 @@ using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Devices.Switch;
 using VhostUserVirtio.Group;
 using VhostUserVirtio.Group.Migration;
+using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Tests.Support;
 
 namespace VhostUserVirtio.Tests;
@@ -60,7 +61,7 @@ public sealed class MemberStateTransferTests : IDisposable
         {
             Span<byte> mac = stackalloc byte[6];
             Moved.Write(mac);
-            Assert.Equal(VirtioNet.Ok, NetControl.Apply(net, NetControl.TrustClass, 0, [1]));
+            Assert.Equal(VirtioNet.Ok, NetControl.Apply(net, NetMemberControl.TrustClass, 0, [1]));
             Assert.Equal(VirtioNet.Ok, NetControl.Apply(net, VirtioNet.CtrlMac, VirtioNet.CtrlMacAddrSet, mac));
             Assert.Equal(VirtioNet.Ok, NetControl.Apply(net, VirtioNet.CtrlRx, VirtioNet.CtrlRxPromisc, [0]));
             Assert.Equal(VirtioNet.Ok, NetControl.Apply(net, VirtioNet.CtrlRx, VirtioNet.CtrlRxNoBcast, [1]));
@@ -74,7 +75,7 @@ public sealed class MemberStateTransferTests : IDisposable
         Moved.Write(frame.AsSpan(6));
         for (int i = 0; i < frames; i++)
             vf1.Send(frame);
-        OnWorker(() => NetControl.Apply(net, NetControl.LinkClass, 0, [0]));
+        OnWorker(() => NetControl.Apply(net, NetMemberControl.LinkClass, 0, [0]));
         return vf1;
     }
 

@@ -17,11 +17,11 @@ public sealed class NetMemberCtrlTests() : OwnerTest(useAllCommands: true)
     {
         using var backend = new GroupBackend(vfs: 1);
         using var owner = OwnerDriver.Connect(backend.Socket(0));
-        var r = owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, 1, 1, new byte[] { NetControl.LinkClass, 0, 0, 0, 0, 0, 0, 0, 0 }, 0);
+        var r = owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, 1, 1, new byte[] { NetMemberControl.LinkClass, 0, 0, 0, 0, 0, 0, 0, 0 }, 0);
         Assert.Equal(((ushort)AdminStatus.Einval, (ushort)AdminQualifier.InvalidOpcode), (r.Status, r.Qualifier));
         Assert.True(backend.Member(1).Device.LinkUp);
         owner.UseAllCommands();
-        Assert.True(owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, 1, 1, new byte[] { NetControl.LinkClass, 0, 0, 0, 0, 0, 0, 0, 0 }, 0).Ok);
+        Assert.True(owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, 1, 1, new byte[] { NetMemberControl.LinkClass, 0, 0, 0, 0, 0, 0, 0, 0 }, 0).Ok);
         Assert.False(backend.Member(1).Device.LinkUp);
     }
 
@@ -52,13 +52,13 @@ public sealed class NetMemberCtrlTests() : OwnerTest(useAllCommands: true)
     {
         using var vf1 = new NetFrontEnd(_backend.Socket(1));
         using var vf2 = new NetFrontEnd(_backend.Socket(2));
-        Assert.True(Ctrl(1, NetControl.LinkClass, 0, 0).Ok);
+        Assert.True(Ctrl(1, NetMemberControl.LinkClass, 0, 0).Ok);
         Assert.Equal(0, BinaryPrimitives.ReadUInt16LittleEndian(vf1.Session.Connection.GetConfig(6, 2)));
         vf1.PostRx(4);
         vf2.Send(NetFrontEnd.Frame("ff:ff:ff:ff:ff:ff", vf2.Mac, "link is down"));
         Assert.True(EchoBackend.WaitUntil(() => _backend.Member(1).Device.Counters.Drops(DropReason.LinkDown) == 1));
 
-        Assert.True(Ctrl(1, NetControl.LinkClass, 0, 1).Ok);
+        Assert.True(Ctrl(1, NetMemberControl.LinkClass, 0, 1).Ok);
         NetCheck.AssertSwitches(vf2, vf1);
     }
 
@@ -68,10 +68,10 @@ public sealed class NetMemberCtrlTests() : OwnerTest(useAllCommands: true)
         using var vf1 = new NetFrontEnd(_backend.Socket(1), controlQueue: true);
         var mac = new byte[6];
         Mac.Parse("52:54:00:aa:bb:02").Write(mac);
-        Assert.True(Ctrl(1, NetControl.TrustClass, 0, 0).Ok);
+        Assert.True(Ctrl(1, NetMemberControl.TrustClass, 0, 0).Ok);
         Assert.Equal(VirtioNet.Err, vf1.ControlCommand(VirtioNet.CtrlMac, VirtioNet.CtrlMacAddrSet, mac));
         Assert.True(Ctrl(1, VirtioNet.CtrlMac, VirtioNet.CtrlMacAddrSet, mac).Ok);
-        Assert.True(Ctrl(1, NetControl.TrustClass, 0, 1).Ok);
+        Assert.True(Ctrl(1, NetMemberControl.TrustClass, 0, 1).Ok);
         Mac.Parse("52:54:00:aa:bb:03").Write(mac);
         Assert.Equal(VirtioNet.Ok, vf1.ControlCommand(VirtioNet.CtrlMac, VirtioNet.CtrlMacAddrSet, mac));
     }
@@ -79,13 +79,13 @@ public sealed class NetMemberCtrlTests() : OwnerTest(useAllCommands: true)
     [Fact]
     public void Bad_members_and_bad_commands_fail_without_side_effects()
     {
-        var r = Ctrl(3, NetControl.LinkClass, 0, 0);
+        var r = Ctrl(3, NetMemberControl.LinkClass, 0, 0);
         Assert.Equal(((ushort)AdminStatus.Einval, (ushort)AdminQualifier.InvalidMember), (r.Status, r.Qualifier));
-        r = Ctrl(1, NetControl.LinkClass, 0, 7);
+        r = Ctrl(1, NetMemberControl.LinkClass, 0, 7);
         Assert.Equal(((ushort)AdminStatus.Einval, (ushort)AdminQualifier.InvalidField), (r.Status, r.Qualifier));
         r = _owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, 1, 1, new byte[3], 0); // shorter than its header
         Assert.Equal((ushort)AdminQualifier.InvalidField, r.Qualifier);
         Assert.True(_backend.Member(1).Device.LinkUp);
-        Assert.True(Ctrl(0, NetControl.LinkClass, 0, 1).Ok); // member 0 is the owner itself
+        Assert.True(Ctrl(0, NetMemberControl.LinkClass, 0, 1).Ok); // member 0 is the owner itself
     }
 }

@@ -14,9 +14,9 @@ public sealed class SrIovEnableTests() : OwnerTest(useAllCommands: false)
 {
 
     private void SetNumVfs(ushort n) =>
-        _owner.Session.Connection.SetConfig(OwnerInfo.Offset + 0xA, BitConverter.GetBytes(n));
+        _owner.Session.Connection.SetConfig(OwnerInformation.Offset + OwnerInformation.NumVfs, BitConverter.GetBytes(n));
 
-    private ushort NumVfs => OwnerInfo.Read(_owner.Session.Connection.GetConfig(OwnerInfo.Offset, OwnerInfo.Size)).NumVfs;
+    private ushort NumVfs => OwnerInfo.Read(_owner.Session.Connection.GetConfig(OwnerInformation.Offset, OwnerInformation.Size)).NumVfs;
 
     [Fact]
     public void Disabling_vfs_disconnects_their_front_ends_removes_their_sockets_and_fails_sriov_commands()

@@ -96,7 +96,7 @@ public sealed class SwitchIsolationTests : IDisposable
         {
             owner.UseAllCommands();
             Assert.True(owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, (ushort)AdminGroupType.SrIov, 1,
-                [NetControl.TrustClass, 0, 0, 0, 0, 0, 0, 0, 1], 0).Ok);
+                [NetMemberControl.TrustClass, 0, 0, 0, 0, 0, 0, 0, 1], 0).Ok);
         }
         var bridged = NetFrontEnd.Frame(Bcast, "52:54:00:00:00:77", "from a guest bridge");
         vf1.Send(bridged);

@@ -23,10 +23,10 @@ public sealed class VdevCliTests : IDisposable
     }
 
     [Fact]
-    public void Vdev_cli_without_an_owner_on_the_socket_exits_1_with_the_reason()
+    public void Vdev_cli_without_an_owner_on_the_socket_exits_2_with_the_reason()
     {
         using var cli = DaemonProcess.Run("vdev", "--socket", Path.Combine(_dir, "missing.sock"), "list");
-        Assert.Equal(1, cli.ExitCode);
+        Assert.Equal(2, cli.ExitCode);
         Assert.Contains("vhost-virtio vdev: ", cli.Output, StringComparison.Ordinal);
     }
 
@@ -36,11 +36,11 @@ public sealed class VdevCliTests : IDisposable
         var pf = Path.Combine(_dir, "pf.sock");
         // No owner listens on pf: each message is about the request, not about connecting.
         using (var cli = DaemonProcess.Run("vdev", "--socket", pf, "status", "1", "put", "3"))
-            Assert.True(cli.ExitCode == 1 && cli.Output.Contains("expected: status ID [set VALUE]", StringComparison.Ordinal), cli.Output);
+            Assert.True(cli.ExitCode == 2 && cli.Output.Contains("expected: status ID [set VALUE]", StringComparison.Ordinal), cli.Output);
         using (var cli = DaemonProcess.Run("vdev", "--socket", pf, "status", "1", "set", "0x100"))
-            Assert.True(cli.ExitCode == 1 && cli.Output.Contains("does not fit in a byte", StringComparison.Ordinal), cli.Output);
+            Assert.True(cli.ExitCode == 2 && cli.Output.Contains("is not a number from 0 to 255", StringComparison.Ordinal), cli.Output);
         using (var cli = DaemonProcess.Run("vdev", "--socket", pf, "cfg", "1", "read", "0", "0"))
-            Assert.True(cli.ExitCode == 1 && cli.Output.Contains("LEN be 1..4096", StringComparison.Ordinal), cli.Output);
+            Assert.True(cli.ExitCode == 2 && cli.Output.Contains("LEN '0' is not a number from 1 to 4096", StringComparison.Ordinal), cli.Output);
     }
 
     [Fact]
@@ -57,7 +57,7 @@ public sealed class VdevCliTests : IDisposable
         string Fails(params string[] args)
         {
             using var cli = DaemonProcess.Run(["vdev", "--socket", pf, .. args]);
-            Assert.Equal(1, cli.ExitCode);
+            Assert.Equal(2, cli.ExitCode);
             return cli.Output;
         }
 

@@ -1,19 +1,15 @@
 using System.Buffers.Binary;
 using VhostUserVirtio.Devices.Switch;
+using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.Devices.Net;
 
 /// <summary>
 /// The virtio-net control commands (VIRTIO 5.1.6.5), applied to one device. Used by the device's own
-/// control queue and, later, by the owner's NET_MEMBER_CTRL admin command, so both behave the same.
+/// control queue and by the owner's NET_MEMBER_CTRL admin command, so both behave the same.
 /// </summary>
 public static class NetControl
 {
-    /// <summary>Owner-only class (seed 002): command 0, u8 trusted.</summary>
-    public const byte TrustClass = 0x80;
-    /// <summary>Owner-only class (this project): command 0, u8 link up.</summary>
-    public const byte LinkClass = 0x81;
-
     /// <summary>
     /// Applies one command; returns VIRTIO_NET_OK or VIRTIO_NET_ERR. The owner-only classes (trust,
     /// link) are reachable only through the owner's NET_MEMBER_CTRL, never a device's own control queue.
@@ -46,10 +42,10 @@ public static class NetControl
             case VirtioNet.CtrlAnnounce when command == VirtioNet.CtrlAnnounceAck && data.IsEmpty:
                 device.AcknowledgeAnnounce();
                 return VirtioNet.Ok;
-            case TrustClass when command == 0 && data.Length == 1 && data[0] <= 1:
+            case NetMemberControl.TrustClass when command == 0 && data.Length == 1 && data[0] <= 1:
                 device.Trusted = data[0] == 1;
                 return VirtioNet.Ok;
-            case LinkClass when command == 0 && data.Length == 1 && data[0] <= 1:
+            case NetMemberControl.LinkClass when command == 0 && data.Length == 1 && data[0] <= 1:
                 device.SetLink(data[0] == 1);
                 return VirtioNet.Ok;
             case VirtioNet.CtrlMq when command == VirtioNet.CtrlMqVqPairsSet && data.Length == 2:

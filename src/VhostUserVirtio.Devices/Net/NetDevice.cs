@@ -199,7 +199,7 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
         return true;
     }
 
-    // ---- state changed by control commands (control queue now, owner admin commands later) ----
+    // ---- state changed by control commands (the device's control queue and the owner's NET_MEMBER_CTRL) ----
 
     internal void SetMac(Mac mac)
     {
@@ -208,7 +208,7 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
     }
 
     /// <summary>
-    /// The owner's trust setting (seed 002), as SR-IOV's VF trust with spoof checking. Untrusted, the
+    /// The owner's trust setting (after the virtio-net admin control virtqueue proposal), as SR-IOV's VF trust with spoof checking. Untrusted, the
     /// driver's own control queue may not change the MAC or receive modes (the owner still can), and
     /// every frame it sends (RARP announcements too) must carry its own MAC as source.
     /// </summary>

@@ -21,15 +21,25 @@ public readonly record struct Mac(ulong Value)
     public bool IsBroadcast => Value == Broadcast.Value;
     public bool IsZero => Value == 0;
 
-    public static Mac Parse(string text)
+    public static Mac Parse(string text) =>
+        TryParse(text, out var mac) ? mac : throw new FormatException($"'{text}' is not a MAC address (six hex octets)");
+
+    /// <summary>Six octets of one or two hex digits separated by ':' or '-'; false for anything else (empty octets, signs, spaces).</summary>
+    public static bool TryParse(string? text, out Mac mac)
     {
-        var parts = text.Split(':', '-');
-        if (parts.Length != 6)
-            throw new FormatException($"'{text}' is not a MAC address (six hex octets)");
+        mac = default;
+        var parts = text?.Split(':', '-');
+        if (parts is not { Length: 6 })
+            return false;
         ulong v = 0;
         foreach (var p in parts)
-            v = (v << 8) | Convert.ToByte(p, 16);
-        return new Mac(v);
+        {
+            if (p.Length is < 1 or > 2 || !byte.TryParse(p, System.Globalization.NumberStyles.AllowHexSpecifier, System.Globalization.CultureInfo.InvariantCulture, out byte octet))
+                return false;
+            v = (v << 8) | octet;
+        }
+        mac = new Mac(v);
+        return true;
     }
 
     public override string ToString()

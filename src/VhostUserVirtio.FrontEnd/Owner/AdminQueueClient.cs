@@ -37,7 +37,7 @@ public sealed class AdminQueueClient
     /// <summary>The 24-byte header: opcode, group_type, reserved, group_member_id.</summary>
     public static byte[] Header(ushort opcode, ushort groupType, ulong memberId)
     {
-        var h = new byte[24];
+        var h = new byte[AdminLayout.HeaderSize];
         BinaryPrimitives.WriteUInt16LittleEndian(h, opcode);
         BinaryPrimitives.WriteUInt16LittleEndian(h.AsSpan(2), groupType);
         BinaryPrimitives.WriteUInt64LittleEndian(h.AsSpan(16), memberId);
@@ -59,7 +59,8 @@ public sealed class AdminQueueClient
     public ushort Post(ushort opcode, ushort groupType, ulong memberId, ReadOnlySpan<byte> data, int resultCapacity)
     {
         var readable = Header(opcode, groupType, memberId).Concat(data.ToArray()).ToArray();
-        return Post(readable, 8 + resultCapacity, readableSplit: data.IsEmpty ? [24] : [24, data.Length], writableSplit: resultCapacity == 0 ? [8] : [8, resultCapacity]);
+        return Post(readable, AdminLayout.StatusSize + resultCapacity, readableSplit: data.IsEmpty ? [AdminLayout.HeaderSize] : [AdminLayout.HeaderSize, data.Length],
+            writableSplit: resultCapacity == 0 ? [AdminLayout.StatusSize] : [AdminLayout.StatusSize, resultCapacity]);
     }
 
     /// <summary>
@@ -77,7 +78,8 @@ public sealed class AdminQueueClient
         int length = written.Length;
         ushort status = length >= 2 ? BinaryPrimitives.ReadUInt16LittleEndian(written) : (ushort)0xffff;
         ushort qualifier = length >= 4 ? BinaryPrimitives.ReadUInt16LittleEndian(written.AsSpan(2)) : (ushort)0xffff;
-        var result = len > 8 ? written.AsSpan(8, (int)Math.Min(len - 8, (uint)(length - 8))).ToArray() : [];
+        const int s = AdminLayout.StatusSize;
+        var result = len > s ? written.AsSpan(s, (int)Math.Min(len - s, (uint)(length - s))).ToArray() : [];
         return new AdminReply(status, qualifier, result, len);
     }
 }

@@ -19,7 +19,6 @@ public sealed class ManagedNetDriver : IDisposable
     private const int BufferSize = 2048;
     private const byte Acknowledge = 1, Driver = 2, DriverOk = 4, FeaturesOk = 8;
     /// <summary>Project command 1.5: a managed device's DMA window.</summary>
-    private const ushort DeviceClass = 1, DmaWindowSet = 5;
 
     private readonly TransportQueueClient _transport;
     private readonly RamArena _window;
@@ -67,7 +66,7 @@ public sealed class ManagedNetDriver : IDisposable
         byte[] window = new byte[16];
         BinaryPrimitives.WriteUInt64LittleEndian(window, _window.Start);
         BinaryPrimitives.WriteUInt64LittleEndian(window.AsSpan(8), _window.Size);
-        var set = t.Execute(Id, DeviceClass, DmaWindowSet, window, 4);
+        var set = t.Execute(Id, TransportCommand.DeviceClass, TransportCommand.DmaWindowSet, window, 4);
         if (!set.Ok)
             throw new FrontEndException($"managed device {Id}: DMA_WINDOW_SET failed: {set.Describe()}");
         t.StatusSet(Id, Acknowledge);

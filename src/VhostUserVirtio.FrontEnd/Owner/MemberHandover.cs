@@ -21,20 +21,21 @@ public static class MemberSocket
 
     public static MemberSocketState Query(OwnerDriver owner, ulong member)
     {
-        var r = owner.Admin.Execute((ushort)AdminOpcode.MemberSocket, SrIov, member, new byte[8], 8 + 108);
+        var r = owner.Admin.Execute((ushort)AdminOpcode.MemberSocket, SrIov, member, [MemberSocketData.Query, 0, 0, 0, 0, 0, 0, 0], 8 + 108);
         if (!r.Ok || r.Result.Length < 8)
             throw new FrontEndException($"member {member}: MEMBER_SOCKET QUERY failed: {r.Describe()}");
         byte flags = r.Result[0];
-        return new MemberSocketState(Encoding.UTF8.GetString(r.Result.AsSpan(8)), (flags & 1) != 0, (flags & 2) != 0, (flags & 4) != 0);
+        return new MemberSocketState(Encoding.UTF8.GetString(r.Result.AsSpan(8)), (flags & MemberSocketData.Listening) != 0,
+            (flags & MemberSocketData.Connected) != 0, (flags & MemberSocketData.Stopped) != 0);
     }
 
     /// <summary>The member (stopped, no front end) starts listening on <paramref name="path"/>, replacing whoever listens there.</summary>
     public static AdminReply TakeOver(OwnerDriver owner, ulong member, string path) =>
-        owner.Admin.Execute((ushort)AdminOpcode.MemberSocket, SrIov, member, [1, 0, 0, 0, 0, 0, 0, 0, .. Encoding.UTF8.GetBytes(path)], 0);
+        owner.Admin.Execute((ushort)AdminOpcode.MemberSocket, SrIov, member, [MemberSocketData.TakeOver, 0, 0, 0, 0, 0, 0, 0, .. Encoding.UTF8.GetBytes(path)], 0);
 
     /// <summary>The member (stopped) disconnects its front end and closes its socket.</summary>
     public static AdminReply Release(OwnerDriver owner, ulong member) =>
-        owner.Admin.Execute((ushort)AdminOpcode.MemberSocket, SrIov, member, [2, 0, 0, 0, 0, 0, 0, 0], 0);
+        owner.Admin.Execute((ushort)AdminOpcode.MemberSocket, SrIov, member, [MemberSocketData.Release, 0, 0, 0, 0, 0, 0, 0], 0);
 }
 
 /// <summary>

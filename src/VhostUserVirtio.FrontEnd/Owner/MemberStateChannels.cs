@@ -30,9 +30,9 @@ public abstract class MemberStateChannel(OwnerDriver owner, ulong member)
     /// <summary>Resumes the member. After a completed <see cref="MemberStateSink.Commit"/> the member runs with the state it received.</summary>
     public abstract void Resume();
 
-    /// <summary>Which profile an owner runs: the seed's DEV_MODE_GET (0x7) answers for an SR-IOV member; in the spec profile 0x7 is a self-group command.</summary>
+    /// <summary>Which profile an owner runs: the device migration proposal's DEV_MODE_GET (0x7) answers for an SR-IOV member; in the spec profile 0x7 is a self-group command.</summary>
     public static bool IsSeedProfile(OwnerDriver owner, ulong member) =>
-        owner.Admin.Execute(0x7, SrIov, member, default, 8).Ok;
+        owner.Admin.Execute(SeedOpcode.DevModeGet, SrIov, member, default, 8).Ok;
 
     protected AdminReply Run(ushort opcode, ushort group, ReadOnlySpan<byte> data, int result = 64, string? what = null)
     {
@@ -81,18 +81,18 @@ public abstract class MemberStateSource(OwnerDriver owner, ulong member) : Membe
     private sealed class SeedSource(OwnerDriver owner, ulong member) : MemberStateSource(owner, member)
     {
         public override string Profile => "seed (DEV_CTX_READ)";
-        public override void Stop() => Run(0x8, SrIov, [2], 0, "DEV_MODE_SET Freeze");
+        public override void Stop() => Run(SeedOpcode.DevModeSet, SrIov, [(byte)SeedMode.Freeze], 0, "DEV_MODE_SET Freeze");
         public override void Resume()
         {
-            Owner.Admin.Execute(0xd, SrIov, Member, default, 0); // DEV_CTX_DISCARD: no half-read context stays behind
-            Run(0x8, SrIov, [0], 0, "DEV_MODE_SET Active");
+            Owner.Admin.Execute(SeedOpcode.DevCtxDiscard, SrIov, Member, default, 0); // DEV_CTX_DISCARD: no half-read context stays behind
+            Run(SeedOpcode.DevModeSet, SrIov, [(byte)SeedMode.Active], 0, "DEV_MODE_SET Active");
         }
 
         protected override IEnumerable<ReadOnlyMemory<byte>> Chunks()
         {
             while (true)
             {
-                var r = Run(0xa, SrIov, default, 4 + ChunkSize, "DEV_CTX_READ");
+                var r = Run(SeedOpcode.DevCtxRead, SrIov, default, 4 + ChunkSize, "DEV_CTX_READ");
                 int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(r.Result);
                 if (length == 0)
                     yield break;
@@ -204,20 +204,20 @@ public abstract class MemberStateSink(OwnerDriver owner, ulong member) : MemberS
         private readonly byte[] _piece = new byte[ChunkSize];
 
         public override string Profile => "seed (DEV_CTX_WRITE)";
-        public override void Stop() => Run(0x8, SrIov, [2], 0, "DEV_MODE_SET Freeze");
-        public override void Resume() => Run(0x8, SrIov, [0], 0, "DEV_MODE_SET Active");
+        public override void Stop() => Run(SeedOpcode.DevModeSet, SrIov, [(byte)SeedMode.Freeze], 0, "DEV_MODE_SET Freeze");
+        public override void Resume() => Run(SeedOpcode.DevModeSet, SrIov, [(byte)SeedMode.Active], 0, "DEV_MODE_SET Active");
 
         protected override void Accept(in ReadOnlySequence<byte> piece)
         {
             piece.CopyTo(_piece);
-            Run(0xb, SrIov, _piece.AsSpan(0, (int)piece.Length), 0, "DEV_CTX_WRITE");
+            Run(SeedOpcode.DevCtxWrite, SrIov, _piece.AsSpan(0, (int)piece.Length), 0, "DEV_CTX_WRITE");
         }
 
-        public override void Commit() => Run(0x8, SrIov, [1], 0, "DEV_MODE_SET Stop (applying the written context)");
+        public override void Commit() => Run(SeedOpcode.DevModeSet, SrIov, [(byte)SeedMode.Stop], 0, "DEV_MODE_SET Stop (applying the written context)");
 
         public override void Abort()
         {
-            Owner.Admin.Execute(0xd, SrIov, Member, default, 0); // DEV_CTX_DISCARD
+            Owner.Admin.Execute(SeedOpcode.DevCtxDiscard, SrIov, Member, default, 0); // DEV_CTX_DISCARD
             Resume();
         }
     }

@@ -3,18 +3,17 @@ using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.FrontEnd.Owner;
 
-/// <summary>The owner information block the PF publishes in its config space at 0xC0 (docs/owner-binding.md).</summary>
+/// <summary>The owner information block the PF publishes in its config space (<see cref="OwnerInformation"/>).</summary>
 public sealed record OwnerInfo(ushort AdminQueueIndex, ushort AdminQueueNum, ushort TvqIndex, ushort TvqNum,
     ushort TotalVfs, ushort NumVfs, ushort MaxVdevs, ushort BindingVersion)
 {
-    public const uint Offset = 0xC0;
-    public const uint Size = 32;
-
     public static OwnerInfo Read(ReadOnlySpan<byte> b) => new(
-        BinaryPrimitives.ReadUInt16LittleEndian(b), BinaryPrimitives.ReadUInt16LittleEndian(b[2..]),
-        BinaryPrimitives.ReadUInt16LittleEndian(b[4..]), BinaryPrimitives.ReadUInt16LittleEndian(b[6..]),
-        BinaryPrimitives.ReadUInt16LittleEndian(b[8..]), BinaryPrimitives.ReadUInt16LittleEndian(b[10..]),
-        BinaryPrimitives.ReadUInt16LittleEndian(b[12..]), BinaryPrimitives.ReadUInt16LittleEndian(b[14..]));
+        Field(b, OwnerInformation.AdminQueueIndex), Field(b, OwnerInformation.AdminQueueNum),
+        Field(b, OwnerInformation.TvqIndex), Field(b, OwnerInformation.TvqNum),
+        Field(b, OwnerInformation.TotalVfs), Field(b, OwnerInformation.NumVfs),
+        Field(b, OwnerInformation.MaxVdevs), Field(b, OwnerInformation.BindingVersion));
+
+    private static ushort Field(ReadOnlySpan<byte> block, int offset) => BinaryPrimitives.ReadUInt16LittleEndian(block[offset..]);
 }
 
 /// <summary>
@@ -50,12 +49,12 @@ public sealed class OwnerDriver : IDisposable
         var timeout = connectTimeout ?? TimeSpan.FromSeconds(10);
         // A first connection reads where the admin queue is; the session then sets up that many rings.
         OwnerInfo info;
-        using (var probe = VhostUserFrontEnd.Connect(pfSocket, timeout))
+        using (var probe = ConnectProbe(pfSocket, timeout))
         {
-            if (!VirtioFeature.Has(probe.GetFeatures(), VirtioFeature.AdminVq))
+            if (!VirtioFeature.Has(FirstReply(probe, pfSocket), VirtioFeature.AdminVq))
                 throw new FrontEndException($"{pfSocket} does not offer VIRTIO_F_ADMIN_VQ: not a group owner");
             probe.SetProtocolFeatures(probe.GetProtocolFeatures());
-            var block = probe.GetConfig(OwnerInfo.Offset, OwnerInfo.Size)
+            var block = probe.GetConfig(OwnerInformation.Offset, OwnerInformation.Size)
                 ?? throw new FrontEndException("the owner refused to read its information block");
             info = OwnerInfo.Read(block);
         }
@@ -68,22 +67,51 @@ public sealed class OwnerDriver : IDisposable
         return new OwnerDriver(session, info);
     }
 
+    private static VhostUserFrontEnd ConnectProbe(string pfSocket, TimeSpan timeout)
+    {
+        try
+        {
+            return VhostUserFrontEnd.Connect(pfSocket, timeout);
+        }
+        catch (Interop.NativeException e) when (e.IsNoListener)
+        {
+            throw new FrontEndException($"no daemon serves {pfSocket} ({e.Message})");
+        }
+    }
+
+    /// <summary>
+    /// GET_FEATURES, the first request. An owner already driven by another front end accepts the
+    /// connection, waits a moment for the other to go, then closes it unanswered: say so, rather than
+    /// "connection reset".
+    /// </summary>
+    private static ulong FirstReply(VhostUserFrontEnd probe, string pfSocket)
+    {
+        try
+        {
+            return probe.GetFeatures();
+        }
+        catch (Exception e) when (e is BackEndClosedException or Interop.NativeException { IsPeerGone: true })
+        {
+            throw new FrontEndException($"{pfSocket} is in use by another front end: its owner serves one at a time and closed this connection unanswered");
+        }
+    }
+
     /// <summary>
     /// What a PF driver does when it activates the admin queue: LIST_QUERY the SR-IOV group, then
     /// LIST_USE everything it supports. Returns the opcodes now in use (the LIST_QUERY bitmap).
     /// </summary>
     public byte[] UseAllCommands()
     {
-        var query = Admin.Execute(0, SrIovGroup, 0, default, 64);
+        var query = Admin.Execute((ushort)AdminOpcode.ListQuery, SrIovGroup, 0, default, 64);
         if (!query.Ok)
             throw new FrontEndException($"LIST_QUERY failed: status {query.Status}, qualifier {query.Qualifier}");
-        var use = Admin.Execute(1, SrIovGroup, 0, query.Result, 0);
+        var use = Admin.Execute((ushort)AdminOpcode.ListUse, SrIovGroup, 0, query.Result, 0);
         if (!use.Ok)
             throw new FrontEndException($"LIST_USE failed: status {use.Status}, qualifier {use.Qualifier}");
         return query.Result;
     }
 
-    private const ushort SrIovGroup = 1;
+    private const ushort SrIovGroup = (ushort)AdminGroupType.SrIov;
 
     public void Dispose() => Session.Dispose();
 }

@@ -3,33 +3,6 @@ using VhostUserVirtio.Protocol;
 
 namespace VhostUserVirtio.FrontEnd.Owner;
 
-/// <summary>Transport-queue commands as class.command (0xCCNN: class 0xCC, command 0xNN), docs/owner-binding.md.</summary>
-public enum TransportOpcode : ushort
-{
-    DevList = 0x0101,
-    DevCreate = 0x0102,
-    DevDestroy = 0x0103,
-    DevInfo = 0x0104,
-    DevFeaturesGet = 0x0201,
-    DrvFeaturesSet = 0x0202,
-    DrvFeaturesGet = 0x0203,
-    StatusGet = 0x0301,
-    StatusSet = 0x0302,
-    GenerationGet = 0x0303,
-    CfgRead = 0x0401,
-    CfgWrite = 0x0402,
-    VqInfo = 0x0501,
-    VqSet = 0x0502,
-    VqEnable = 0x0503,
-    VqReset = 0x0504,
-    VqGet = 0x0505,
-    MsiSet = 0x0601,
-    ConfigVectorSet = 0x0602,
-    MsiGet = 0x0603,
-    NotifyInfo = 0x0701,
-    Notify = 0x0702,
-}
-
 /// <summary>
 /// What came back for one transport-queue command: the ack, and for an error the status and
 /// qualifier that start its command-in-data; <see cref="Result"/> is the command-in-data that
@@ -76,8 +49,8 @@ public sealed record NotifyInfo(byte Bar, uint NotifyOffMultiplier, ulong BaseOf
 /// </summary>
 public static class TransportFrames
 {
-    public const int HeaderSize = 12;
-    public const int AckSize = 4;
+    public const int HeaderSize = TransportCommand.HeaderSize;
+    public const int AckSize = TransportCommand.AckSize;
     /// <summary>An error's command-in-data: le16 status; le16 qualifier.</summary>
     public const int ErrorSize = 4;
 

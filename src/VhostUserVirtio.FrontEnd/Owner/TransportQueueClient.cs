@@ -1,3 +1,4 @@
+using VhostUserVirtio.Protocol;
 using static VhostUserVirtio.FrontEnd.Owner.TransportFrames;
 
 namespace VhostUserVirtio.FrontEnd.Owner;

@@ -58,7 +58,7 @@ public sealed class AdminCommandProcessor
         Profile = profile;
         if (profile == AdminProfile.Seed)
         {
-            // The seed's migration commands take 0x7–0xd for the VFs; 0xe–0x11 are not offered, and the
+            // The device migration proposal's commands take 0x7–0xd for the VFs; 0xe–0x11 are not offered, and the
             // self group's capabilities go too, since they only describe resource objects.
             _seed = new SeedMigrationCommands(group, logger);
             var seed = AdminOpcodeSet.Of(Enumerable.Range(SeedOpcode.DevModeGet, 7).Select(o => (AdminOpcode)o).ToArray());
@@ -94,7 +94,7 @@ public sealed class AdminCommandProcessor
 
     /// <summary>
     /// Opcodes supported for the SR-IOV group (LIST_QUERY result). Never shrinks. Spec profile: 0x0–0x6,
-    /// resource objects 0xa–0xd, device parts 0xe–0x11; seed profile: 0x0–0x6 and the seed's 0x7–0xd.
+    /// resource objects 0xa–0xd, device parts 0xe–0x11; seed profile: 0x0–0x6 and the device migration proposal's 0x7–0xd.
     /// Both: the project block 0x40–0x43.
     /// </summary>
     public AdminOpcodeSet SrIovSupported { get; }
@@ -271,12 +271,12 @@ public sealed class AdminCommandProcessor
     {
         AdminOpcode.LegacyCommonCfgWrite or AdminOpcode.LegacyDevCfgWrite or AdminOpcode.LegacyCommonCfgRead => true,
         AdminOpcode.NetMemberCtrl => member != 0,
-        AdminOpcode.MemberResource => !data.IsEmpty && data[0] == 1,
+        AdminOpcode.MemberResource => !data.IsEmpty && data[0] == MemberResourceData.Assign,
         _ => false,
     };
 
     /// <summary>
-    /// MEMBER_RESOURCE (seed 000): data {u8 operation (1 assign, 2 query); u8 reserved; le16 resource
+    /// MEMBER_RESOURCE (after the MSI-X vector management proposal): data {u8 operation (1 assign, 2 query); u8 reserved; le16 resource
     /// (0 = MSI-X vectors); u8 reserved[4]; le64 resource_val}, result {le64 resource_val; u8 reserved[8]}.
     /// </summary>
     private AdminOutcome MemberResource(ulong member, ReadOnlySpan<byte> data, Span<byte> result)
@@ -287,10 +287,10 @@ public sealed class AdminCommandProcessor
         byte operation = d[0];
         ushort resource = BinaryPrimitives.ReadUInt16LittleEndian(d[2..]);
         ulong value = BinaryPrimitives.ReadUInt64LittleEndian(d[8..]);
-        if (resource != 0 || operation is not (1 or 2))
+        if (resource != 0 || operation is not (MemberResourceData.Assign or MemberResourceData.Query))
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
         int index = (int)(member - 1);
-        if (operation == 1)
+        if (operation == MemberResourceData.Assign)
         {
             if (value == 0 || value > (ulong)_group.Msix.PerVfMax)
                 return AdminOutcome.Invalid(AdminQualifier.InvalidField);
@@ -305,7 +305,7 @@ public sealed class AdminCommandProcessor
     }
 
     /// <summary>
-    /// NET_MEMBER_CTRL (seed 002): {u8 class; u8 command; u8 reserved[6]; command data}, applied to the
+    /// NET_MEMBER_CTRL (after the virtio-net admin control virtqueue proposal): {u8 class; u8 command; u8 reserved[6]; command data}, applied to the
     /// member as if its own control queue had received it, plus the owner-only trust and link classes.
     /// </summary>
     private AdminOutcome NetMemberCtrl(ulong member, ReadOnlySpan<byte> data)

@@ -2,6 +2,7 @@ using System.Text;
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Protocol;
+using static VhostUserVirtio.Protocol.MemberSocketData;
 
 namespace VhostUserVirtio.Group.Admin;
 
@@ -17,9 +18,6 @@ namespace VhostUserVirtio.Group.Admin;
 /// </summary>
 internal sealed class MemberSocketCommands(IAdminGroupState group, ILogger logger)
 {
-    public const byte Query = 0, TakeOver = 1, Release = 2;
-    public const byte Listening = 1, Connected = 2, Stopped = 4;
-
     public AdminOutcome Execute(ulong member, ReadOnlySpan<byte> data, Span<byte> result, int room)
     {
         if (data.Length < 8 || data[1..8].ContainsAnyExcept((byte)0) || data[0] > Release || (data[0] != TakeOver && data.Length > 8))

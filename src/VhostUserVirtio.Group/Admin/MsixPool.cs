@@ -3,7 +3,7 @@ using System.Buffers.Binary;
 namespace VhostUserVirtio.Group.Admin;
 
 /// <summary>
-/// MSI-X vectors the owner hands out to its VFs (seed 000 "MSI-X vector management"): a pool of
+/// MSI-X vectors the owner hands out to its VFs (the "MSI-X vector management" admin proposal on virtio-comment, 2022): a pool of
 /// <see cref="Total"/> vectors, at most <see cref="PerVfMax"/> per VF. Each VF starts with
 /// <see cref="Default"/>. Changed only by admin commands, on the group's worker.
 /// </summary>

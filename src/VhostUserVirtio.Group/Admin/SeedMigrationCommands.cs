@@ -12,34 +12,12 @@ public enum AdminProfile
 {
     /// <summary>VIRTIO 1.4: capabilities 0x7–0x9 (self group), resource objects 0xa–0xd, device parts 0xe–0x11.</summary>
     Spec,
-    /// <summary>The device migration proposal (seed 003): DEV_MODE_* and DEV_CTX_* at 0x7–0xd for the SR-IOV group; no 0xe–0x11.</summary>
+    /// <summary>The device migration proposal (virtio-comment, 2023; the "seed" profile): DEV_MODE_* and DEV_CTX_* at 0x7–0xd for the SR-IOV group; no 0xe–0x11.</summary>
     Seed,
 }
 
-/// <summary>Opcodes of the seed profile (seed 003, "Device Migration" group administration commands).</summary>
-public static class SeedOpcode
-{
-    public const ushort DevModeGet = 0x7;
-    public const ushort DevModeSet = 0x8;
-    public const ushort DevCtxSizeGet = 0x9;
-    public const ushort DevCtxRead = 0xa;
-    public const ushort DevCtxWrite = 0xb;
-    public const ushort DevCtxFieldsQuery = 0xc;
-    public const ushort DevCtxDiscard = 0xd;
-
-    public static bool Contains(ushort opcode) => opcode is >= DevModeGet and <= DevCtxDiscard;
-}
-
-/// <summary>The member modes of seed 003: Active, Stop (the 1.4 "stopped"), Freeze (stopped, and its state does not change).</summary>
-public enum SeedMode : byte
-{
-    Active = 0,
-    Stop = 1,
-    Freeze = 2,
-}
-
 /// <summary>
-/// The device migration commands of seed 003 for the SR-IOV members (docs/owner-binding.md "Admin
+/// The device migration proposal's commands for the SR-IOV members (docs/owner-binding.md "Admin
 /// command profiles", profile <c>seed</c>). The device context is the member's device parts stream
 /// (<see cref="DevicePartsWriter"/>), the same state model as the spec profile's DEV_PARTS commands:
 /// a read context is captured when reading starts and consumed as it is read; a written context is

@@ -6,6 +6,7 @@ using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Devices.Switch;
 using VhostUserVirtio.Group.Admin;
 using VhostUserVirtio.Memory;
+using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Queue;
 
 namespace VhostUserVirtio.Group.Migration;
@@ -145,9 +146,9 @@ public static class NetMemberMigration
         BinaryPrimitives.WriteUInt16LittleEndian(data, state.ActivePairs);
         NetControl.Apply(net, VirtioNet.CtrlMq, VirtioNet.CtrlMqVqPairsSet, data[..2]);
         data[0] = state.LinkUp ? (byte)1 : (byte)0;
-        NetControl.Apply(net, NetControl.LinkClass, 0, data[..1]);
+        NetControl.Apply(net, NetMemberControl.LinkClass, 0, data[..1]);
         data[0] = state.Trusted ? (byte)1 : (byte)0;
-        NetControl.Apply(net, NetControl.TrustClass, 0, data[..1]);
+        NetControl.Apply(net, NetMemberControl.TrustClass, 0, data[..1]);
         vectors.Pool?.TryAssign(vectors.Index, state.MsixVectors);
 
         var c = net.Counters;

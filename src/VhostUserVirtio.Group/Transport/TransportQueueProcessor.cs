@@ -9,7 +9,7 @@ using VhostUserVirtio.Interop;
 using VhostUserVirtio.Memory;
 using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Queue;
-using static VhostUserVirtio.Group.Transport.TransportCommand;
+using static VhostUserVirtio.Protocol.TransportCommand;
 
 namespace VhostUserVirtio.Group.Transport;
 

@@ -1,12 +1,10 @@
 using System.Buffers.Binary;
-using VhostUserVirtio.Protocol;
-
-namespace VhostUserVirtio.Group.Admin;
+namespace VhostUserVirtio.Protocol;
 
 /// <summary>A set of opcodes as the LIST_QUERY/LIST_USE bitmap (le64 words, bit n = opcode n).</summary>
 public readonly record struct AdminOpcodeSet(ulong Word0, ulong Word1)
 {
-    /// <summary>Opcodes representable here (0..127): enough for 0x0–0x11 and the 0x40 seed block.</summary>
+    /// <summary>Opcodes representable here (0..127): enough for 0x0–0x11 and this project's block at 0x40.</summary>
     public const int Capacity = 128;
 
     public static AdminOpcodeSet Of(params AdminOpcode[] opcodes)

@@ -1,9 +1,9 @@
-namespace VhostUserVirtio.Group.Transport;
+namespace VhostUserVirtio.Protocol;
 
 /// <summary>
 /// Classes and commands of the transport virtqueue (docs/owner-binding.md "Transport virtqueue"):
 /// the command numbers of virtio-admin.md §7.1 split into class and command (0xCCNN = class 0xCC,
-/// command 0xNN), carried in seed 004's virtio_transportq_ctrl framing.
+/// command 0xNN), carried in the transport virtqueue proposal's virtio_transportq_ctrl framing (virtio-comment, 2023).
 /// </summary>
 public static class TransportCommand
 {
@@ -24,7 +24,7 @@ public static class TransportCommand
     /// <summary>Largest command-out and command-in data handled (a config read, a device list).</summary>
     public const int MaxData = 4096, MaxResult = 4096;
 
-    /// <summary>ack values (seed 004).</summary>
+    /// <summary>ack values (the transport virtqueue proposal).</summary>
     public const uint Ok = 0, Error = 1;
 
     /// <summary>The virtio device type a managed device can have: network (1).</summary>
@@ -44,4 +44,31 @@ public static class TransportCommand
         (7, 1) => "NOTIFY_INFO", (7, 2) => "NOTIFY",
         _ => $"{cls}.{command}",
     };
+}
+
+/// <summary>Transport-queue commands as class.command (0xCCNN: class 0xCC, command 0xNN), docs/owner-binding.md.</summary>
+public enum TransportOpcode : ushort
+{
+    DevList = TransportCommand.DeviceClass << 8 | TransportCommand.DevList,
+    DevCreate = TransportCommand.DeviceClass << 8 | TransportCommand.DevCreate,
+    DevDestroy = TransportCommand.DeviceClass << 8 | TransportCommand.DevDestroy,
+    DevInfo = TransportCommand.DeviceClass << 8 | TransportCommand.DevInfo,
+    DevFeaturesGet = TransportCommand.FeatureClass << 8 | TransportCommand.DevFeaturesGet,
+    DrvFeaturesSet = TransportCommand.FeatureClass << 8 | TransportCommand.DrvFeaturesSet,
+    DrvFeaturesGet = TransportCommand.FeatureClass << 8 | TransportCommand.DrvFeaturesGet,
+    StatusGet = TransportCommand.StatusClass << 8 | TransportCommand.StatusGet,
+    StatusSet = TransportCommand.StatusClass << 8 | TransportCommand.StatusSet,
+    GenerationGet = TransportCommand.StatusClass << 8 | TransportCommand.GenerationGet,
+    CfgRead = TransportCommand.ConfigClass << 8 | TransportCommand.CfgRead,
+    CfgWrite = TransportCommand.ConfigClass << 8 | TransportCommand.CfgWrite,
+    VqInfo = TransportCommand.QueueClass << 8 | TransportCommand.VqInfo,
+    VqSet = TransportCommand.QueueClass << 8 | TransportCommand.VqSet,
+    VqEnable = TransportCommand.QueueClass << 8 | TransportCommand.VqEnable,
+    VqReset = TransportCommand.QueueClass << 8 | TransportCommand.VqReset,
+    VqGet = TransportCommand.QueueClass << 8 | TransportCommand.VqGet,
+    MsiSet = TransportCommand.MsiClass << 8 | TransportCommand.MsiSet,
+    ConfigVectorSet = TransportCommand.MsiClass << 8 | TransportCommand.ConfigVectorSet,
+    MsiGet = TransportCommand.MsiClass << 8 | TransportCommand.MsiGet,
+    NotifyInfo = TransportCommand.NotifyClass << 8 | TransportCommand.NotifyInfo,
+    Notify = TransportCommand.NotifyClass << 8 | TransportCommand.Notify,
 }
