@@ -15,6 +15,7 @@ root.Subcommands.Add(AdminCommand.Create());
 root.Subcommands.Add(VdevCommand.Create());
 root.Subcommands.Add(MigrateMemberCommand.Create());
 root.Subcommands.Add(KeepCommand.Create());
+root.Subcommands.Add(CtlCommand.Create());
 
 var parsed = root.Parse(args);
 // A bad command line gets its error and a pointer to --help, not the whole help text.
