@@ -74,7 +74,12 @@ internal static class LogSetup
                     b.AddJsonConsole(o =>
                     {
                         o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffzzz";
-                        o.JsonWriterOptions = new System.Text.Json.JsonWriterOptions { Indented = false };
+                        o.JsonWriterOptions = new System.Text.Json.JsonWriterOptions
+                        {
+                            Indented = false,
+                            // Lines go to a log, not into HTML: keep "+", quotes and non-ASCII readable.
+                            Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+                        };
                     });
                     break;
                 case LogFormat.Systemd:

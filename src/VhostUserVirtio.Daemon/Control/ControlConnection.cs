@@ -31,16 +31,28 @@ internal sealed record ControlLimits
 /// </summary>
 internal static class ControlConnection
 {
-    /// <summary>Serves a client on a stream (a socket's, or one end of an in-process pair); disposes it at the end.</summary>
-    public static Task ServeAsync(Stream stream, ControlCommands commands, ControlLimits limits, ILogger log, LogRateLimit logLimit, CancellationToken stop) =>
-        ServeAsync(
-            PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 4096, leaveOpen: true)),
-            PipeWriter.Create(stream, new StreamPipeWriterOptions(leaveOpen: true)),
-            commands, limits, log, logLimit, stop).ContinueWith(_ => stream.Dispose(), TaskScheduler.Default);
+    /// <summary>
+    /// Serves a client on a stream (a socket's, or one end of an in-process pair) until it disconnects,
+    /// breaks a limit or <paramref name="stop"/> is signalled; disposes the stream. Never throws.
+    /// </summary>
+    public static async Task ServeAsync(Stream stream, ControlCommands commands, ControlLimits limits, ILogger log, LogRateLimit logLimit, CancellationToken stop)
+    {
+        await using (stream.ConfigureAwait(false))
+        {
+            await ServeAsync(
+                PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 4096, leaveOpen: true)),
+                PipeWriter.Create(stream, new StreamPipeWriterOptions(leaveOpen: true)),
+                commands, limits, log, logLimit, stop, abort: stream.Dispose).ConfigureAwait(false);
+        }
+    }
 
-    /// <summary>Serves a client until it disconnects, breaks a limit or <paramref name="stop"/> is signalled. Never throws.</summary>
+    /// <summary>
+    /// Serves a client on a pair of pipes. <paramref name="abort"/> closes the transport under them
+    /// when the client is dropped, so that completing the writer does not wait to flush what the
+    /// client never takes.
+    /// </summary>
     public static async Task ServeAsync(PipeReader input, PipeWriter output, ControlCommands commands, ControlLimits limits, ILogger log,
-        LogRateLimit logLimit, CancellationToken stop)
+        LogRateLimit logLimit, CancellationToken stop, Action? abort = null)
     {
         string? dropped = null;
         try
@@ -104,9 +116,25 @@ internal static class ControlConnection
         finally
         {
             if (dropped != null)
+            {
                 log.LogLimited(logLimit, LogLevel.Warning, "control client dropped: {Reason}", dropped);
-            await input.CompleteAsync().ConfigureAwait(false);
+                abort?.Invoke();
+            }
+            await Complete(input, output).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Completes both pipes; a transport already closed makes the writer's last flush fail, which is expected.</summary>
+    internal static async Task Complete(PipeReader? input, PipeWriter output)
+    {
+        try
+        {
+            if (input != null)
+                await input.CompleteAsync().ConfigureAwait(false);
             await output.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or OperationCanceledException or InvalidOperationException)
+        {
         }
     }
 

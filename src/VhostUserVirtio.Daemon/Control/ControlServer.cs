@@ -135,7 +135,7 @@ internal sealed class ControlServer : IDisposable
     private async Task Refuse(NetworkStream stream)
     {
         _log.LogLimited(_logLimit, LogLevel.Warning, "control socket: client refused: {Max} clients are connected", _limits.MaxClients);
-        var writer = PipeWriter.Create(stream);
+        var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(leaveOpen: true));
         try
         {
             ControlCommands.WriteError(writer, $"too many control clients ({_limits.MaxClients}); try again later");
@@ -147,8 +147,9 @@ internal sealed class ControlServer : IDisposable
         }
         finally
         {
-            await writer.CompleteAsync().ConfigureAwait(false);
+            // Closed first, so completing the writer cannot wait on a client that does not read.
             await stream.DisposeAsync().ConfigureAwait(false);
+            await ControlConnection.Complete(null, writer).ConfigureAwait(false);
         }
     }
 
