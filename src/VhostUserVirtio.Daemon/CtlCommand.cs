@@ -28,7 +28,8 @@ internal static class CtlCommand
             HelpName = "DIR",
         };
         var json = new Option<bool>("--json") { Description = "Print the daemon's JSON reply as is." };
-        var command = new Argument<string>("COMMAND") { Description = $"One of {string.Join(", ", ControlCommands.Names)}." };
+        // Optional to the parser so that a missing command is reported here, with exit 2 like every bad input.
+        var command = new Argument<string?>("COMMAND") { Description = $"One of {string.Join(", ", ControlCommands.Names)}.", Arity = ArgumentArity.ZeroOrOne };
         var level = new Argument<string?>("LEVEL")
         {
             Description = "For log-level: the new level (trace, debug, info, warn, error, critical); without it, the current one is shown.",
@@ -40,12 +41,14 @@ internal static class CtlCommand
         ctl.Options.Add(json);
         ctl.Arguments.Add(command);
         ctl.Arguments.Add(level);
-        ctl.SetAction(r => Run(r.GetValue(socket), r.GetValue(socketDir), r.GetValue(json), r.GetValue(command)!, r.GetValue(level)));
+        ctl.SetAction(r => Run(r.GetValue(socket), r.GetValue(socketDir), r.GetValue(json), r.GetValue(command), r.GetValue(level)));
         return ctl;
     }
 
-    private static int Run(string? socket, string? socketDir, bool json, string command, string? level)
+    private static int Run(string? socket, string? socketDir, bool json, string? command, string? level)
     {
+        if (command == null)
+            return BadInput($"give a command: {string.Join(", ", ControlCommands.Names)}");
         if (socket != null && socketDir != null)
             return BadInput("give --socket or --socket-dir, not both");
         if (!ControlCommands.Names.Contains(command))

@@ -161,6 +161,9 @@ public sealed class ControlSocketDaemonTests(ITestOutputHelper output) : IDispos
         Assert.Equal(2, level.ExitCode);
         using var both = RunCtl("--socket-dir", _dir, "--socket", Ctl, "status");
         Assert.Equal(2, both.ExitCode);
+        using var none = RunCtl("--socket-dir", _dir);
+        Assert.Equal(2, none.ExitCode);
+        Assert.Contains("give a command", none.Output);
     }
 
     [Fact]
