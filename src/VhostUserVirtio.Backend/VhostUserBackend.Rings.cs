@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Protocol;
 using VhostUserVirtio.Queue;
@@ -104,7 +105,7 @@ public sealed partial class VhostUserBackend
                 q.Kick?.Dispose();
                 q.Kick = fd;
                 if (fd == null)
-                    _logger.LogWarning("{Device}: queue {Queue} given no kick descriptor; polling mode is not supported, the ring stays stopped", _device.Name, q.Index);
+                    _logger.LogLimited(_refusalLog, LogLevel.Warning, "{Device}: queue {Queue} given no kick descriptor; polling mode is not supported, the ring stays stopped", _device.Name, q.Index);
                 else
                     TryStart(q);
                 break;

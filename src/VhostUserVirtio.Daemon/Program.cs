@@ -15,6 +15,7 @@ root.Subcommands.Add(AdminCommand.Create());
 root.Subcommands.Add(VdevCommand.Create());
 root.Subcommands.Add(MigrateMemberCommand.Create());
 root.Subcommands.Add(KeepCommand.Create(root));
+root.Subcommands.Add(CtlCommand.Create());
 
 var parsed = root.Parse(args);
 // A bad command line gets one line per error and a pointer to --help, not the whole help text, and exit 2.

@@ -1,6 +1,5 @@
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Console;
 using VhostUserVirtio.Backend;
 using VhostUserVirtio.Backend.Sessions;
 using VhostUserVirtio.Group;
@@ -49,7 +48,8 @@ internal static class ServeCommand
             metricsAt = parsedAt;
         }
 
-        using var loggers = CreateLoggers(settings.LogLevel);
+        var logLevel = new LogLevelSwitch(settings.LogLevel);
+        using var loggers = LogSetup.CreateLoggers(logLevel, settings.LogFormat);
         var log = loggers.CreateLogger("vhost-virtio");
 
         using var stop = new ManualResetEventSlim();
@@ -73,6 +73,7 @@ internal static class ServeCommand
         MetricsEndpoint? metricsEndpoint = null;
         Group.Metrics.GroupMetrics? metrics = null;
         Group.Metrics.PrometheusText? prometheus = null;
+        Control.ControlServer? control = null;
         try
         {
             try
@@ -121,6 +122,12 @@ internal static class ServeCommand
             }
             sessions?.StartRestoredRings();
             LogPlacement(group, log);
+            if (settings.ControlSocket != null)
+            {
+                control = StartControl(settings, group, logLevel, loggers, log);
+                if (control == null)
+                    return CliValues.Failed;
+            }
             log.LogInformation("ready: {Type} group with owner and {Vfs} VF(s), {Pairs} queue pair(s) each, {Workers} worker(s){Mode}; pid {Pid}",
                 DeviceCatalog.CapabilityType, settings.Vfs, settings.QueuePairs, settings.Workers,
                 settings.ClientMode ? ", client mode" : "", Environment.ProcessId);
@@ -135,6 +142,7 @@ internal static class ServeCommand
             metricsEndpoint?.Dispose();
             prometheus?.Dispose();
             metrics?.Dispose();
+            control?.Dispose();
             group?.Dispose();
             server.Dispose();
             sessions?.Dispose();
@@ -142,23 +150,6 @@ internal static class ServeCommand
         log.LogInformation("stopped");
         return 0;
     }
-
-    private static ILoggerFactory CreateLoggers(LogLevel level) =>
-        LoggerFactory.Create(b => b
-            .SetMinimumLevel(level)
-            .AddConsole(o =>
-            {
-                o.LogToStandardErrorThreshold = LogLevel.Trace; // all logs on stderr; stdout is for output
-                // A full log queue drops lines instead of blocking the thread that logs (the control
-                // loop, a worker): a slow reader of stderr must not stall the daemon.
-                o.QueueFullMode = ConsoleLoggerQueueFullMode.DropWrite;
-            })
-            .AddSimpleConsole(o =>
-            {
-                o.SingleLine = true;
-                o.TimestampFormat = "yyyy-MM-dd HH:mm:ss.fff ";
-                o.ColorBehavior = LoggerColorBehavior.Disabled;
-            }));
 
     /// <summary>
     /// Parses a --cpus list and checks each CPU is online and one this process may run on (a cpuset
@@ -191,6 +182,28 @@ internal static class ServeCommand
             log.LogInformation("placement: {Worker} (thread {Tid}) on {Cpu}, queue pair(s) {Pairs}{Home}",
                 worker.Loop.Name, worker.Loop.Invoke(() => worker.ThreadId), worker.Cpu is { } cpu ? $"CPU {cpu}" : "any CPU",
                 served.Count == 0 ? "none" : string.Join(",", served), worker == group.DataPath ? " and the group's control work" : "");
+        }
+    }
+
+    /// <summary>Opens the control socket; on failure logs why and returns null.</summary>
+    private static Control.ControlServer? StartControl(DaemonSettings settings, DeviceGroup group, LogLevelSwitch logLevel, ILoggerFactory loggers, ILogger log)
+    {
+        var pairs = group.PairWorkers;
+        var info = new Control.DaemonInfo(Environment.ProcessId, Control.ControlClient.Version, new DateTimeOffset(System.Diagnostics.Process.GetCurrentProcess().StartTime.ToUniversalTime()), settings.SocketDirectory,
+            group.Server.Workers.Workers.Select(w => new Control.WorkerInfo(w.Loop.Name, w.Cpu,
+                Enumerable.Range(0, settings.QueuePairs).Where(i => pairs[i % pairs.Count] == w).ToList())).ToList());
+        var controlLog = loggers.CreateLogger("VhostUserVirtio.Control");
+        var commands = new Control.ControlCommands(group.Status, logLevel, info, controlLog);
+        try
+        {
+            var control = Control.ControlServer.Listen(settings.ControlSocket!, commands, new Control.ControlLimits(), controlLog);
+            log.LogInformation("control socket: {Path}", control.Path);
+            return control;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            log.LogCritical("cannot open the control socket {Path}: {Error} (--control-socket none runs without one)", settings.ControlSocket, e.Message);
+            return null;
         }
     }
 

@@ -27,7 +27,9 @@ internal sealed record DaemonSettings(
     int MaxVdevs = 64,
     int TransportFeatureBit = 47,
     string? Cpus = null,
-    string? MetricsListen = null);
+    string? MetricsListen = null,
+    LogFormat LogFormat = LogFormat.Text,
+    string? ControlSocket = null);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -38,15 +40,6 @@ internal sealed class ServeOptions
 {
     private const int MaxQueuePairs = 16;
     private const int MaxWorkers = 64;
-
-    private static readonly Dictionary<string, LogLevel> LogLevels = new()
-    {
-        ["trace"] = LogLevel.Trace,
-        ["debug"] = LogLevel.Debug,
-        ["information"] = LogLevel.Information,
-        ["warning"] = LogLevel.Warning,
-        ["error"] = LogLevel.Error,
-    };
 
     private readonly Option<string> _socketDir = new("--socket-dir")
     {
@@ -164,9 +157,22 @@ internal sealed class ServeOptions
 
     private readonly Option<string> _logLevel = new("--log-level")
     {
-        Description = "Lowest level logged.",
+        Description = "Lowest level logged: trace, debug, information (info), warning (warn), error (err) or critical (crit); `vhost-virtio ctl log-level` changes it at run time.",
         HelpName = "LEVEL",
         DefaultValueFactory = _ => "information",
+    };
+
+    private readonly Option<string> _logFormat = new("--log-format")
+    {
+        Description = "How log lines are written (stderr): text (one line each), json (one JSON object per line) or systemd (journald priority prefixes).",
+        HelpName = "FORMAT",
+        DefaultValueFactory = _ => "text",
+    };
+
+    private readonly Option<string?> _controlSocket = new("--control-socket")
+    {
+        Description = $"The control socket `vhost-virtio ctl` talks to (default: {Control.ControlServer.FileName} in --socket-dir; none with --socket-path or --fd); `none` disables it.",
+        HelpName = "PATH",
     };
 
     private readonly Option<string?> _socketPath = new("--socket-path")
@@ -207,7 +213,13 @@ internal sealed class ServeOptions
 
     public ServeOptions(Command command)
     {
-        _logLevel.AcceptOnlyFromAmong([.. LogLevels.Keys]);
+        _logLevel.AcceptOnlyFromAmong([.. LogSetup.Levels.Keys]);
+        _logFormat.AcceptOnlyFromAmong([.. LogSetup.Formats.Keys]);
+        _controlSocket.Validators.Add(r =>
+        {
+            if (string.IsNullOrWhiteSpace(r.GetValueOrDefault<string?>()))
+                r.AddError("--control-socket must be a path or none.");
+        });
         _adminProfile.AcceptOnlyFromAmong([.. AdminProfiles.Keys]);
         _objectOpcodes.AcceptOnlyFromAmong([.. ObjectOpcodes.Keys]);
         AddRange(_vfs, 0, Group.DeviceGroupOptions.MaxVfs);
@@ -238,7 +250,7 @@ internal sealed class ServeOptions
         });
 
         foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _maxVdevs, _transportBit, _adminProfile, _objectOpcodes, _workers, _cpus, _pollUs, _client,
-                     _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _metricsListen })
+                     _logLevel, _logFormat, _controlSocket, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _metricsListen })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
     }
@@ -285,7 +297,7 @@ internal sealed class ServeOptions
         Workers: r.GetValue(_workers),
         PollMicroseconds: r.GetValue(_pollUs),
         ClientMode: r.GetValue(_client),
-        LogLevel: LogLevels[r.GetValue(_logLevel)!],
+        LogLevel: LogSetup.Levels[r.GetValue(_logLevel)!],
         SocketPath: r.GetValue(_socketPath) is { } p ? Path.GetFullPath(p) : null,
         Fd: r.GetValue(_fd),
         PrintCapabilities: r.GetValue(_printCapabilities),
@@ -301,5 +313,16 @@ internal sealed class ServeOptions
         MaxVdevs: r.GetValue(_socketPath) != null || r.GetValue(_fd) != null ? 0 : r.GetValue(_maxVdevs),
         TransportFeatureBit: r.GetValue(_transportBit),
         Cpus: r.GetValue(_cpus),
-        MetricsListen: r.GetValue(_metricsListen));
+        MetricsListen: r.GetValue(_metricsListen),
+        LogFormat: LogSetup.Formats[r.GetValue(_logFormat)!],
+        ControlSocket: ControlSocketPath(r));
+
+    /// <summary>The control socket's path, or null for none: given, or beside the group's sockets.</summary>
+    private string? ControlSocketPath(ParseResult r) => r.GetValue(_controlSocket) switch
+    {
+        "none" => null,
+        { } given => Path.GetFullPath(given),
+        null when r.GetValue(_socketPath) != null || r.GetValue(_fd) != null => null,
+        null => Path.Combine(Path.GetFullPath(r.GetValue(_socketDir)!), Control.ControlServer.FileName),
+    };
 }

@@ -220,13 +220,18 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
     /// <summary>A consistent view of ports, counters and the MAC table, taken on the data path.</summary>
     public GroupStatus Status() => DataPath.Loop.Invoke(() => new GroupStatus(
         AllDevices.Select(m => new PortStatus(m.Name, m.SocketPath, m.Endpoint.IsConnected, m.Device.LinkUp, m.Device.Mac?.ToString(), Snapshot(m.Device.Counters),
-                m.Legacy?.Active == true, m.Device.Trusted))
+                m.Legacy?.Active == true, m.Device.Trusted, m.Device.Options.QueuePairs, m.Device.ActivePairs, m.Device.Mtu, Queues(m.Endpoint.Backend)))
             .Concat((Transport?.Devices ?? []).Select(d => new PortStatus(d.Name, d.SocketPath, d.VmmAttached || d.Transport.Status != 0,
-                d.Device.LinkUp, d.Device.Mac?.ToString(), Snapshot(d.Device.Counters), false, d.Device.Trusted)))
+                d.Device.LinkUp, d.Device.Mac?.ToString(), Snapshot(d.Device.Counters), false, d.Device.Trusted,
+                d.Device.Options.QueuePairs, d.Device.ActivePairs, d.Device.Mtu, Queues(d.Backend))))
             .Concat(Uplink == null ? [] : [new PortStatus(Uplink.Name, "", true, true, null, Snapshot(Uplink.Counters))])
             .ToList(),
         Switch.Snapshot().Select(e => new MacEntry(e.Mac.ToString(), e.Port, e.AgeMs)).ToList(),
         Switch.Floods, Switch.DroppedWhileStopped));
+
+    /// <summary>Each ring's state as last set; rings other workers run are read without a hand-off (a status view may be a moment old).</summary>
+    private static IReadOnlyList<QueueStatus> Queues(VhostUserBackend backend) =>
+        backend.Queues.Select(q => new QueueStatus(q.Index, q.Size, q.Started, q.Enabled, q.Started ? q.Ring.Fault?.ToString() : null)).ToList();
 
     private static CounterSnapshot Snapshot(PortCounters c) => new(c.TxPackets, c.TxBytes, c.RxPackets, c.RxBytes,
         c.NonZeroDrops().ToDictionary(d => d.Reason.ToString(), d => d.Count), c.LearnedMacs, c.MacsNotLearned,
@@ -260,8 +265,14 @@ public sealed record OffloadCounters(long PassedThrough, long ChecksumsCompleted
 
 /// <param name="LegacyDriven">A VF the owner drives through its legacy registers (its own front end only supplies memory).</param>
 /// <param name="Trusted">The owner's trust: no spoof check, and its driver may change its MAC and receive modes.</param>
+/// <param name="QueuePairs">Queue pairs the device offers; <paramref name="ActivePairs"/> those its driver uses (VIRTIO_NET_CTRL_MQ).</param>
+/// <param name="Queues">The device's rings (receive/transmit pairs, then its control, admin or transport queues); null for the uplink.</param>
 public sealed record PortStatus(string Name, string Socket, bool Connected, bool LinkUp, string? Mac, CounterSnapshot Counters, bool LegacyDriven = false,
-    bool Trusted = true);
+    bool Trusted = true, int QueuePairs = 0, int ActivePairs = 0, int Mtu = 0, IReadOnlyList<QueueStatus>? Queues = null);
+
+/// <param name="Size">SET_VRING_NUM's size (0 until set).</param>
+/// <param name="Fault">Why a started ring is broken (a guest broke ring rules), or null.</param>
+public sealed record QueueStatus(int Index, int Size, bool Started, bool Enabled, string? Fault);
 
 public sealed record MacEntry(string Mac, string Port, long AgeMs);
 

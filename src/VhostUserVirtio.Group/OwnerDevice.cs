@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
 using VhostUserVirtio.Backend;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Devices.Net;
 using VhostUserVirtio.Group.Admin;
 using VhostUserVirtio.Group.Transport;
@@ -20,6 +21,7 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
 {
     private readonly DeviceGroup _group;
     private readonly ILogger _logger;
+    private readonly LogRateLimit _numVfsLog = new(); // the owner's driver may write num_vfs as often as it likes
 
     internal OwnerDevice(NetDevice net, int totalVfs, DeviceGroup group, ILogger logger)
     {
@@ -78,7 +80,7 @@ public sealed class OwnerDevice : IVirtioDevice, INetDeviceControl
         int wanted = BinaryPrimitives.ReadUInt16LittleEndian(data);
         string? refused = _group.SetNumVfs(wanted);
         if (refused != null)
-            _logger.LogWarning("{Device}: num_vfs {Wanted} refused: {Reason}", Name, wanted, refused);
+            _logger.LogLimited(_numVfsLog, LogLevel.Warning, "{Device}: num_vfs {Wanted} refused: {Reason}", Name, wanted, refused);
         return refused == null;
     }
 

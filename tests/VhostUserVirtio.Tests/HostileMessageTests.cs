@@ -238,6 +238,21 @@ public sealed class HostileMessageTests : IDisposable
     }
 
     [Fact]
+    public void Kicks_without_a_descriptor_are_logged_through_the_rate_limit()
+    {
+        int Lines() => _backend.Logs.Lines.Count(l => l.Text.Contains("no kick descriptor"));
+        int before = Lines();
+        for (int i = 0; i < 2000; i++)
+            _s.Connection.SetVringKick(0, null);
+        // Handled in order: once this is acknowledged, every kick before it has been.
+        Assert.Equal(0UL, SendForAck(FrontendRequest.SetVringNum, State(0, 256)));
+        int logged = Lines() - before;
+        Assert.InRange(logged, 1, 100);
+        var payload = Echo.Text("other device unaffected");
+        Assert.Equal(payload, Echo.RoundTrip(_other, 1, payload));
+    }
+
+    [Fact]
     public async Task A_flood_of_refused_messages_logs_a_bounded_number_of_lines_and_other_devices_stay_served()
     {
         int Warnings() => _backend.Logs.Lines.Count(l => l.Level >= Microsoft.Extensions.Logging.LogLevel.Warning);

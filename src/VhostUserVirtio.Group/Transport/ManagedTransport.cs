@@ -164,7 +164,7 @@ internal sealed class ManagedTransport
         {
             if (!VirtioFeature.Has(_driverFeatures, VirtioFeature.Version1))
             {
-                _logger.LogInformation("{Device}: FEATURES_OK refused: features 0x{Features:x} lack VERSION_1", _device.Name, _driverFeatures);
+                _logger.LogLimited(_refusedLog, LogLevel.Information, "{Device}: FEATURES_OK refused: features 0x{Features:x} lack VERSION_1", _device.Name, _driverFeatures);
                 wanted = (byte)(wanted & ~FeaturesOk);
                 added = (byte)(added & ~FeaturesOk);
             }
@@ -188,7 +188,7 @@ internal sealed class ManagedTransport
             {
                 if (_queues[i].Enabled && Start(i) is { } refused)
                 {
-                    _logger.LogWarning("{Device}: queue {Queue} cannot start at DRIVER_OK: {Reason}", _device.Name, i, refused);
+                    _logger.LogLimited(_refusedLog, LogLevel.Warning, "{Device}: queue {Queue} cannot start at DRIVER_OK: {Reason}", _device.Name, i, refused);
                     _status |= DeviceNeedsReset;
                 }
             }
