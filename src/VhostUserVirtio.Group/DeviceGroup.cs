@@ -114,7 +114,7 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
             Owner = CreateMember(0);
             _members = Enumerable.Range(1, Options.Vfs).Select(CreateMember).ToArray();
             if (Options.Uplink != null)
-                Uplink = TapUplink.Attach(Options.Uplink, Switch, DataPath.Loop, _loggers.CreateLogger("VhostUserVirtio.Uplink"));
+                Uplink = TapUplink.Attach(Options.Uplink, Options.Mtu, Switch, DataPath.Loop, _loggers.CreateLogger("VhostUserVirtio.Uplink"));
             _logger.LogInformation("device group ready: owner {Owner}, {Vfs} VF(s), {Pairs} queue pair(s) each{Uplink}",
                 Owner.SocketPath, Options.Vfs, Options.QueuePairs, Uplink != null ? ", uplink " + Options.Uplink : "");
         }

@@ -37,10 +37,31 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
     public string Name => "uplink:" + _tap.Name;
     public PortCounters Counters { get; } = new();
 
-    /// <summary>Opens (or creates) the TAP interface, plugs it into the switch and starts reading it on <paramref name="loop"/>.</summary>
-    public static TapUplink Attach(string interfaceName, L2Switch @switch, EventLoop loop, ILogger logger)
+    /// <summary>
+    /// Opens (or creates) the TAP interface, gives it the devices' <paramref name="mtu"/>, plugs it into
+    /// the switch and starts reading it on <paramref name="loop"/>.
+    /// </summary>
+    /// <remarks>
+    /// A new TAP has MTU 1500 whatever the devices' MTU. The host's bridge drops a frame larger than
+    /// the port it leaves by, without a word, so behind a larger device MTU (jumbo frames over a
+    /// VXLAN tunnel with a raised underlay MTU) every large frame for a guest would vanish there.
+    /// </remarks>
+    public static TapUplink Attach(string interfaceName, int mtu, L2Switch @switch, EventLoop loop, ILogger logger)
     {
         var tap = TapDevice.Open(interfaceName);
+        try
+        {
+            if (tap.Mtu != mtu)
+            {
+                tap.SetMtu(mtu);
+                logger.LogInformation("uplink {Tap}: MTU set to {Mtu}, the devices' MTU", interfaceName, mtu);
+            }
+        }
+        catch
+        {
+            tap.Dispose();
+            throw;
+        }
         var uplink = new TapUplink(tap, @switch, loop, logger);
         @switch.Attach(uplink);
         loop.Invoke(() => uplink._token = loop.Register(tap.Descriptor, EpollEvents.In, uplink));
