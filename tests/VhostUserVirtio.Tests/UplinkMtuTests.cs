@@ -32,4 +32,12 @@ public sealed class UplinkMtuTests
             arrived = vf1.Receive(15_000).Frame.AsSpan().SequenceEqual(jumbo); // the kernel may send its own frames too
         Assert.True(arrived, "the jumbo frame did not reach the member");
     }
+
+    [Fact]
+    public void A_device_mtu_larger_than_a_tap_can_have_leaves_the_tap_at_its_largest()
+    {
+        string tap = "vuvm" + Guid.NewGuid().ToString("N")[..8];
+        using var backend = new GroupBackend(vfs: 1, o => o with { Uplink = tap, Mtu = 65535 });
+        Assert.Equal(Devices.Switch.TapUplink.TapMaxMtu, int.Parse(File.ReadAllText($"/sys/class/net/{tap}/mtu").Trim()));
+    }
 }

@@ -12,6 +12,9 @@ namespace VhostUserVirtio.Devices.Switch;
 /// </summary>
 public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
 {
+    /// <summary>The largest MTU Linux gives a TAP: 65535 less the Ethernet header.</summary>
+    public const int TapMaxMtu = 65535 - 14;
+
     /// <summary>Frames read per wake-up before other work gets a turn.</summary>
     private const int ReadBudget = 64;
 
@@ -56,6 +59,8 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
         var tap = TapDevice.Open(interfaceName);
         try
         {
+            // A TAP's MTU stops short of the largest virtio-net MTU by its Ethernet header.
+            mtu = Math.Min(mtu, TapMaxMtu);
             if (tap.Mtu != mtu)
             {
                 tap.SetMtu(mtu);
