@@ -43,9 +43,15 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), "the transport queue's feature bit must be one VIRTIO 1.4 leaves unallocated (44–49)");
         // Room for every port's full share (owner, VFs, managed devices, uplink): per-port limits, not the table, bind.
         int ports = options.Vfs + options.MaxManagedDevices + 2;
+        int maxEntries = Math.Max(L2Switch.DefaultMaxEntries, ports * options.MaxMacsPerPort);
+        // The uplink may carry a whole network (other hosts' guests over a tunnel): it gets the room no
+        // other port can ever take, and at least one port's share.
+        _uplinkMaxMacs = Math.Max(options.MaxMacsPerPort, maxEntries - (ports - 1) * options.MaxMacsPerPort);
         Switch = new L2Switch(loggers.CreateLogger("VhostUserVirtio.Switch"), options.MacAgeing,
-            maxEntries: Math.Max(L2Switch.DefaultMaxEntries, ports * options.MaxMacsPerPort), maxMacsPerPort: options.MaxMacsPerPort);
+            maxEntries: maxEntries, maxMacsPerPort: options.MaxMacsPerPort);
     }
+
+    private readonly int _uplinkMaxMacs;
 
     public DeviceGroupOptions Options { get; }
     public VhostUserServer Server => _server;
@@ -114,7 +120,7 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
             Owner = CreateMember(0);
             _members = Enumerable.Range(1, Options.Vfs).Select(CreateMember).ToArray();
             if (Options.Uplink != null)
-                Uplink = TapUplink.Attach(Options.Uplink, Switch, DataPath.Loop, _loggers.CreateLogger("VhostUserVirtio.Uplink"));
+                Uplink = TapUplink.Attach(Options.Uplink, Options.Mtu, Switch, DataPath.Loop, _loggers.CreateLogger("VhostUserVirtio.Uplink"), _uplinkMaxMacs);
             _logger.LogInformation("device group ready: owner {Owner}, {Vfs} VF(s), {Pairs} queue pair(s) each{Uplink}",
                 Owner.SocketPath, Options.Vfs, Options.QueuePairs, Uplink != null ? ", uplink " + Options.Uplink : "");
         }

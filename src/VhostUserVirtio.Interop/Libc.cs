@@ -116,6 +116,8 @@ internal static unsafe partial class Libc
     internal const ulong TUNSETIFF = 0x400454ca;
     internal const ulong SIOCGIFFLAGS = 0x8913;
     internal const ulong SIOCSIFFLAGS = 0x8914;
+    internal const ulong SIOCGIFMTU = 0x8921;
+    internal const ulong SIOCSIFMTU = 0x8922;
     internal const short IFF_UP = 0x1;
     internal const short IFF_TAP = 0x2;
     internal const short IFF_NO_PI = 0x1000;

@@ -68,6 +68,31 @@ public sealed unsafe class TapDevice : IDisposable
         NativeException.Check(Libc.Ioctl(sock.Number, Libc.SIOCSIFFLAGS, ifr), "ioctl(SIOCSIFFLAGS)");
     }
 
+    /// <summary>The interface's MTU: the largest frame (less its Ethernet header) the kernel forwards into it.</summary>
+    public int Mtu
+    {
+        get
+        {
+            using var sock = new FileDescriptor(NativeException.Check(Libc.Socket(Libc.AF_INET, Libc.SOCK_DGRAM | Libc.SOCK_CLOEXEC, 0), "socket"));
+            byte* ifr = stackalloc byte[40];
+            new Span<byte>(ifr, 40).Clear();
+            Encoding.ASCII.GetBytes(Name).CopyTo(new Span<byte>(ifr, IfNameSize));
+            NativeException.Check(Libc.Ioctl(sock.Number, Libc.SIOCGIFMTU, ifr), $"ioctl(SIOCGIFMTU {Name})");
+            return *(int*)(ifr + IfNameSize);
+        }
+    }
+
+    /// <summary>Sets the interface's MTU (SIOCSIFMTU; CAP_NET_ADMIN, as creating it needs).</summary>
+    public void SetMtu(int mtu)
+    {
+        using var sock = new FileDescriptor(NativeException.Check(Libc.Socket(Libc.AF_INET, Libc.SOCK_DGRAM | Libc.SOCK_CLOEXEC, 0), "socket"));
+        byte* ifr = stackalloc byte[40];
+        new Span<byte>(ifr, 40).Clear();
+        Encoding.ASCII.GetBytes(Name).CopyTo(new Span<byte>(ifr, IfNameSize));
+        *(int*)(ifr + IfNameSize) = mtu;
+        NativeException.Check(Libc.Ioctl(sock.Number, Libc.SIOCSIFMTU, ifr), $"ioctl(SIOCSIFMTU {Name} {mtu})");
+    }
+
     /// <summary>Reads one frame; returns its length, or -1 when none is waiting.</summary>
     public int Read(Span<byte> buffer)
     {

@@ -22,4 +22,11 @@ public interface ISwitchPort
     /// driver; the switch counts them (<see cref="L2Switch.DroppedWhileStopped"/>).
     /// </summary>
     bool Stopped => false;
+
+    /// <summary>
+    /// MACs this port may have learned at once when it is not the switch's per-port limit
+    /// (<see cref="L2Switch.MaxMacsPerPort"/>); null for that limit. The host's uplink has its own:
+    /// a whole network may live behind it.
+    /// </summary>
+    int? MaxLearnedMacs => null;
 }

@@ -14,7 +14,8 @@ namespace VhostUserVirtio.Devices.Switch;
 /// flow never reaches. Each worker keeps its own counts, pending notifications and a one-entry
 /// lookup cache (<see cref="WorkerState"/>); the port list is swapped copy-on-write by the control side.
 ///
-/// No port can take another's room: each learns at most <see cref="MaxMacsPerPort"/> MACs (a source
+/// No port can take another's room: each learns at most <see cref="MaxMacsPerPort"/> MACs, or its own
+/// <see cref="ISwitchPort.MaxLearnedMacs"/> (a source
 /// beyond that is not learned; its frame is still forwarded), so a port that sends random source
 /// MACs fills only its own share. Work per frame is bounded: aged entries are swept at most once per
 /// <see cref="SweepInterval"/>, and only when a port was refused room; until then a port at its
@@ -257,7 +258,7 @@ public sealed class L2Switch
                 var old = e.Port;
                 old.Counters.AddLearned(-1);
                 Interlocked.Increment(ref _epoch);
-                if (port.Counters.LearnedMacs >= MaxMacsPerPort)
+                if (port.Counters.LearnedMacs >= LimitOf(port))
                 {
                     _table.TryRemove(src.Value, out _); // flooded, rather than sent to where it no longer is
                     _entries--;
@@ -271,7 +272,7 @@ public sealed class L2Switch
                 port.Counters.AddLearned(1);
                 return;
             }
-            if (port.Counters.LearnedMacs >= MaxMacsPerPort || _entries >= _maxEntries)
+            if (port.Counters.LearnedMacs >= LimitOf(port) || _entries >= _maxEntries)
             {
                 Refuse(port, src);
                 return;
@@ -289,8 +290,10 @@ public sealed class L2Switch
         _sweepWanted = true;
         _logger.LogLimited(port.Counters.LearnLimitLog, LogLevel.Warning,
             "switch: {Port} is at its limit of {Limit} learned MACs (or the table is full): {Mac} is not learned, frames to it are flooded",
-            port.Name, MaxMacsPerPort, src);
+            port.Name, LimitOf(port), src);
     }
+
+    private int LimitOf(ISwitchPort port) => port.MaxLearnedMacs ?? MaxMacsPerPort;
 
     /// <summary>
     /// Drops aged entries, and with <paramref name="purge"/> the entries of unplugged ports, keeping

@@ -12,6 +12,9 @@ namespace VhostUserVirtio.Devices.Switch;
 /// </summary>
 public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
 {
+    /// <summary>The largest MTU Linux gives a TAP: 65535 less the Ethernet header.</summary>
+    public const int TapMaxMtu = 65535 - 14;
+
     /// <summary>Frames read per wake-up before other work gets a turn.</summary>
     private const int ReadBudget = 64;
 
@@ -26,8 +29,9 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
     // The TAP has no virtio-net header: offloaded frames go out checksummed and segmented.
     private SoftwareOffload? _software;
 
-    private TapUplink(TapDevice tap, L2Switch @switch, EventLoop loop, ILogger logger)
+    private TapUplink(TapDevice tap, L2Switch @switch, EventLoop loop, ILogger logger, int? maxLearnedMacs)
     {
+        MaxLearnedMacs = maxLearnedMacs;
         _tap = tap;
         _switch = @switch;
         _loop = loop;
@@ -37,11 +41,38 @@ public sealed class TapUplink : ISwitchPort, IReadyHandler, IDisposable
     public string Name => "uplink:" + _tap.Name;
     public PortCounters Counters { get; } = new();
 
-    /// <summary>Opens (or creates) the TAP interface, plugs it into the switch and starts reading it on <paramref name="loop"/>.</summary>
-    public static TapUplink Attach(string interfaceName, L2Switch @switch, EventLoop loop, ILogger logger)
+    /// <summary>Behind the host's uplink live its own stations and, over a bridge or a tunnel, other hosts' guests.</summary>
+    public int? MaxLearnedMacs { get; }
+
+    /// <summary>
+    /// Opens (or creates) the TAP interface, gives it the devices' <paramref name="mtu"/>, plugs it into
+    /// the switch and starts reading it on <paramref name="loop"/>. It learns up to
+    /// <paramref name="maxLearnedMacs"/> MACs (null: the switch's per-port limit).
+    /// </summary>
+    /// <remarks>
+    /// A new TAP has MTU 1500 whatever the devices' MTU. The host's bridge drops a frame larger than
+    /// the port it leaves by, without a word, so behind a larger device MTU (jumbo frames over a
+    /// VXLAN tunnel with a raised underlay MTU) every large frame for a guest would vanish there.
+    /// </remarks>
+    public static TapUplink Attach(string interfaceName, int mtu, L2Switch @switch, EventLoop loop, ILogger logger, int? maxLearnedMacs = null)
     {
         var tap = TapDevice.Open(interfaceName);
-        var uplink = new TapUplink(tap, @switch, loop, logger);
+        try
+        {
+            // A TAP's MTU stops short of the largest virtio-net MTU by its Ethernet header.
+            mtu = Math.Min(mtu, TapMaxMtu);
+            if (tap.Mtu != mtu)
+            {
+                tap.SetMtu(mtu);
+                logger.LogInformation("uplink {Tap}: MTU set to {Mtu}, the devices' MTU", interfaceName, mtu);
+            }
+        }
+        catch
+        {
+            tap.Dispose();
+            throw;
+        }
+        var uplink = new TapUplink(tap, @switch, loop, logger, maxLearnedMacs);
         @switch.Attach(uplink);
         loop.Invoke(() => uplink._token = loop.Register(tap.Descriptor, EpollEvents.In, uplink));
         logger.LogInformation("uplink {Tap} attached to the switch", interfaceName);
