@@ -84,6 +84,10 @@ public sealed class GuestMemoryHotPlugTests(ITestOutputHelper output) : IDisposa
         Assert.True(status == 0, $"guest script exit {status}. {guest.Describe()}\ndaemon:\n{daemon.Output}");
         var counts = Regex.Match(after, @"transmitted=(\d+) received=(\d+)");
         Assert.True(int.Parse(counts.Groups[2].Value) >= 15, $"large pings after onlining mostly lost: {after}");
+        // The DIMM became ZONE_NORMAL (the boot memory is all DMA32): the zone the allocator tries first.
+        var normal = Regex.Match(after, @"pages_free=(\d+) present=(\d+)");
+        Assert.True(normal.Success && long.Parse(normal.Groups[2].Value) > 0, $"no ZONE_NORMAL after onlining: {after}");
+        output.WriteLine($"ZONE_NORMAL (the DIMM): {long.Parse(normal.Groups[2].Value) - long.Parse(normal.Groups[1].Value)} of {normal.Groups[2].Value} pages in use");
         Assert.DoesNotContain("outside guest memory", daemon.Output, StringComparison.Ordinal);
     }
 
@@ -105,7 +109,8 @@ public sealed class GuestMemoryHotPlugTests(ITestOutputHelper output) : IDisposa
         big=$(ping -c 20 -i 0.2 -s 1400 -W 2 -w 40 -I $ip_a $ip_b 2>&1); echo "$big"
         tx=$(echo "$big" | sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p')
         rx=$(echo "$big" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-        echo "MEMHP-PING transmitted=${tx:-0} received=${rx:-0} $(grep MemFree /proc/meminfo)"
+        normal=$(sed -n '/zone *Normal/,/present/p' /proc/zoneinfo | sed -n 's/^ *\(pages free\|present\) *\([0-9]*\)/\1=\2/p' | tr ' \n' '_ ')
+        echo "MEMHP-PING transmitted=${tx:-0} received=${rx:-0} normal: $normal"
         [ "${rx:-0}" -gt 0 ] || status=1
         """;
 }
