@@ -1,3 +1,4 @@
+using VhostUserVirtio.Backend.Sessions;
 using VhostUserVirtio.FrontEnd;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Memory;
@@ -142,5 +143,24 @@ public sealed class MemorySlotTests
         q.Notify();
         q.WaitUsed();
         Assert.Equal(payload, s.Ram.Span(last.Gpa + 2048, payload.Length).ToArray());
+    }
+
+    [Fact]
+    public void A_kept_session_record_holds_all_509_regions_beside_256_rings()
+    {
+        using var memory = MemFd.Create("ram", 4096);
+        using var kick = new EventFd();
+        var state = new SessionState
+        {
+            Protocol = Protocol.ProtocolFeatures.ConfigureMemSlots,
+            Regions = Enumerable.Range(0, GuestMemoryTable.MaxSlots).Select(i => new KeptRegion(Gpa(i), Page, Uva(i), (ulong)i * Page, memory)).ToList(),
+            Queues = Enumerable.Range(0, 256).Select(i => new KeptQueue(i, 256, 0, true, true, (0x1000UL, 0x2000UL, 0x3000UL), 0x4000, kick.Descriptor, kick.Descriptor, kick.Descriptor)).ToList(),
+        };
+        using var record = SessionRecord.Create("slots");
+        record.Write(state, _ => 1);
+        var read = record.Read(_ => memory);
+        Assert.NotNull(read);
+        Assert.Equal(state.Regions.Select(r => (r.GuestAddress, r.UserAddress, r.MmapOffset)), read.Regions.Select(r => (r.GuestAddress, r.UserAddress, r.MmapOffset)));
+        Assert.Equal(256, read.Queues.Count);
     }
 }
