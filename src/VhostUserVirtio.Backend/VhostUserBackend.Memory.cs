@@ -11,6 +11,8 @@ namespace VhostUserVirtio.Backend;
 public sealed partial class VhostUserBackend
 {
     private readonly LogRateLimit _unsealedRegionLog = new();
+    // Regions added or removed one by one are memory hot-plug worth seeing, but a front end decides how often.
+    private readonly LogRateLimit _regionLog = new(burst: 32);
 
     private void SetMemTable(Message m)
     {
@@ -41,7 +43,7 @@ public sealed partial class VhostUserBackend
         }
         WarnIfUnsealed(_memory.Add(r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr, r.MmapOffset, m.TakeFd(0)));
         PublishMemory(Array.Empty<MemoryRegion>());
-        _logger.LogDebug("{Device}: memory region added: gpa 0x{Gpa:x} size 0x{Size:x}", _device.Name, r.GuestPhysAddr, r.MemorySize);
+        _logger.LogLimited(_regionLog, LogLevel.Information, "{Device}: memory region added: gpa 0x{Gpa:x} size 0x{Size:x}", _device.Name, r.GuestPhysAddr, r.MemorySize);
     }
 
     private void RemoveMemRegion(Message m)
@@ -50,7 +52,7 @@ public sealed partial class VhostUserBackend
         var r = SingleRegionPayload.Read(m.Payload);
         var removed = _memory.Remove(r.GuestPhysAddr, r.MemorySize, r.UserspaceAddr);
         PublishMemory(new[] { removed });
-        _logger.LogDebug("{Device}: memory region removed: gpa 0x{Gpa:x}", _device.Name, r.GuestPhysAddr);
+        _logger.LogLimited(_regionLog, LogLevel.Information, "{Device}: memory region removed: gpa 0x{Gpa:x}", _device.Name, r.GuestPhysAddr);
     }
 
     /// <summary>

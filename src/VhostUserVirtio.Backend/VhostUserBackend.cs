@@ -94,9 +94,16 @@ public sealed partial class VhostUserBackend : IDisposable
     /// <summary>Virtio features offered: the device's plus vhost-user's PROTOCOL_FEATURES and LOG_ALL bits.</summary>
     public ulong OfferedFeatures => _device.Features | VirtioFeature.Mask(VirtioFeature.VhostUserProtocolFeatures) | LogAllMask;
 
+    /// <summary>
+    /// Whether VHOST_USER_PROTOCOL_F_CONFIG is offered when the device has a config space. Off for
+    /// front ends that never read it (QEMU's vhost-user-net masks it and warns at every start).
+    /// Set before a front end connects.
+    /// </summary>
+    public bool OfferConfig { get; set; } = true;
+
     /// <summary>Protocol features offered: exactly the ones implemented.</summary>
     public ProtocolFeatures OfferedProtocolFeatures =>
-        CoreProtocolFeatures | _device.ExtraProtocolFeatures | (_device.ConfigSize > 0 ? ProtocolFeatures.Config : 0) |
+        CoreProtocolFeatures | _device.ExtraProtocolFeatures | (_device.ConfigSize > 0 && OfferConfig ? ProtocolFeatures.Config : 0) |
         (StateStore != null ? ProtocolFeatures.DeviceState : 0);
 
     public ulong AckedFeatures => _ackedFeatures;

@@ -82,7 +82,9 @@ internal static class AdminCommand
         {
             var bytes = new byte[6];
             r.GetValue(mac).Write(bytes);
-            return MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.VirtioNet.CtrlMac, Devices.Net.VirtioNet.CtrlMacAddrSet, bytes);
+            return MemberCtrl(r.GetValue(socket)!, r.GetValue(id), Devices.Net.VirtioNet.CtrlMac, Devices.Net.VirtioNet.CtrlMacAddrSet, bytes,
+                "the switch filters and spoof-checks on the new MAC, but the guest keeps the MAC its hypervisor gave it " +
+                "(QEMU: -device virtio-net-pci,mac=...), so its traffic is now dropped or misdirected until both agree");
         }));
         vf.Subcommands.Add(setMac);
 
@@ -91,7 +93,10 @@ internal static class AdminCommand
         var link = new Command("link", "Set the member's link state.");
         link.Arguments.Add(state);
         link.SetAction(r => Run(() => MemberCtrl(r.GetValue(socket)!, r.GetValue(id), NetMemberControl.LinkClass, 0,
-            [(byte)(r.GetValue(state) == "up" ? 1 : 0)])));
+            [(byte)(r.GetValue(state) == "up" ? 1 : 0)],
+            r.GetValue(state) == "up"
+                ? "the switch forwards its traffic again, but the guest's carrier is whatever its hypervisor says (QEMU: QMP set_link)"
+                : "the switch now drops its traffic, but the guest still sees its carrier up (QEMU: QMP set_link ... off takes it down)")));
         vf.Subcommands.Add(link);
 
         var trusted = new Argument<string>("on|off");
@@ -221,17 +226,38 @@ internal static class AdminCommand
         }
     }
 
-    private static string MemberCtrl(string socket, int member, byte cls, byte command, byte[] data)
+    /// <param name="unseen">
+    /// What it means when the member's driver does not read config space through this device (the
+    /// result of NET_MEMBER_CTRL says so): printed as a warning, since the change took effect in the
+    /// switch but not in the guest. Null for changes that live in the device alone.
+    /// </param>
+    private static string MemberCtrl(string socket, int member, byte cls, byte command, byte[] data, string? unseen = null)
     {
         using var owner = Connect(socket);
         var payload = new byte[NetMemberControl.HeaderSize + data.Length];
         payload[0] = cls;
         payload[1] = command;
         data.CopyTo(payload, NetMemberControl.HeaderSize);
-        var r = owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, (ushort)AdminGroupType.SrIov, (ulong)member, payload, 0);
+        var r = owner.Admin.Execute((ushort)AdminOpcode.NetMemberCtrl, (ushort)AdminGroupType.SrIov, (ulong)member, payload, 8);
         if (!r.Ok)
             throw new FrontEndException($"NET_MEMBER_CTRL on member {member} failed: {r.Describe()}");
+        if (unseen != null && ReachWarning(member, r.Result, unseen) is { } warning)
+            Console.Error.WriteLine("vhost-virtio admin: warning: " + warning);
         return $"member {member}: done\n";
+    }
+
+    /// <summary>Why the change may not reach member <paramref name="member"/>'s driver, from NET_MEMBER_CTRL's result; null when it does.</summary>
+    internal static string? ReachWarning(int member, ReadOnlySpan<byte> result, string unseen)
+    {
+        if (result.Length < 8)
+            return null; // a device that does not report reach: nothing to say either way
+        var reach = (NetMemberReach)BitConverter.ToUInt64(result);
+        if ((reach & NetMemberReach.ConfigVisible) != 0)
+            return null;
+        string who = member == 0 ? "the owner" : $"VF {member}";
+        return (reach & NetMemberReach.DriverAttached) != 0
+            ? $"{who}'s front end did not negotiate VHOST_USER_PROTOCOL_F_CONFIG (QEMU's vhost-user-net never does), so its driver does not see this change: {unseen}. See qemu-configs/README.md."
+            : $"{who} has no front end connected; a front end that reads config space (VHOST_USER_PROTOCOL_F_CONFIG) will see this change, a QEMU guest will not: {unseen}. See qemu-configs/README.md.";
     }
 
     /// <summary>The RX class commands in command-number order (VIRTIO 5.1.6.5.1).</summary>

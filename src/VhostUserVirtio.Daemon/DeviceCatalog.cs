@@ -20,6 +20,7 @@ internal static class DeviceCatalog
         Uplink = s.Uplink,
         MaxMacsPerPort = s.MaxMacsPerPort,
         TrustVfs = s.TrustVfs,
+        VfConfigSpace = s.VfConfigSpace,
         AdminProfile = s.AdminProfile,
         ResourceObjectOpcodes = s.ResourceObjectOpcodes,
         MaxManagedDevices = s.MaxVdevs,

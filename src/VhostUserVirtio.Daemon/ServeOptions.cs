@@ -29,7 +29,8 @@ internal sealed record DaemonSettings(
     string? Cpus = null,
     string? MetricsListen = null,
     LogFormat LogFormat = LogFormat.Text,
-    string? ControlSocket = null);
+    string? ControlSocket = null,
+    bool VfConfigSpace = true);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -100,6 +101,15 @@ internal sealed class ServeOptions
     {
         Description = "Start VFs trusted: no spoof check on their source MACs, and their drivers may change their MAC and receive modes. " +
                       "By default VFs start untrusted, as SR-IOV VFs do; `admin vf ID trust on` trusts one.",
+    };
+
+    private readonly Option<string> _vfConfigSpace = new("--vf-config-space")
+    {
+        Description = "Offer VHOST_USER_PROTOCOL_F_CONFIG on the VFs: `on` lets front ends that read config space (this project's driver library; DPDK virtio-user after 22.11) see the MAC " +
+                      "and link the owner sets; `off` for QEMU guests, whose vhost-user-net never reads it and warns at start that it does not " +
+                      "(qemu-configs/README.md: set MAC, MTU and link on QEMU's side).",
+        HelpName = "on|off",
+        DefaultValueFactory = _ => "on",
     };
 
     private static readonly Dictionary<string, Group.Admin.ResourceObjectOpcodes> ObjectOpcodes = new()
@@ -222,6 +232,7 @@ internal sealed class ServeOptions
         });
         _adminProfile.AcceptOnlyFromAmong([.. AdminProfiles.Keys]);
         _objectOpcodes.AcceptOnlyFromAmong([.. ObjectOpcodes.Keys]);
+        _vfConfigSpace.AcceptOnlyFromAmong("on", "off");
         AddRange(_vfs, 0, Group.DeviceGroupOptions.MaxVfs);
         AddRange(_queuePairs, 1, MaxQueuePairs);
         AddRange(_mtu, 68, 65535);
@@ -250,7 +261,7 @@ internal sealed class ServeOptions
         });
 
         foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _maxVdevs, _transportBit, _adminProfile, _objectOpcodes, _workers, _cpus, _pollUs, _client,
-                     _logLevel, _logFormat, _controlSocket, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _metricsListen })
+                     _logLevel, _logFormat, _controlSocket, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _metricsListen, _vfConfigSpace })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
     }
@@ -315,7 +326,8 @@ internal sealed class ServeOptions
         Cpus: r.GetValue(_cpus),
         MetricsListen: r.GetValue(_metricsListen),
         LogFormat: LogSetup.Formats[r.GetValue(_logFormat)!],
-        ControlSocket: ControlSocketPath(r));
+        ControlSocket: ControlSocketPath(r),
+        VfConfigSpace: r.GetValue(_vfConfigSpace) == "on");
 
     /// <summary>The control socket's path, or null for none: given, or beside the group's sockets.</summary>
     private string? ControlSocketPath(ParseResult r) => r.GetValue(_controlSocket) switch

@@ -88,6 +88,24 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
         return id >= 1 && id <= (ulong)members.Length && (members[id - 1].Endpoint.IsConnected || members[id - 1].Legacy!.Active);
     }
 
+    /// <summary>
+    /// Whether member <paramref name="id"/>'s driver would see a config change now. Read from the admin
+    /// queue's worker while the control loop negotiates: a single word each, and only a hint for the
+    /// operator, so no lock.
+    /// </summary>
+    public Protocol.NetMemberReach ReachOf(ulong id)
+    {
+        var member = id == 0 ? Owner : MemberOf(id);
+        if (member == null)
+            return Protocol.NetMemberReach.None;
+        if (member.Legacy is { Active: true })
+            return Protocol.NetMemberReach.DriverAttached | Protocol.NetMemberReach.ConfigVisible;
+        if (!member.Endpoint.IsConnected)
+            return Protocol.NetMemberReach.None;
+        return Protocol.NetMemberReach.DriverAttached |
+               ((member.Endpoint.Backend.AckedProtocolFeatures & Protocol.ProtocolFeatures.Config) != 0 ? Protocol.NetMemberReach.ConfigVisible : 0);
+    }
+
     /// <summary>VF <paramref name="id"/>'s legacy register file, or null if there is no such VF.</summary>
     public Legacy.LegacyNetInterface? LegacyOf(ulong id)
     {
@@ -164,6 +182,7 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
         var member = new GroupMember(id, device, endpoint, legacy);
         if (id != 0)
         {
+            endpoint.Backend.OfferConfig = Options.VfConfigSpace;
             endpoint.Backend.StateStore = new Migration.MemberStateStore(member, Msix);
             device.StoppedBy = () => endpoint.Backend.MemberStopped;
         }

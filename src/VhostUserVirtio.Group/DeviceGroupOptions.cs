@@ -28,6 +28,13 @@ public sealed record DeviceGroupOptions
     /// The owner itself is always trusted.
     /// </summary>
     public bool TrustVfs { get; init; }
+    /// <summary>
+    /// Offer VHOST_USER_PROTOCOL_F_CONFIG on the VFs, so front ends that read config space (this
+    /// project's driver library; DPDK virtio-user after 22.11) see the MAC and link the owner sets.
+    /// QEMU's vhost-user-net never reads it: off spares its start-up warning and changes nothing
+    /// else for it. The owner always offers it (its information block is read through it).
+    /// </summary>
+    public bool VfConfigSpace { get; init; } = true;
     /// <summary>Serve the owner on exactly this path instead of SocketDirectory/pf.sock (libvirt's --socket-path).</summary>
     public string? OwnerSocketPath { get; init; }
     /// <summary>Serve the owner on this already-listening socket (libvirt's --fd); the group owns it from then on.</summary>

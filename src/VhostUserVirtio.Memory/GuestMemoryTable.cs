@@ -10,8 +10,13 @@ namespace VhostUserVirtio.Memory;
 /// </summary>
 public sealed class GuestMemoryTable(MemoryPolicy? policy = null) : IDisposable
 {
-    /// <summary>Memory slots offered with CONFIGURE_MEM_SLOTS (GET_MAX_MEM_SLOTS). Must never decrease.</summary>
-    public const int MaxSlots = 32;
+    /// <summary>
+    /// Memory slots offered with CONFIGURE_MEM_SLOTS (GET_MAX_MEM_SLOTS), as libvhost-user and rust-vmm
+    /// offer: guests with many DIMMs or virtio-mem need them. Translation stays a lookup whatever the
+    /// count (<see cref="GuestMemory.TryTranslate"/>). Must never decrease: QEMU refuses a back end
+    /// whose limit drops below what it validated before.
+    /// </summary>
+    public const int MaxSlots = 509;
 
     private readonly List<MemoryRegion> _regions = new();
 

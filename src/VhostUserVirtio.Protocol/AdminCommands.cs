@@ -95,3 +95,21 @@ public enum SeedMode : byte
     Stop = 1,
     Freeze = 2,
 }
+
+/// <summary>
+/// NET_MEMBER_CTRL's optional result (le64, docs/owner-binding.md): whether the change can reach the
+/// member's driver. A driver that supplies no result room gets none, as before.
+/// </summary>
+[Flags]
+public enum NetMemberReach : ulong
+{
+    None = 0,
+    /// <summary>A front end is connected to the member (or its legacy interface is in use).</summary>
+    DriverAttached = 1,
+    /// <summary>
+    /// The member's driver reads its config space through this device: its front end negotiated
+    /// VHOST_USER_PROTOCOL_F_CONFIG, or it is driven through the legacy interface. Without it (QEMU's
+    /// vhost-user-net never negotiates CONFIG) a new MAC or link state is not what the driver sees.
+    /// </summary>
+    ConfigVisible = 2,
+}

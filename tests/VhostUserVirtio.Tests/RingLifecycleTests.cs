@@ -133,7 +133,7 @@ public sealed class RingLifecycleTests : IDisposable
                      ProtocolFeatures.Status | ProtocolFeatures.Config | ProtocolFeatures.LogShmfd | ProtocolFeatures.InflightShmfd, offered);
         fe.SetProtocolFeatures(offered);
         Assert.Equal(2UL, fe.GetQueueNum());
-        Assert.Equal(32UL, fe.GetMaxMemSlots());
+        Assert.Equal(509UL, fe.GetMaxMemSlots());
         Assert.Throws<FrontEndException>(() => fe.Request(FrontendRequest.SetProtocolFeatures, BitConverter.GetBytes((ulong)ProtocolFeatures.HostNotifier)));
     }
 

@@ -14,10 +14,10 @@ public sealed unsafe class SessionRecord : IDisposable
 {
     private const ulong Magic = 0x3153534556554856; // "VHUVESS1"
     private const int HeaderSize = 64;
-    /// <summary>Bytes per slot: ample for 32 regions and 64 rings.</summary>
-    public const int SlotSize = 16 * 1024;
+    /// <summary>Bytes per slot: room for every memory slot (36 bytes each) and 256 rings (55 bytes each).</summary>
+    public const int SlotSize = 64 * 1024;
     public const long FileSize = HeaderSize + 2 * SlotSize;
-    private const int MaxQueues = 256, MaxRegions = 64;
+    private const int MaxQueues = 256, MaxRegions = Memory.GuestMemoryTable.MaxSlots;
 
     private readonly MemoryMapping _map;
 

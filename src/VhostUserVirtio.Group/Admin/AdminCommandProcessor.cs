@@ -25,6 +25,9 @@ public interface IAdminGroupState
 
     /// <summary>VF <paramref name="id"/> (1..NumVfs), or null if there is no such VF.</summary>
     GroupMember? MemberOf(ulong id);
+
+    /// <summary>Whether member <paramref name="id"/>'s driver (0 = the owner's) would see a change to its config space now.</summary>
+    NetMemberReach ReachOf(ulong id) => NetMemberReach.None;
 }
 
 /// <summary>
@@ -229,7 +232,7 @@ public sealed class AdminCommandProcessor
             case AdminOpcode.LegacyNotifyInfo:
                 return Legacy.LegacyNetInterface.NotifyInfo(result);
             case AdminOpcode.NetMemberCtrl:
-                return NetMemberCtrl(member, data);
+                return NetMemberCtrl(member, data, result[..resultRoom]);
             case AdminOpcode.MemberSocket:
                 return _sockets.Execute(member, data, result, resultRoom);
             case AdminOpcode.MemberResource:
@@ -307,8 +310,10 @@ public sealed class AdminCommandProcessor
     /// <summary>
     /// NET_MEMBER_CTRL (after the virtio-net admin control virtqueue proposal): {u8 class; u8 command; u8 reserved[6]; command data}, applied to the
     /// member as if its own control queue had received it, plus the owner-only trust and link classes.
+    /// With 8 bytes of result room, the result is the member's <see cref="NetMemberReach"/> (le64):
+    /// whether its driver can see the change at all.
     /// </summary>
-    private AdminOutcome NetMemberCtrl(ulong member, ReadOnlySpan<byte> data)
+    private AdminOutcome NetMemberCtrl(ulong member, ReadOnlySpan<byte> data, Span<byte> result)
     {
         if (data.Length < 8)
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
@@ -318,13 +323,16 @@ public sealed class AdminCommandProcessor
         Span<byte> before = stackalloc byte[Devices.Net.VirtioNet.ConfigSize];
         Span<byte> after = stackalloc byte[Devices.Net.VirtioNet.ConfigSize];
         device.ReadConfig(0, before);
-        byte result = Devices.Net.NetControl.Apply(device, data[0], data[1], data[8..]);
-        if (result != Devices.Net.VirtioNet.Ok)
+        byte ack = Devices.Net.NetControl.Apply(device, data[0], data[1], data[8..]);
+        if (ack != Devices.Net.VirtioNet.Ok)
             return AdminOutcome.Invalid(AdminQualifier.InvalidField);
         device.ReadConfig(0, after);
         if (!before.SequenceEqual(after))
             _group.LegacyOf(member)?.ConfigChanged(); // a legacy driver sees it in ISR
         _logger.LogInformation("admin: NET_MEMBER_CTRL class 0x{Class:x} command {Command} applied to {Device}", data[0], data[1], device.Name);
-        return AdminOutcome.Ok();
+        if (result.Length < 8)
+            return AdminOutcome.Ok();
+        BinaryPrimitives.WriteUInt64LittleEndian(result, (ulong)_group.ReachOf(member));
+        return AdminOutcome.Ok(8);
     }
 }

@@ -39,6 +39,8 @@ public sealed record GuestOptions
     public IReadOnlyList<QemuNic> QemuNics { get; init; } = [];
     /// <summary>Guest RAM, also the size of the shared memfd that vhost-user back ends map.</summary>
     public string Memory { get; init; } = "512M";
+    /// <summary>Room for memory hot-plug, appended to -m (e.g. "slots=2,maxmem=1G"); null for none.</summary>
+    public string? MemoryHotPlug { get; init; }
     /// <summary>Shell script run by /init as /test.sh after the modules are loaded; null boots and powers off.</summary>
     public string? TestScript { get; init; }
     /// <summary>More files for the guest (absolute path to text), e.g. data a script reads.</summary>
@@ -179,7 +181,7 @@ public sealed partial class QemuGuest : IDisposable
             append += " " + options.ExtraKernelArgs;
         var args = new List<string>
         {
-            "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", options.Memory,
+            "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", options.MemoryHotPlug is { } hotPlug ? $"{options.Memory},{hotPlug}" : options.Memory,
             "-nographic", "-no-reboot", "-nic", "none",
             "-kernel", kernel, "-initrd", initrd, "-append", append,
             // vhost-user back ends map guest RAM, so it must be a shareable memfd.
