@@ -37,6 +37,12 @@ internal static class ServeCommand
             cpus = parsed;
         }
 
+        if (CheckSocketAccess(settings, out var access) is { } accessProblem)
+        {
+            Console.Error.WriteLine($"vhost-virtio: {accessProblem}");
+            return 2;
+        }
+
         using var loggers = CreateLoggers(settings.LogLevel);
         var log = loggers.CreateLogger("vhost-virtio");
 
@@ -56,6 +62,9 @@ internal static class ServeCommand
         if (settings.Memory.AllowUnsealed)
             log.LogWarning("unsealed guest memory allowed (--allow-unsealed-memory): a front end that truncates its memory file crashes the daemon; serve only trusted front ends");
         var server = new VhostUserServer(loggers, settings.Workers, TimeSpan.FromMicroseconds(settings.PollMicroseconds), settings.Memory);
+        server.SocketAccess = access;
+        if (access != null && settings.ClientMode)
+            log.LogWarning("--socket-group/--socket-mode do nothing with --client: the front ends create the sockets");
         DeviceGroup? group = null;
         SessionKeeper? sessions = null;
         try
@@ -153,6 +162,29 @@ internal static class ServeCommand
             log.LogInformation("placement: {Worker} (thread {Tid}) on {Cpu}, queue pair(s) {Pairs}{Home}",
                 worker.Loop.Name, worker.Loop.Invoke(() => worker.ThreadId), worker.Cpu is { } cpu ? $"CPU {cpu}" : "any CPU",
                 served.Count == 0 ? "none" : string.Join(",", served), worker == group.DataPath ? " and the group's control work" : "");
+        }
+    }
+
+    /// <summary>The --socket-group/--socket-mode pair as one <see cref="Interop.SocketAccess"/>, or why it is wrong (one line).</summary>
+    private static string? CheckSocketAccess(DaemonSettings settings, out Interop.SocketAccess? access)
+    {
+        access = null;
+        try
+        {
+            _ = settings.SocketMode is { } mode ? Interop.SocketAccess.ParseMode(mode) : 0;
+        }
+        catch (ArgumentException e)
+        {
+            return $"--socket-mode {settings.SocketMode}: {e.Message}";
+        }
+        try
+        {
+            access = Interop.SocketAccess.Parse(settings.SocketGroup, settings.SocketMode);
+            return null;
+        }
+        catch (ArgumentException e)
+        {
+            return $"--socket-group {settings.SocketGroup}: {e.Message}";
         }
     }
 

@@ -26,7 +26,9 @@ internal sealed record DaemonSettings(
     Group.Admin.ResourceObjectOpcodes ResourceObjectOpcodes,
     int MaxVdevs = 64,
     int TransportFeatureBit = 47,
-    string? Cpus = null);
+    string? Cpus = null,
+    string? SocketGroup = null,
+    string? SocketMode = null);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -193,6 +195,20 @@ internal sealed class ServeOptions
         DefaultValueFactory = _ => "256G",
     };
 
+    private readonly Option<string?> _socketGroup = new("--socket-group")
+    {
+        Description = "Give every socket the daemon listens on (and a socket folder it creates) this group, so a front end running as " +
+                      "another user in it (libvirt's QEMU: libvirt-qemu) can connect. Without --socket-mode the sockets get 0660.",
+        HelpName = "NAME|GID",
+    };
+
+    private readonly Option<string?> _socketMode = new("--socket-mode")
+    {
+        Description = "Permission bits (octal, like 0660) of every socket the daemon listens on, set before it accepts connections; " +
+                      "a socket folder it creates gets r-x for the classes that may connect.",
+        HelpName = "OCTAL",
+    };
+
     private readonly Option<bool> _printCapabilities = new("--print-capabilities")
     {
         Description = "Print the vhost-user.json capability document and exit.",
@@ -229,7 +245,7 @@ internal sealed class ServeOptions
         });
 
         foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _maxVdevs, _transportBit, _adminProfile, _objectOpcodes, _workers, _cpus, _pollUs, _client,
-                     _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities })
+                     _logLevel, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _socketGroup, _socketMode })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
     }
@@ -296,5 +312,7 @@ internal sealed class ServeOptions
         ResourceObjectOpcodes: ObjectOpcodes[r.GetValue(_objectOpcodes)!],
         MaxVdevs: r.GetValue(_socketPath) != null || r.GetValue(_fd) != null ? 0 : r.GetValue(_maxVdevs),
         TransportFeatureBit: r.GetValue(_transportBit),
-        Cpus: r.GetValue(_cpus));
+        Cpus: r.GetValue(_cpus),
+        SocketGroup: r.GetValue(_socketGroup),
+        SocketMode: r.GetValue(_socketMode));
 }
