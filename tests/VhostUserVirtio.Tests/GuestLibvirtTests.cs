@@ -50,28 +50,55 @@ public sealed class GuestLibvirtTests(ITestOutputHelper output) : IDisposable
         string[] macs = ["02:56:56:00:00:01", "02:56:56:00:00:02"];
         string[] ips = ["10.77.0.1", "10.77.0.2"];
         var clock = Stopwatch.StartNew();
-        using var daemon = StartDaemon(qemuServes);
-        using var libvirt = LibvirtDaemon.Start(_root, Log);
-        Log($"libvirt {libvirt.Version.Replace('\n', ';')}");
-        var names = new string[2];
-        for (int i = 0; i < 2; i++)
+        var daemon = StartDaemon(qemuServes);
+        try
         {
-            names[i] = $"vuv-{(qemuServes ? "srv" : "cli")}-{i + 1}-{Guid.NewGuid().ToString("N")[..6]}";
-            string xml = WriteDomain(names[i], i + 1, macs[i], GuestScript(macs[i], ips[i], ips[1 - i]), qemuServes, sharedMemory: true);
-            var started = Stopwatch.StartNew();
-            // In server mode virsh returns only once the daemon has connected (libvirt has no wait=off).
-            libvirt.CreateDomain(names[i], xml, TimeSpan.FromSeconds(120));
-            Log($"{names[i]}: virsh create took {started.Elapsed.TotalSeconds:F1} s");
+            using var libvirt = LibvirtDaemon.Start(_root, Log);
+            Log($"libvirt {libvirt.Version.Replace('\n', ';')}");
+            var names = new string[2];
+            for (int i = 0; i < 2; i++)
+            {
+                names[i] = $"vuv-{(qemuServes ? "srv" : "cli")}-{i + 1}-{Guid.NewGuid().ToString("N")[..6]}";
+                string xml = WriteDomain(names[i], i + 1, macs[i], GuestScript(macs[i], ips[i], ips[1 - i]), qemuServes, sharedMemory: true);
+                var started = Stopwatch.StartNew();
+                // In server mode virsh returns only once the daemon has connected (libvirt has no wait=off).
+                libvirt.CreateDomain(names[i], xml, TimeSpan.FromSeconds(120));
+                Log($"{names[i]}: virsh create took {started.Elapsed.TotalSeconds:F1} s");
+            }
+            for (int i = 0; i < 2; i++)
+            {
+                string console = WaitForConsole(names[i], "PING-RESULT", daemon);
+                var ping = Assert.Single(GuestScripts.Parse(console.Split('\n')).Pings);
+                Assert.True(ping.Received > 0, $"{names[i]} got no reply from {ips[1 - i]}:\n{console}\n{daemon.Output}");
+                Log($"{names[i]}: {ping.Received}/{ping.Transmitted} replies, avg {ping.AvgMs} ms, {clock.Elapsed.TotalSeconds:F1} s into the test");
+                Assert.Contains($"vf{i + 1}: front end connected", daemon.Output, StringComparison.Ordinal);
+            }
+            if (!qemuServes)
+            {
+                // A restarted daemon binds its sockets again with the same group and mode, so QEMU
+                // (libvirt-qemu) reconnects by itself and the guests reach each other again.
+                int answersBefore = PeerAnswers(names[0]);
+                daemon.Terminate();
+                Assert.True(daemon.WaitForExit(DaemonDeadline), "daemon did not stop:\n" + daemon.Output);
+                daemon.Dispose();
+                var restart = Stopwatch.StartNew();
+                daemon = StartDaemon(qemuServes);
+                var restarted = daemon;
+                restarted.WaitUntil(() => restarted.Output.Contains("vf1: front end connected", StringComparison.Ordinal) &&
+                    restarted.Output.Contains("vf2: front end connected", StringComparison.Ordinal), GuestDeadline, "QEMU reconnecting to vf1 and vf2");
+                Log($"both QEMUs reconnected {restart.Elapsed.TotalSeconds:F1} s after the restart began");
+                var deadline = Stopwatch.StartNew();
+                while (PeerAnswers(names[0]) <= answersBefore + 2 && deadline.Elapsed < GuestDeadline)
+                    Thread.Sleep(500);
+                Assert.True(PeerAnswers(names[0]) > answersBefore + 2, $"no pings answered after the restart:\n{ReadConsole(names[0])}\n{daemon.Output}");
+                Log($"{names[0]}: pings answered again {restart.Elapsed.TotalSeconds:F1} s after the restart began");
+            }
+            foreach (var name in names)
+                libvirt.Destroy(name);
         }
-        var consoles = names.Select((n, i) => WaitForTestExit(n, i + 1, daemon)).ToArray();
-        Log($"both guests done after {clock.Elapsed.TotalSeconds:F1} s");
-        for (int i = 0; i < 2; i++)
+        finally
         {
-            var report = GuestScripts.Parse(consoles[i].Split('\n'));
-            var ping = Assert.Single(report.Pings);
-            Assert.True(ping.Received > 0, $"{names[i]} got no reply from {ips[1 - i]}:\n{consoles[i]}\n{daemon.Output}");
-            Log($"{names[i]}: {ping.Received}/{ping.Transmitted} replies, avg {ping.AvgMs} ms");
-            Assert.Contains($"vf{i + 1}: front end connected", daemon.Output, StringComparison.Ordinal);
+            daemon.Dispose();
         }
     }
 
@@ -169,25 +196,40 @@ public sealed class GuestLibvirtTests(ITestOutputHelper output) : IDisposable
 
     private string ConsolePath(string name) => Path.Combine(_root, $"console-{name}.log");
 
-    /// <summary>The guest's console once its script has finished (libvirt writes the serial port to a file).</summary>
-    private string WaitForTestExit(string name, int vf, DaemonProcess daemon)
+    private string ReadConsole(string name)
+    {
+        try { return File.Exists(ConsolePath(name)) ? File.ReadAllText(ConsolePath(name)) : ""; }
+        catch (IOException) { return ""; }
+    }
+
+    /// <summary>Pings to the peer answered so far by the guest's endless loop after its first result.</summary>
+    private int PeerAnswers(string name) =>
+        ReadConsole(name).Split('\n').Count(l => l.Contains(PeerAnswersMarker, StringComparison.Ordinal));
+
+    /// <summary>The guest's console once a line contains <paramref name="marker"/> (libvirt writes the serial port to a file).</summary>
+    private string WaitForConsole(string name, string marker, DaemonProcess daemon)
     {
         var clock = Stopwatch.StartNew();
         string text = "";
         while (clock.Elapsed < GuestDeadline)
         {
-            try { text = File.Exists(ConsolePath(name)) ? File.ReadAllText(ConsolePath(name)) : ""; }
-            catch (IOException) { }
-            if (text.Contains(QemuGuest.TestExitMarker, StringComparison.Ordinal))
+            text = ReadConsole(name);
+            if (text.Contains(marker, StringComparison.Ordinal))
                 return text;
+            if (text.Contains(QemuGuest.TestExitMarker, StringComparison.Ordinal))
+                break;
             Thread.Sleep(500);
         }
-        Assert.Fail($"{name} (vf{vf}) did not finish its script within {GuestDeadline.TotalSeconds:F0} s. Console:\n{text}\n" +
-            $"{LibvirtDaemon.QemuLog(name)}\nDaemon:\n{daemon.Output}");
+        Assert.Fail($"{name}: no '{marker}' within {GuestDeadline.TotalSeconds:F0} s. Console:\n{text}\n{LibvirtDaemon.QemuLog(name)}\nDaemon:\n{daemon.Output}");
         return text;
     }
 
-    /// <summary>Configures the NIC, waits for the peer to answer, pings it five times, reports, and stays up a while for the peer's pings.</summary>
+    private const string PeerAnswersMarker = "PEER-ANSWERS";
+
+    /// <summary>
+    /// Configures the NIC, waits for the peer to answer, pings it five times and reports; then pings it
+    /// once a second for good, printing PEER-ANSWERS for each reply, until the test destroys the domain.
+    /// </summary>
     private static string GuestScript(string mac, string ip, string peer) => $$"""
         {{GuestScripts.ShellFunctions}}
         i=$(find_if {{mac.ToLowerInvariant()}}) || { echo "GUEST-ERROR no interface with MAC {{mac}}"; exit 2; }
@@ -203,8 +245,7 @@ public sealed class GuestLibvirtTests(ITestOutputHelper output) : IDisposable
         rtt=$(echo "$out" | sed -n 's|^round-trip min/avg/max = \([0-9.]*\)/\([0-9.]*\)/\([0-9.]*\) ms.*|min=\1 avg=\2 max=\3|p')
         echo "PING-RESULT from={{ip}} to={{peer}} transmitted=${tx:-0} received=${rx:-0} $rtt"
         report_stats {{mac}} $i
-        sleep 20
-        [ "${rx:-0}" -gt 0 ]
+        while true; do ping -c 1 -W 1 {{peer}} >/dev/null 2>&1 && echo "{{PeerAnswersMarker}}"; sleep 1; done
 
         """;
 
