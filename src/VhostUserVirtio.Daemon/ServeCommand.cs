@@ -169,22 +169,24 @@ internal static class ServeCommand
     private static string? CheckSocketAccess(DaemonSettings settings, out Interop.SocketAccess? access)
     {
         access = null;
-        try
+        if (settings.SocketMode is { } mode && Refusal(() => Interop.SocketAccess.ParseMode(mode)) is { } badMode)
+            return $"--socket-mode {mode}: {badMode}";
+        if (settings.SocketGroup is { } group && Refusal(() => Interop.SocketAccess.LookUpGroup(group)) is { } badGroup)
+            return $"--socket-group {group}: {badGroup}";
+        access = Interop.SocketAccess.Parse(settings.SocketGroup, settings.SocketMode);
+        return null;
+
+        static string? Refusal(Func<uint> parse)
         {
-            _ = settings.SocketMode is { } mode ? Interop.SocketAccess.ParseMode(mode) : 0;
-        }
-        catch (ArgumentException e)
-        {
-            return $"--socket-mode {settings.SocketMode}: {e.Message}";
-        }
-        try
-        {
-            access = Interop.SocketAccess.Parse(settings.SocketGroup, settings.SocketMode);
-            return null;
-        }
-        catch (ArgumentException e)
-        {
-            return $"--socket-group {settings.SocketGroup}: {e.Message}";
+            try
+            {
+                parse();
+                return null;
+            }
+            catch (ArgumentException e)
+            {
+                return e.Message;
+            }
         }
     }
 
