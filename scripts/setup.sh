@@ -43,5 +43,13 @@ if ! command -v afl-fuzz >/dev/null 2>&1; then
     fi
 fi
 dotnet tool restore </dev/null
+# --- libvirt (test prerequisite: GuestLibvirtTests start their own libvirtd when systemd is not PID 1) ---
+if ! command -v libvirtd >/dev/null 2>&1 || ! command -v virsh >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients; } </dev/null
+    else
+        echo "setup: warning: libvirt is missing and this is not root; the libvirt tests will fail (apt-get install libvirt-daemon-system libvirt-clients)" >&2
+    fi
+fi
 bash scripts/guest/prepare.sh </dev/null
 echo "setup: done"

@@ -164,7 +164,10 @@ public sealed partial class VhostUserBackend
             return;
         var memory = _memory.Current;
         if (memory.Regions.Count == 0)
-            return; // SET_MEM_TABLE has not come yet; PublishMemory retries
+        {
+            WarnRingWithoutMemory(q); // legal for now (PublishMemory retries), but a front end may never send any
+            return;
+        }
         if (!TryDriveFromFrontEnd())
             return; // the owner claimed the device meanwhile
         EnsureInflightForKeeping();

@@ -361,6 +361,7 @@ public sealed partial class VhostUserBackend : IDisposable
             status &= unchecked((byte)~DeviceStatus.FeaturesOk); // FEATURES_OK without features: refuse it, as a device would
         _status = status;
         _logger.LogDebug("{Device}: status {Status}", _device.Name, (DeviceStatus)status);
+        WarnDriverOkWithoutMemory(status);
     }
 
     private byte[] GetConfig(byte[] payload)

@@ -88,6 +88,9 @@ public sealed class VhostUserEndpoint : IDisposable
     }
     private readonly KeptEndpoint? _keeping;
 
+    /// <summary>Group and mode the endpoint gives the socket files it binds (<see cref="UnixSocket.Listen"/>); null: the umask's.</summary>
+    public SocketAccess? Access { get; init; }
+
     /// <summary>The socket path, or for an adopted listener a description such as "fd 3".</summary>
     public string SocketPath => _socketPath;
     /// <summary>Whether the endpoint listens (false once <see cref="Release"/>d, and in client mode).</summary>
@@ -111,7 +114,7 @@ public sealed class VhostUserEndpoint : IDisposable
         {
             var kept = Keeping?.TakeListener();
             keptListener = kept != null;
-            _listener = _adopted ?? kept ?? UnixSocket.Listen(SocketPath);
+            _listener = _adopted ?? kept ?? UnixSocket.Listen(SocketPath, access: Access);
             if (_adopted == null || _ownsPath)
                 _bound = UnixSocket.Identity(SocketPath);
             Keeping?.Listening(_listener);
@@ -152,7 +155,7 @@ public sealed class VhostUserEndpoint : IDisposable
     {
         if (_clientMode)
             throw new InvalidOperationException("a client-mode endpoint has no socket to take over");
-        var listener = UnixSocket.ListenReplacing(path);
+        var listener = UnixSocket.ListenReplacing(path, access: Access);
         var identity = UnixSocket.Identity(path);
         try
         {

@@ -30,6 +30,13 @@ public sealed class VhostUserServer : IDisposable
     /// their listener and session there. Set before serving.
     /// </summary>
     public Sessions.SessionKeeper? Sessions { get; set; }
+
+    /// <summary>
+    /// Group and mode for every socket file this process listens on (--socket-group, --socket-mode),
+    /// or null for the umask's default. Set before serving; whoever binds another socket for this
+    /// process (a managed device, a control socket) passes it to <see cref="Interop.UnixSocket.Listen"/>.
+    /// </summary>
+    public Interop.SocketAccess? SocketAccess { get; set; }
     public WorkerPool Workers { get; }
     public MemoryPolicy MemoryPolicy { get; }
 
@@ -82,6 +89,7 @@ public sealed class VhostUserServer : IDisposable
         var logger = _loggers.CreateLogger("VhostUserVirtio.Device." + device.Name);
         var endpoint = new VhostUserEndpoint(socketPath, clientMode, backend, Control, logger, adoptedListener: listener)
         {
+            Access = SocketAccess,
             Keeping = clientMode || listener != null ? null : Sessions?.ForEndpoint(socketPath),
         };
         endpoint.Start();

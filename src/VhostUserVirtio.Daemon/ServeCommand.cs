@@ -37,6 +37,12 @@ internal static class ServeCommand
             cpus = parsed;
         }
 
+        if (CheckSocketAccess(settings, out var access) is { } accessProblem)
+        {
+            Console.Error.WriteLine($"vhost-virtio: {accessProblem}");
+            return 2;
+        }
+
         System.Net.IPEndPoint? metricsAt = null;
         if (settings.MetricsListen != null)
         {
@@ -68,6 +74,9 @@ internal static class ServeCommand
         if (settings.Memory.AllowUnsealed)
             log.LogWarning("unsealed guest memory allowed (--allow-unsealed-memory): a front end that truncates its memory file crashes the daemon; serve only trusted front ends");
         var server = new VhostUserServer(loggers, settings.Workers, TimeSpan.FromMicroseconds(settings.PollMicroseconds), settings.Memory);
+        server.SocketAccess = access;
+        if (access != null && settings.ClientMode)
+            log.LogWarning("--socket-group/--socket-mode do nothing with --client: the front ends create the sockets");
         DeviceGroup? group = null;
         SessionKeeper? sessions = null;
         MetricsEndpoint? metricsEndpoint = null;
@@ -204,6 +213,31 @@ internal static class ServeCommand
         {
             log.LogCritical("cannot open the control socket {Path}: {Error} (--control-socket none runs without one)", settings.ControlSocket, e.Message);
             return null;
+        }
+    }
+
+    /// <summary>The --socket-group/--socket-mode pair as one <see cref="Interop.SocketAccess"/>, or why it is wrong (one line).</summary>
+    private static string? CheckSocketAccess(DaemonSettings settings, out Interop.SocketAccess? access)
+    {
+        access = null;
+        if (settings.SocketMode is { } mode && Refusal(() => Interop.SocketAccess.ParseMode(mode)) is { } badMode)
+            return $"--socket-mode {mode}: {badMode}";
+        if (settings.SocketGroup is { } group && Refusal(() => Interop.SocketAccess.LookUpGroup(group)) is { } badGroup)
+            return $"--socket-group {group}: {badGroup}";
+        access = Interop.SocketAccess.Parse(settings.SocketGroup, settings.SocketMode);
+        return null;
+
+        static string? Refusal(Func<uint> parse)
+        {
+            try
+            {
+                parse();
+                return null;
+            }
+            catch (ArgumentException e)
+            {
+                return e.Message;
+            }
         }
     }
 

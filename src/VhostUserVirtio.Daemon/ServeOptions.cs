@@ -30,7 +30,9 @@ internal sealed record DaemonSettings(
     string? MetricsListen = null,
     LogFormat LogFormat = LogFormat.Text,
     string? ControlSocket = null,
-    bool VfConfigSpace = true);
+    bool VfConfigSpace = true,
+    string? SocketGroup = null,
+    string? SocketMode = null);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -216,6 +218,20 @@ internal sealed class ServeOptions
         HelpName = "ADDR:PORT",
     };
 
+    private readonly Option<string?> _socketGroup = new("--socket-group")
+    {
+        Description = "Give every vhost-user socket the daemon listens on (and a socket folder it creates) this group, so a front end running as " +
+                      "another user in it (libvirt's QEMU: libvirt-qemu) can connect. Without --socket-mode the sockets get 0660.",
+        HelpName = "NAME|GID",
+    };
+
+    private readonly Option<string?> _socketMode = new("--socket-mode")
+    {
+        Description = "Permission bits (octal, like 0660) of every vhost-user socket the daemon listens on (the control socket stays 0600), set before it accepts connections; " +
+                      "a socket folder it creates gets r-x for the classes that may connect.",
+        HelpName = "OCTAL",
+    };
+
     private readonly Option<bool> _printCapabilities = new("--print-capabilities")
     {
         Description = "Print the vhost-user.json capability document and exit.",
@@ -261,7 +277,7 @@ internal sealed class ServeOptions
         });
 
         foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _maxVdevs, _transportBit, _adminProfile, _objectOpcodes, _workers, _cpus, _pollUs, _client,
-                     _logLevel, _logFormat, _controlSocket, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _metricsListen, _vfConfigSpace })
+                     _logLevel, _logFormat, _controlSocket, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _metricsListen, _vfConfigSpace, _socketGroup, _socketMode })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
     }
@@ -327,7 +343,9 @@ internal sealed class ServeOptions
         MetricsListen: r.GetValue(_metricsListen),
         LogFormat: LogSetup.Formats[r.GetValue(_logFormat)!],
         ControlSocket: ControlSocketPath(r),
-        VfConfigSpace: r.GetValue(_vfConfigSpace) == "on");
+        VfConfigSpace: r.GetValue(_vfConfigSpace) == "on",
+        SocketGroup: r.GetValue(_socketGroup),
+        SocketMode: r.GetValue(_socketMode));
 
     /// <summary>The control socket's path, or null for none: given, or beside the group's sockets.</summary>
     private string? ControlSocketPath(ParseResult r) => r.GetValue(_controlSocket) switch

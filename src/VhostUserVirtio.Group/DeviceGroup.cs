@@ -133,8 +133,12 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
     {
         try
         {
-            if (!Options.ClientMode && Options.OwnerSocketPath == null && Options.OwnerListener == null)
+            if (!Options.ClientMode && Options.OwnerSocketPath == null && Options.OwnerListener == null && !Directory.Exists(Options.SocketDirectory))
+            {
                 Directory.CreateDirectory(Options.SocketDirectory);
+                // A folder made here lets the socket group in; one that existed keeps what its owner chose.
+                _server.SocketAccess?.ApplyToDirectory(Options.SocketDirectory);
+            }
             Owner = CreateMember(0);
             _members = Enumerable.Range(1, Options.Vfs).Select(CreateMember).ToArray();
             if (Options.Uplink != null)

@@ -295,6 +295,8 @@ internal static unsafe partial class Libc
         [FieldOffset(0)] public ulong Device;
         [FieldOffset(8)] public ulong Inode;
         [FieldOffset(24)] public uint Mode;
+        [FieldOffset(28)] public uint Uid;
+        [FieldOffset(32)] public uint Gid;
         [FieldOffset(48)] public long Size;
         [FieldOffset(56)] public long BlockSize;
     }

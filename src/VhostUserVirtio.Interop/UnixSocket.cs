@@ -20,8 +20,10 @@ public sealed unsafe class UnixSocket : IDisposable
     /// <summary>
     /// Creates a socket listening on <paramref name="path"/>, replacing a stale socket file there. A
     /// socket someone still listens on is not replaced (that would silently steal its path): IOException.
+    /// <paramref name="access"/> is given to the file between bind and listen, so no connection is
+    /// accepted before the file has its final owner and mode.
     /// </summary>
-    public static UnixSocket Listen(string path, int backlog = 4)
+    public static UnixSocket Listen(string path, int backlog = 4, SocketAccess? access = null)
     {
         if (File.Exists(path) && IsListenedOn(path))
             throw new IOException($"another process is listening on {path}");
@@ -31,6 +33,7 @@ public sealed unsafe class UnixSocket : IDisposable
             if (File.Exists(path) && (File.GetAttributes(path) & FileAttributes.Directory) == 0)
                 File.Delete(path);
             WithAddress(path, (addr, len) => NativeException.Check(Libc.Bind(sock.Descriptor.Number, addr, len), $"bind({path})"));
+            BindAccess(path, access);
             NativeException.Check(Libc.Listen(sock.Descriptor.Number, backlog), "listen");
             return sock;
         }
@@ -41,14 +44,31 @@ public sealed unsafe class UnixSocket : IDisposable
         }
     }
 
+    /// <summary>Gives a just-bound socket file its access; if that fails the file is removed (nobody could use it as intended).</summary>
+    private static void BindAccess(string path, SocketAccess? access)
+    {
+        if (access == null)
+            return;
+        try
+        {
+            access.ApplyToSocket(path);
+        }
+        catch
+        {
+            try { File.Delete(path); } catch (IOException) { }
+            throw;
+        }
+    }
+
     /// <summary>
     /// Creates a socket listening on <paramref name="path"/> that takes the path over from whoever
     /// holds it now, without a moment where the path is missing or refuses: the socket is bound to a
     /// sibling name and renamed over the path (an atomic replace). Connections already made to the
     /// previous listener stay with it; every later connect reaches this one. A path that exists and is
-    /// not a socket is never replaced (ArgumentException).
+    /// not a socket is never replaced (ArgumentException). <paramref name="access"/> is given to the
+    /// file before it listens and takes the path.
     /// </summary>
-    public static UnixSocket ListenReplacing(string path, int backlog = 4)
+    public static UnixSocket ListenReplacing(string path, int backlog = 4, SocketAccess? access = null)
     {
         if (!Path.IsPathFullyQualified(path))
             throw new ArgumentException($"{path}: not an absolute path", nameof(path));
@@ -62,6 +82,7 @@ public sealed unsafe class UnixSocket : IDisposable
         {
             try { File.Delete(temporary); } catch (IOException) { }
             WithAddress(temporary, (addr, len) => NativeException.Check(Libc.Bind(sock.Descriptor.Number, addr, len), $"bind({temporary})"));
+            access?.ApplyToSocket(temporary);
             NativeException.Check(Libc.Listen(sock.Descriptor.Number, backlog), "listen");
             NativeException.Check(Libc.Rename(temporary, path), $"rename({temporary}, {path})");
             return sock;

@@ -17,6 +17,8 @@ internal sealed class ControlServer : IDisposable
 {
     public const string FileName = "vhost-virtio.ctl";
 
+    private static readonly SocketAccess OwnerOnly = new(null, 0x180); // 0600
+
     private readonly Socket _listener;
     private readonly PathIdentity? _bound;
     private readonly ControlCommands _commands;
@@ -61,9 +63,12 @@ internal sealed class ControlServer : IDisposable
         try
         {
             listener.Bind(new UnixDomainSocketEndPoint(path));
+            // Owner only, set before anyone can connect: the control socket steers the daemon (log
+            // level), so --socket-group, which opens the vhost-user sockets to the VMM's user, does not apply.
+            OwnerOnly.ApplyToSocket(path);
             listener.Listen(limits.MaxClients);
         }
-        catch (SocketException e)
+        catch (Exception e) when (e is SocketException or NativeException)
         {
             listener.Dispose();
             throw new IOException($"cannot listen on {path}: {e.Message}", e);

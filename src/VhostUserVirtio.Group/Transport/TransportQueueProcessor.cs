@@ -239,7 +239,7 @@ public sealed class TransportQueueProcessor : IManagedDeviceHost
         UnixSocket listener;
         try
         {
-            listener = UnixSocket.Listen(path);
+            listener = UnixSocket.Listen(path, access: _group.Server.SocketAccess);
         }
         catch (Exception e) when (e is IOException or NativeException or ArgumentException)
         {
