@@ -91,6 +91,10 @@ public sealed class SocketGroupDaemonTests : IDisposable
             daemon.WaitUntil(() => File.Exists(vdev), Deadline, "vdev1.sock");
             AssertGroupAccess(vdev, Mode0660);
             Assert.Null(ConnectAsNobody(vdev));
+            // The control socket steers the daemon: it stays its user's alone whatever the group.
+            string control = Path.Combine(Sockets, "vhost-virtio.ctl");
+            Assert.Equal((0u, 0u, 0x180u), SocketAccess.Of(control));
+            Assert.Contains("Permission denied", ConnectAsNobody(control) ?? "nobody connected to the control socket", StringComparison.Ordinal);
             Stop(daemon);
         }
 
