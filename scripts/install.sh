@@ -96,6 +96,12 @@ sed "s|@BINDIR@|$bindir|g" "$repo/scripts/service/50-vhost-virtio.json.in" >"$de
 chmod 0644 "$descriptor"
 echo "install: $lib/ and $root/bin/vhost-virtio"
 echo "install: $descriptor"
+# vhost-user.json's search list is /usr/share/qemu/vhost-user (XDG_DATA_DIRS), /etc/qemu/vhost-user
+# and the user's XDG_CONFIG_HOME; libvirt reads the first two only, not /usr/local/share.
+if [ "$prefix" != /usr ]; then
+    echo "install: management software that reads only /usr/share and /etc finds the descriptor after:"
+    echo "         mkdir -p /etc/qemu/vhost-user && ln -s $prefix/share/qemu/vhost-user/50-vhost-virtio.json /etc/qemu/vhost-user/"
+fi
 
 unit=
 if [ "$systemd" = yes ]; then
