@@ -57,12 +57,13 @@ if ! command -v afl-fuzz >/dev/null 2>&1; then
 fi
 dotnet tool restore </dev/null
 bash scripts/guest/prepare.sh </dev/null
-# The install test checks the systemd unit with systemd-analyze (systemd need not be running).
-if ! command -v systemd-analyze >/dev/null 2>&1; then
+# The service tests check the systemd unit with systemd-analyze and run it under systemd in a
+# systemd-nspawn container (systemd need not be running here).
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-nspawn >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
-        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd; } </dev/null
+        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd systemd-container; } </dev/null
     else
-        echo "setup: warning: systemd-analyze is missing and this is not root; the install test will fail (apt-get install systemd)" >&2
+        echo "setup: warning: systemd-analyze or systemd-nspawn is missing and this is not root; the service tests will fail (apt-get install systemd systemd-container)" >&2
     fi
 fi
 echo "setup: done"
