@@ -68,6 +68,10 @@ dotnet --list-sdks | grep -q '^10\.' || fail "no .NET 10 SDK found ('dotnet --li
 # build that scripts/run.sh and the tests use. --disable-build-servers: no MSBuild node outlives this.
 artifacts="$repo/artifacts/install"
 published="$artifacts/published-$rid"
+# One publish at a time in this tree (two would build into the same obj folders).
+mkdir -p "$artifacts"
+exec 9>"$artifacts/.lock"
+flock 9
 rm -rf "$published"
 echo "install: publishing a self-contained ReadyToRun build for $rid (the first time takes minutes)"
 # SatelliteResourceLanguages=en: no translated command-line messages (a dozen folders nobody reads).
