@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian 12 machine to build and test VhostUserVirtio. Safe to run again.
-# The build needs only the .NET 10 SDK (expected on PATH, not installed here) and the NuGet
-# packages, which `dotnet restore` fetches into the user's NuGet cache. The guest tests need QEMU
-# and a guest kernel and initramfs: scripts/guest/prepare.sh installs and builds them (as root
-# when packages are missing; cached in .cache/guest/ afterwards). The DPDK tests need dpdk-testpmd,
-# which scripts/dpdk/install.sh installs from Debian packages.
+# Prepares a fresh Debian 12 machine for VhostUserVirtio. Safe to run again.
+#   bash scripts/setup.sh           what building and running the daemon needs: the .NET 10 SDK
+#                                   (expected on PATH, not installed here) and the NuGet packages,
+#                                   which `dotnet restore` fetches into the user's NuGet cache
+#   bash scripts/setup.sh --tests   that, plus what the tests need (scripts/test.sh runs this):
+# the guest tests need QEMU and a guest kernel and initramfs: scripts/guest/prepare.sh installs and
+# builds them (as root when packages are missing; cached in .cache/guest/ afterwards). The DPDK
+# tests need dpdk-testpmd, which scripts/dpdk/install.sh installs from Debian packages.
 set -euo pipefail
+tests=
+case "${1:-}" in
+    "") ;;
+    --tests) tests=yes ;;
+    *) echo "setup: error: unknown argument '$1' (usage: bash scripts/setup.sh [--tests])" >&2; exit 2 ;;
+esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
@@ -21,6 +29,13 @@ if ! dotnet --list-sdks | grep -q '^10\.'; then
 fi
 echo "setup: using .NET SDK $(dotnet --version) at $(command -v dotnet)"
 
+# --disable-build-servers: leave no MSBuild node behind holding the caller's output pipe (CI).
+dotnet restore VhostUserVirtio.sln --disable-build-servers </dev/null
+if [ -z "$tests" ]; then
+    echo "setup: done (the daemon's needs; 'bash scripts/setup.sh --tests' adds the tests' own)"
+    exit 0
+fi
+
 # DPDK (testpmd, vhost and virtio-user PMDs) for the tests that drive real DPDK front and back ends.
 # install.sh does nothing when testpmd is already there. In CI a failure is fatal; elsewhere the
 # DPDK tests will try again themselves (TestPmd.EnsureInstalled) and fail with the reason.
@@ -32,8 +47,6 @@ if ! bash scripts/dpdk/install.sh </dev/null; then
     echo "setup: warning: DPDK install failed; the DPDK tests will fail" >&2
 fi
 
-# --disable-build-servers: leave no MSBuild node behind holding the caller's output pipe (CI).
-dotnet restore VhostUserVirtio.sln --disable-build-servers </dev/null
 # Fuzzing (scripts/fuzz.sh, smoke-run by scripts/test.sh): AFL++ from Debian, SharpFuzz's instrumenter as a local tool.
 if ! command -v afl-fuzz >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
@@ -52,4 +65,13 @@ if ! command -v libvirtd >/dev/null 2>&1 || ! command -v virsh >/dev/null 2>&1; 
     fi
 fi
 bash scripts/guest/prepare.sh </dev/null
+# The service tests check the systemd unit with systemd-analyze and run it under systemd in a
+# systemd-nspawn container (systemd need not be running here).
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-nspawn >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd systemd-container; } </dev/null
+    else
+        echo "setup: warning: systemd-analyze or systemd-nspawn is missing and this is not root; the service tests will fail (apt-get install systemd systemd-container)" >&2
+    fi
+fi
 echo "setup: done"

@@ -7,6 +7,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 
+# What the tests need beyond the daemon's own (QEMU, DPDK, AFL++, the guest image): scripts/setup.sh
+# alone installs only what running the daemon needs.
+if ! bash scripts/setup.sh --tests </dev/null; then
+    echo "test: error: bash scripts/setup.sh --tests failed" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+
 results=artifacts/test-results
 rm -rf "$results"   # only this run's files count
 mkdir -p "$results"

@@ -2,7 +2,12 @@ using System.Text.Json;
 
 namespace VhostUserVirtio.Daemon;
 
-/// <summary>The JSON capability document of vhost-user.json ("Backend program conventions").</summary>
+/// <summary>
+/// The capability document `--print-capabilities` prints ("Backend program conventions"): a
+/// VHostUserBackendCapabilities of QEMU's docs/interop/vhost-user.json. That union adds members
+/// (a "features" list) only for the input and gpu types; for "net" it has the "type" alone, so
+/// nothing else is printed (a consumer validating against the schema would refuse more).
+/// </summary>
 internal static class Capabilities
 {
     public static string Document()
@@ -12,10 +17,6 @@ internal static class Capabilities
         {
             json.WriteStartObject();
             json.WriteString("type", DeviceCatalog.CapabilityType);
-            json.WriteStartArray("features");
-            foreach (var feature in DeviceCatalog.CapabilityFeatures)
-                json.WriteStringValue(feature);
-            json.WriteEndArray();
             json.WriteEndObject();
         }
         return System.Text.Encoding.UTF8.GetString(buffer.ToArray());

@@ -5,11 +5,8 @@ namespace VhostUserVirtio.Daemon;
 /// <summary>What the daemon serves: one virtio-net device group (owner, VFs, switch, optional uplink).</summary>
 internal static class DeviceCatalog
 {
-    /// <summary>The "type" of the vhost-user.json capability document.</summary>
+    /// <summary>The "type" of the vhost-user.json capability document and descriptor file (VHostUserBackendType).</summary>
     public const string CapabilityType = "net";
-
-    /// <summary>The "features" of the capability document (vhost-user.json defines none for net).</summary>
-    public static IReadOnlyList<string> CapabilityFeatures { get; } = [];
 
     public static DeviceGroupOptions GroupOptions(DaemonSettings s) => new()
     {

@@ -57,6 +57,7 @@ internal static class ServeCommand
         var logLevel = new LogLevelSwitch(settings.LogLevel);
         using var loggers = LogSetup.CreateLoggers(logLevel, settings.LogFormat);
         var log = loggers.CreateLogger("vhost-virtio");
+        var manager = ServiceManager.FromEnvironment(log);
 
         using var stop = new ManualResetEventSlim();
         string? signalName = null;
@@ -140,11 +141,13 @@ internal static class ServeCommand
             log.LogInformation("ready: {Type} group with owner and {Vfs} VF(s), {Pairs} queue pair(s) each, {Workers} worker(s){Mode}; pid {Pid}",
                 DeviceCatalog.CapabilityType, settings.Vfs, settings.QueuePairs, settings.Workers,
                 settings.ClientMode ? ", client mode" : "", Environment.ProcessId);
+            manager.Ready($"serving owner and {settings.Vfs} VF(s) on {(settings.Fd is { } fd ? $"fd {fd}" : settings.SocketPath ?? settings.SocketDirectory)}");
 
             using (new StatusReporter(() => DeviceCatalog.Describe(group), log, StatusInterval))
                 stop.Wait();
             log.LogInformation("{Signal} received: disconnecting front ends{AndSockets}",
                 signalName, settings.ClientMode ? "" : " and removing sockets");
+            manager.Stopping($"{signalName} received: stopping");
         }
         finally
         {

@@ -50,11 +50,14 @@ public sealed partial class DaemonProcess : IDisposable
     /// <summary>
     /// Starts <c>dotnet vhost-virtio.dll args</c>, or <c>launcher… dotnet vhost-virtio.dll args</c> when a
     /// launcher is given (e.g. <c>ip netns exec NS</c>, which execs the rest in the same process).
+    /// <paramref name="environment"/> adds variables to the daemon's; <paramref name="executable"/>
+    /// runs that program (an installed vhost-virtio) instead of this build's.
     /// </summary>
-    public static DaemonProcess Start(IEnumerable<string> args, string? workingDirectory = null, IReadOnlyList<string>? launcher = null)
+    public static DaemonProcess Start(IEnumerable<string> args, string? workingDirectory = null, IReadOnlyList<string>? launcher = null,
+        IReadOnlyDictionary<string, string>? environment = null, string? executable = null)
     {
         // `dotnet test` tells child processes which host it runs under; fall back to PATH.
-        var host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h : "dotnet";
+        var host = executable ?? (Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h : "dotnet");
         var info = new ProcessStartInfo(launcher is { Count: > 0 } ? launcher[0] : host)
         {
             RedirectStandardOutput = true,
@@ -69,9 +72,12 @@ public sealed partial class DaemonProcess : IDisposable
                 info.ArgumentList.Add(word);
             info.ArgumentList.Add(host);
         }
-        info.ArgumentList.Add(DaemonPath);
+        if (executable == null)
+            info.ArgumentList.Add(DaemonPath);
         foreach (var a in args)
             info.ArgumentList.Add(a);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+            info.Environment[name] = value;
         var process = new Process { StartInfo = info };
         var daemon = new DaemonProcess(process);
         process.OutputDataReceived += (_, e) => daemon.Append(e.Data, stdout: true);
