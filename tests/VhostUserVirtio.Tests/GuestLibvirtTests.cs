@@ -73,6 +73,7 @@ public sealed class GuestLibvirtTests(ITestOutputHelper output) : IDisposable
                 Log($"{names[i]}: {ping.Received}/{ping.Transmitted} replies, avg {ping.AvgMs} ms, {clock.Elapsed.TotalSeconds:F1} s into the test");
                 Assert.Contains($"vf{i + 1}: front end connected", daemon.Output, StringComparison.Ordinal);
             }
+            AssertCountersVisible(qemuServes);
             if (!qemuServes)
             {
                 // A restarted daemon binds its sockets again with the same group and mode, so QEMU
@@ -99,6 +100,30 @@ public sealed class GuestLibvirtTests(ITestOutputHelper output) : IDisposable
         finally
         {
             daemon.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// `virsh domifstat` cannot see a vhost-user NIC's counters; `vhost-virtio ctl ports` shows both
+    /// domains' VFs connected, with the pings they exchanged counted each way.
+    /// </summary>
+    private void AssertCountersVisible(bool qemuServes)
+    {
+        using var table = DaemonProcess.Run("ctl", "--socket-dir", Sockets, "ports");
+        Assert.True(table.ExitCode == 0, table.Output);
+        Log($"vhost-virtio ctl ports ({(qemuServes ? "QEMU serves" : "the daemon serves")}):\n{table.StandardOutput}");
+        using var json = DaemonProcess.Run("ctl", "--socket-dir", Sockets, "--json", "ports");
+        Assert.True(json.ExitCode == 0, json.Output);
+        using var doc = System.Text.Json.JsonDocument.Parse(json.StandardOutput);
+        var ports = doc.RootElement.GetProperty("result").GetProperty("ports").EnumerateArray()
+            .ToDictionary(p => p.GetProperty("name").GetString()!);
+        foreach (var vf in new[] { "vf1", "vf2" })
+        {
+            var port = ports[vf];
+            Assert.True(port.GetProperty("connected").GetBoolean(), $"{vf} not connected:\n{table.StandardOutput}");
+            var counters = port.GetProperty("counters");
+            Assert.True(counters.GetProperty("txPackets").GetInt64() > 0 && counters.GetProperty("rxPackets").GetInt64() > 0,
+                $"{vf} counted no traffic:\n{table.StandardOutput}");
         }
     }
 
