@@ -45,37 +45,9 @@ public sealed class InstalledService : IDisposable
         return result.Output;
     }
 
-    /// <summary>Runs a program to completion with stdin empty; stdout and stderr together.</summary>
-    public static (int ExitCode, string Output) Run(string program, IEnumerable<string> args, TimeSpan deadline)
-    {
-        var info = new ProcessStartInfo(program)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in args)
-            info.ArgumentList.Add(a);
-        // `dotnet test` leaves MSBuild's own variables set; a nested build must find its SDK afresh.
-        foreach (var name in info.Environment.Keys.Where(k => k.StartsWith("MSBUILD", StringComparison.OrdinalIgnoreCase)).ToList())
-            info.Environment.Remove(name);
-        using var process = Process.Start(info)!;
-        process.StandardInput.Close();
-        var output = new System.Text.StringBuilder();
-        process.OutputDataReceived += (_, e) => { if (e.Data != null) lock (output) output.AppendLine(e.Data); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (output) output.AppendLine(e.Data); };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        if (!process.WaitForExit(deadline))
-        {
-            process.Kill(entireProcessTree: true);
-            process.WaitForExit();
-            lock (output) return (-1, $"timed out after {deadline.TotalMinutes} min:\n{output}");
-        }
-        process.WaitForExit();
-        lock (output) return (process.ExitCode, output.ToString());
-    }
+    /// <summary>Runs a program to completion with stdin empty; stdout and stderr together (<see cref="ChildProcess.Run"/>).</summary>
+    public static (int ExitCode, string Output) Run(string program, IEnumerable<string> args, TimeSpan deadline) =>
+        ChildProcess.Run(program, args, deadline);
 
     public void Dispose()
     {

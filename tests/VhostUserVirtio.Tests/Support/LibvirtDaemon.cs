@@ -184,41 +184,6 @@ public sealed class LibvirtDaemon : IDisposable
     }
 
     /// <summary>Runs a program to completion (killed at the timeout); stdout and stderr together.</summary>
-    public static (int Exit, string Output) Run(string program, IReadOnlyList<string> args, TimeSpan timeout)
-    {
-        var info = new ProcessStartInfo(program)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in args)
-            info.ArgumentList.Add(a);
-        var output = new StringBuilder();
-        using var process = new Process { StartInfo = info };
-        process.OutputDataReceived += (_, e) => { if (e.Data != null) lock (output) output.AppendLine(e.Data); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (output) output.AppendLine(e.Data); };
-        try
-        {
-            process.Start();
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            return (-1, $"{program}: {e.Message}");
-        }
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        process.StandardInput.Close();
-        if (!process.WaitForExit(timeout))
-        {
-            try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-            process.WaitForExit();
-            lock (output)
-                return (-2, $"{program} {string.Join(' ', args)}: timed out after {timeout.TotalSeconds:F0} s\n{output}");
-        }
-        process.WaitForExit();
-        lock (output)
-            return (process.ExitCode, output.ToString());
-    }
+    public static (int Exit, string Output) Run(string program, IReadOnlyList<string> args, TimeSpan timeout) =>
+        ChildProcess.Run(program, args, timeout);
 }

@@ -47,25 +47,9 @@ public sealed class NetNamespace : IDisposable
 
     private static bool TryExec(string[] command, out string output)
     {
-        var info = new ProcessStartInfo(command[0]) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in command.Skip(1))
-            info.ArgumentList.Add(a);
-        using var p = new Process { StartInfo = info };
-        var stderr = new System.Text.StringBuilder();
-        p.ErrorDataReceived += (_, e) => { lock (stderr) stderr.AppendLine(e.Data); };
-        p.Start();
-        p.BeginErrorReadLine();
-        var stdout = p.StandardOutput.ReadToEnd(); // ip prints little; it ends when ip exits
-        if (!p.WaitForExit(30_000))
-        {
-            p.Kill(entireProcessTree: true);
-            output = "timed out";
-            return false;
-        }
-        p.WaitForExit();
-        lock (stderr)
-            output = stdout + stderr;
-        return p.ExitCode == 0;
+        int code;
+        (code, output) = ChildProcess.Run(command[0], command.Skip(1), TimeSpan.FromSeconds(30));
+        return code == 0;
     }
 
     public void Dispose() => TryExec(["ip", "netns", "del", Name], out _);
