@@ -53,7 +53,7 @@ public sealed partial class VhostUserBackend
                 _device.Name, gpa, size));
         var old = _log;
         _log = log;
-        _logger.LogInformation("{Device}: {Log} set (offset 0x{Offset:x}){Active}", _device.Name, log, payload.MmapOffset,
+        _logger.LogLimited(_setupLog, LogLevel.Information, "{Device}: {Log} set (offset 0x{Offset:x}){Active}", _device.Name, log, payload.MmapOffset,
             _logAll ? "; logging" : "");
         WarnIfLogTooSmall();
         PublishLog(old);
@@ -66,7 +66,7 @@ public sealed partial class VhostUserBackend
         if (on == _logAll)
             return;
         _logAll = on;
-        _logger.LogInformation("{Device}: dirty logging {State}{Missing}", _device.Name, on ? "on" : "off",
+        _logger.LogLimited(_setupLog, LogLevel.Information, "{Device}: dirty logging {State}{Missing}", _device.Name, on ? "on" : "off",
             on && _log == null ? " (no log given yet: nothing is marked until SET_LOG_BASE)" : "");
         PublishLog(null);
     }

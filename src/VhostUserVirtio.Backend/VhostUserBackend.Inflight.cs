@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using VhostUserVirtio.Backend.Diagnostics;
 using VhostUserVirtio.Interop;
 using VhostUserVirtio.Memory;
 using VhostUserVirtio.Protocol;
@@ -94,7 +95,7 @@ public sealed partial class VhostUserBackend
         _inflight = region;
         for (int i = 0; i < _queues.Length; i++)
             _queues[i].Inflight = i < region.QueueCount ? region.QueueRegion(i) : null;
-        _logger.LogInformation("{Device}: inflight buffer set ({Queues} queues of {QueueSize}); rings resume from it when they start",
+        _logger.LogLimited(_setupLog, LogLevel.Information, "{Device}: inflight buffer set ({Queues} queues of {QueueSize}); rings resume from it when they start",
             _device.Name, region.QueueCount, region.QueueSize);
     }
 

@@ -30,7 +30,7 @@ public sealed partial class VhostUserBackend
         foreach (var region in _memory.Current.Regions)
             WarnIfUnsealed(region);
         PublishMemory(retired);
-        _logger.LogInformation("{Device}: memory table set: {Count} regions, {Size} MiB", _device.Name, regions.Length,
+        _logger.LogLimited(_setupLog, LogLevel.Information, "{Device}: memory table set: {Count} regions, {Size} MiB", _device.Name, regions.Length,
             regions.Sum(r => (double)r.MemorySize) / (1 << 20));
     }
 

@@ -43,6 +43,9 @@ public sealed partial class VhostUserBackend : IDisposable
     // message (or rebuilds a broken ring) in a loop cannot flood the log or stall the control loop.
     private readonly LogRateLimit _refusalLog = new();
     private readonly LogRateLimit _faultLog = new();
+    // The front end's set-up lines (memory table, reset, dirty log, inflight buffer): information a
+    // front end can repeat at will, so bounded like the warnings.
+    private readonly LogRateLimit _setupLog = new(burst: 20, window: TimeSpan.FromSeconds(10));
     private readonly Dictionary<MessageErrorKind, long> _rejections = new();
 
     private ulong _ackedFeatures;
@@ -218,7 +221,7 @@ public sealed partial class VhostUserBackend : IDisposable
                 return null;
             case FrontendRequest.ResetOwner:
             case FrontendRequest.ResetDevice:
-                _logger.LogInformation("{Device}: {Request}: rings stopped, device state reset", _device.Name, m.Request);
+                _logger.LogLimited(_setupLog, LogLevel.Information, "{Device}: {Request}: rings stopped, device state reset", _device.Name, m.Request);
                 ResetDevice();
                 return null;
             case FrontendRequest.GetProtocolFeatures:

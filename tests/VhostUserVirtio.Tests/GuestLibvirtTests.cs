@@ -30,6 +30,8 @@ public sealed class GuestLibvirtTests(ITestOutputHelper output) : IDisposable
         catch (UnauthorizedAccessException) { }
     }
 
+    private readonly int _metricsPort = MetricsScrape.FreePort();
+
     private string Sockets => Path.Combine(_root, "sockets");
 
     private void Log(string line)
@@ -104,8 +106,8 @@ public sealed class GuestLibvirtTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>
-    /// `virsh domifstat` cannot see a vhost-user NIC's counters; `vhost-virtio ctl ports` shows both
-    /// domains' VFs connected, with the pings they exchanged counted each way.
+    /// `virsh domifstat` cannot see a vhost-user NIC's counters; `vhost-virtio ctl ports` and the
+    /// Prometheus endpoint show both domains' VFs connected, with the pings they exchanged counted each way.
     /// </summary>
     private void AssertCountersVisible(bool qemuServes)
     {
@@ -124,6 +126,15 @@ public sealed class GuestLibvirtTests(ITestOutputHelper output) : IDisposable
             var counters = port.GetProperty("counters");
             Assert.True(counters.GetProperty("txPackets").GetInt64() > 0 && counters.GetProperty("rxPackets").GetInt64() > 0,
                 $"{vf} counted no traffic:\n{table.StandardOutput}");
+        }
+        string scrape = MetricsScrape.Get(_metricsPort);
+        Log("metrics (VF lines):\n" + string.Join('\n', scrape.Split('\n').Where(l => l.Contains("port=\"vf", StringComparison.Ordinal) && !l.EndsWith(" 0", StringComparison.Ordinal))));
+        foreach (var vf in new[] { "vf1", "vf2" })
+        {
+            long packets = ports[vf].GetProperty("counters").GetProperty("rxPackets").GetInt64();
+            var line = scrape.Split('\n').Single(l => l.StartsWith($"vhost_virtio_port_packets_total{{port=\"{vf}\",role=\"vf\",direction=\"rx\"}} ", StringComparison.Ordinal));
+            Assert.True(long.Parse(line[(line.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture) >= packets, line);
+            Assert.Contains($"vhost_virtio_port_connected{{port=\"{vf}\",role=\"vf\"}} 1", scrape, StringComparison.Ordinal);
         }
     }
 
@@ -158,11 +169,12 @@ public sealed class GuestLibvirtTests(ITestOutputHelper output) : IDisposable
             Directory.CreateDirectory(Sockets);
             Run("chgrp", QemuUser, Sockets);
             Run("chmod", "0770", Sockets);
-            daemon = DaemonProcess.Start(["serve", "--socket-dir", Sockets, "--vfs", "2", "--client"]);
+            daemon = DaemonProcess.Start(["serve", "--socket-dir", Sockets, "--vfs", "2", "--client", "--metrics-listen", $"127.0.0.1:{_metricsPort}"]);
         }
         else
         {
-            daemon = DaemonProcess.Start(["serve", "--socket-dir", Sockets, "--vfs", "2", "--socket-group", QemuUser, "--socket-mode", "0660"]);
+            daemon = DaemonProcess.Start(["serve", "--socket-dir", Sockets, "--vfs", "2", "--socket-group", QemuUser, "--socket-mode", "0660",
+                "--metrics-listen", $"127.0.0.1:{_metricsPort}"]);
         }
         daemon.WaitUntil(() => daemon.Output.Contains("ready:", StringComparison.Ordinal), DaemonDeadline, "the ready line");
         return daemon;

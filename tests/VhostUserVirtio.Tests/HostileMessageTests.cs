@@ -253,6 +253,20 @@ public sealed class HostileMessageTests : IDisposable
     }
 
     [Fact]
+    public void Set_up_messages_a_front_end_repeats_are_logged_through_the_rate_limit()
+    {
+        int Lines() => _backend.Logs.Lines.Count(l => l.Text.Contains("memory table set", StringComparison.Ordinal));
+        int before = Lines();
+        for (int i = 0; i < 1000; i++)
+            _s.Connection.SetMemTable(_s.Ram);
+        _s.Connection.GetFeatures(); // answered in order: every table before it has been handled
+        int logged = Lines() - before;
+        Assert.InRange(logged, 1, 100);
+        var payload = Echo.Text("other device unaffected");
+        Assert.Equal(payload, Echo.RoundTrip(_other, 1, payload));
+    }
+
+    [Fact]
     public async Task A_flood_of_refused_messages_logs_a_bounded_number_of_lines_and_other_devices_stay_served()
     {
         int Warnings() => _backend.Logs.Lines.Count(l => l.Level >= Microsoft.Extensions.Logging.LogLevel.Warning);

@@ -22,14 +22,6 @@ public sealed class MetricsDaemonTests(ITestOutputHelper output) : IDisposable
         try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
     }
 
-    /// <summary>A loopback port nobody listens on now (the kernel's pick, released at once).</summary>
-    private static int FreePort()
-    {
-        using var probe = new TcpListener(IPAddress.Loopback, 0);
-        probe.Start();
-        return ((IPEndPoint)probe.LocalEndpoint).Port;
-    }
-
     private DaemonProcess StartDaemon(int port)
     {
         var daemon = DaemonProcess.Start(["serve", "--socket-dir", _dir, "--vfs", "2", "--metrics-listen", $"127.0.0.1:{port}"]);
@@ -38,19 +30,10 @@ public sealed class MetricsDaemonTests(ITestOutputHelper output) : IDisposable
         return daemon;
     }
 
-    private static string Scrape(int port)
-    {
-        using var http = new HttpClient { Timeout = Deadline };
-        using var response = http.GetAsync($"http://127.0.0.1:{port}/metrics").GetAwaiter().GetResult();
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        Assert.StartsWith("text/plain", response.Content.Headers.ContentType?.ToString());
-        return response.Content.ReadAsStringAsync().GetAwaiter().GetResult();
-    }
-
     [Fact]
     public void A_scrape_shows_the_counters_of_frames_sent_through_the_daemon()
     {
-        int port = FreePort();
+        int port = MetricsScrape.FreePort();
         using var daemon = StartDaemon(port);
         using var vf1 = new NetFrontEnd(Path.Combine(_dir, "vf1.sock"));
         using var vf2 = new NetFrontEnd(Path.Combine(_dir, "vf2.sock"));
@@ -63,7 +46,7 @@ public sealed class MetricsDaemonTests(ITestOutputHelper output) : IDisposable
         }
 
         string text = "";
-        daemon.WaitUntil(() => (text = Scrape(port)).Contains("vhost_virtio_port_packets_total{port=\"vf2\",role=\"vf\",direction=\"rx\"} 5\n"),
+        daemon.WaitUntil(() => (text = MetricsScrape.Get(port)).Contains("vhost_virtio_port_packets_total{port=\"vf2\",role=\"vf\",direction=\"rx\"} 5\n"),
             Deadline, "vf2's five received frames in the scrape");
         output.WriteLine(text); // a sample scrape, for the docs and for a failure's diagnosis
         var lines = text.Split('\n');
@@ -84,7 +67,7 @@ public sealed class MetricsDaemonTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void Silent_garbage_and_oversized_clients_get_nothing_or_an_error_and_scrapes_go_on()
     {
-        int port = FreePort();
+        int port = MetricsScrape.FreePort();
         using var daemon = StartDaemon(port);
         using var silent = new TcpClient();
         silent.Connect(IPAddress.Loopback, port); // connects and never sends
@@ -98,7 +81,7 @@ public sealed class MetricsDaemonTests(ITestOutputHelper output) : IDisposable
             reset.Client.Send("GET /metr"u8);
             reset.Client.LingerState = new LingerOption(true, 0); // closes with RST mid-request
         }
-        Assert.Contains("vhost_virtio_vfs 2", Scrape(port));
+        Assert.Contains("vhost_virtio_vfs 2", MetricsScrape.Get(port));
 
         // A client still connected at SIGTERM does not hold the daemon up.
         daemon.Terminate();

@@ -55,6 +55,8 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
     private ushort _status = VirtioNet.StatusLinkUp;
     private Mac? _mac;
     private readonly LogRateLimit _spoofLog = new(burst: 5, window: TimeSpan.FromSeconds(10));
+    // Announcements and MTU changes come from the front end, which may repeat them at will.
+    private readonly LogRateLimit _frontEndRequestLog = new(burst: 10, window: TimeSpan.FromSeconds(10));
 
     /// <param name="onDataPath">Runs an action on the switch's data-path thread (for RARP injection).</param>
     public NetDevice(string name, NetDeviceOptions options, L2Switch @switch, Action<Action> onDataPath, ILogger logger)
@@ -180,7 +182,7 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
     public void AnnounceMac(ReadOnlySpan<byte> mac)
     {
         var address = Switch.Mac.Read(mac);
-        _logger.LogInformation("{Device}: announcing {Mac} (RARP broadcast)", Name, address);
+        _logger.LogLimited(_frontEndRequestLog, LogLevel.Information, "{Device}: announcing {Mac} (RARP broadcast)", Name, address);
         _onDataPath(() =>
         {
             Span<byte> rarp = stackalloc byte[60];
@@ -195,7 +197,7 @@ public sealed partial class NetDevice : IVirtioDevice, INetDeviceControl, ISwitc
         if (mtu < VirtioNet.MinMtu || mtu > VirtioNet.MaxMtu)
             return false;
         Mtu = (int)mtu;
-        _logger.LogInformation("{Device}: MTU {Mtu}", Name, mtu);
+        _logger.LogLimited(_frontEndRequestLog, LogLevel.Information, "{Device}: MTU {Mtu}", Name, mtu);
         return true;
     }
 
