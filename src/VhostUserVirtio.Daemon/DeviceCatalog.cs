@@ -17,6 +17,7 @@ internal static class DeviceCatalog
         Uplink = s.Uplink,
         MaxMacsPerPort = s.MaxMacsPerPort,
         TrustVfs = s.TrustVfs,
+        MacBase = s.MacBase ?? DeviceGroupOptions.DefaultMacBase,
         VfConfigSpace = s.VfConfigSpace,
         AdminProfile = s.AdminProfile,
         ResourceObjectOpcodes = s.ResourceObjectOpcodes,

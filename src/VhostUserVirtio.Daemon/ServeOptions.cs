@@ -32,7 +32,8 @@ internal sealed record DaemonSettings(
     string? ControlSocket = null,
     bool VfConfigSpace = true,
     string? SocketGroup = null,
-    string? SocketMode = null);
+    string? SocketMode = null,
+    Devices.Switch.Mac? MacBase = null);
 
 /// <summary>
 /// The serve options. Built once per command (root and `serve`) because a System.CommandLine option
@@ -97,6 +98,14 @@ internal sealed class ServeOptions
         Description = "The feature bit the owner offers as VIRTIO_F_TRANSPT_VQ (one of 44–49, which VIRTIO 1.4 leaves unallocated).",
         HelpName = "BIT",
         DefaultValueFactory = _ => 47,
+    };
+
+    private readonly Option<Devices.Switch.Mac?> _macBase = new("--mac-base")
+    {
+        Description = "The owner's MAC; VF N gets this plus N and managed device N this plus 0x10000 plus N. " +
+                      "Give each daemon its own when their uplinks share a segment (docs/multi-host.md). Default 02:56:56:00:00:00.",
+        HelpName = "MAC",
+        CustomParser = MacBaseValue,
     };
 
     private readonly Option<bool> _trustVfs = new("--trust-vfs")
@@ -277,9 +286,25 @@ internal sealed class ServeOptions
         });
 
         foreach (var option in new Option[] { _socketDir, _vfs, _queuePairs, _mtu, _uplink, _maxMacsPerPort, _trustVfs, _maxVdevs, _transportBit, _adminProfile, _objectOpcodes, _workers, _cpus, _pollUs, _client,
-                     _logLevel, _logFormat, _controlSocket, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _metricsListen, _vfConfigSpace, _socketGroup, _socketMode })
+                     _logLevel, _logFormat, _controlSocket, _socketPath, _fd, _allowUnsealedMemory, _maxGuestMemory, _printCapabilities, _metricsListen, _vfConfigSpace, _socketGroup, _socketMode, _macBase })
             command.Options.Add(option);
         command.Validators.Add(ValidateCombination);
+    }
+
+    /// <summary>
+    /// A unicast MAC with room above it: every member's MAC (the base plus up to 0x10000 plus a managed
+    /// device's id) must keep the base's first octet, so none becomes multicast or wraps.
+    /// </summary>
+    private static Devices.Switch.Mac? MacBaseValue(System.CommandLine.Parsing.ArgumentResult r)
+    {
+        var mac = CliValues.Mac(r);
+        if (r.Errors.Any())
+            return null;
+        if (mac.IsMulticast)
+            r.AddError($"--mac-base {mac} is a multicast address; the members need unicast MACs (first octet even, e.g. 02:…)");
+        else if ((mac.Value + 0x2_0000) >> 40 != mac.Value >> 40)
+            r.AddError($"--mac-base {mac} leaves no room for the members' MACs above it (keep the lower three octets under ff:00:00)");
+        return mac;
     }
 
     // A parser, not a validator: a validator reading a value that failed to parse (--vfs x) would throw.
@@ -345,7 +370,8 @@ internal sealed class ServeOptions
         ControlSocket: ControlSocketPath(r),
         VfConfigSpace: r.GetValue(_vfConfigSpace) == "on",
         SocketGroup: r.GetValue(_socketGroup),
-        SocketMode: r.GetValue(_socketMode));
+        SocketMode: r.GetValue(_socketMode),
+        MacBase: r.GetValue(_macBase));
 
     /// <summary>The control socket's path, or null for none: given, or beside the group's sockets.</summary>
     private string? ControlSocketPath(ParseResult r) => r.GetValue(_controlSocket) switch

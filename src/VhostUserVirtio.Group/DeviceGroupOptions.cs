@@ -15,7 +15,8 @@ public sealed record DeviceGroupOptions
     public int QueuePairs { get; init; } = 1;
     public int Mtu { get; init; } = 1500;
     /// <summary>MAC of the owner; member n gets this plus n (locally administered by default).</summary>
-    public Mac MacBase { get; init; } = new(0x02_56_56_00_00_00);
+    public Mac MacBase { get; init; } = DefaultMacBase;
+    public static readonly Mac DefaultMacBase = new(0x02_56_56_00_00_00);
     public TimeSpan MacAgeing { get; init; } = TimeSpan.FromSeconds(300);
     /// <summary>
     /// MACs the switch learns per port (owner, each VF, the uplink). A port sending more sources fills

@@ -71,6 +71,9 @@ public sealed class CliErrorTests : IClassFixture<CliErrorTests.Daemon>
         { "serve --fd x", "--fd 'x' is not a number" },
         { "serve --queue-pairs 99", "--queue-pairs '99' is not a number from 1 to 16" },
         { "serve --uplink a-much-too-long-name", "--uplink 'a-much-too-long-name' is not an interface name" },
+        { "serve --mac-base 02:56:56:00:00", "--mac-base '02:56:56:00:00' is not a MAC address" },
+        { "serve --mac-base 03:00:00:00:00:00", "--mac-base 03:00:00:00:00:00 is a multicast address" },
+        { "serve --mac-base 02:ff:ff:ff:ff:00", "leaves no room for the members' MACs" },
         { "--no-such-option", "--no-such-option" },
     };
 

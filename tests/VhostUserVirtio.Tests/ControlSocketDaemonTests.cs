@@ -183,6 +183,20 @@ public sealed class ControlSocketDaemonTests(ITestOutputHelper output) : IDispos
     }
 
     [Fact]
+    public void Mac_base_numbers_the_owner_and_its_vfs_from_the_given_mac()
+    {
+        using var daemon = StartDaemon("--mac-base", "02:56:56:00:01:00");
+        using var json = RunCtl("--socket-dir", _dir, "--json", "ports");
+        Assert.True(json.ExitCode == 0, json.Output);
+        using var doc = System.Text.Json.JsonDocument.Parse(json.StandardOutput);
+        var macs = doc.RootElement.GetProperty("result").GetProperty("ports").EnumerateArray()
+            .ToDictionary(p => p.GetProperty("name").GetString()!, p => p.GetProperty("mac").GetString());
+        Assert.Equal("02:56:56:00:01:00", macs["pf"]);
+        Assert.Equal("02:56:56:00:01:01", macs["vf1"]);
+        Assert.Equal("02:56:56:00:01:02", macs["vf2"]);
+    }
+
+    [Fact]
     public void Json_log_format_writes_one_json_object_per_line()
     {
         using var daemon = StartDaemon("--log-format", "json", "--control-socket", Path.Combine(_dir, "other.ctl"));
