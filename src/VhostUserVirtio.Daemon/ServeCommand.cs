@@ -187,10 +187,9 @@ internal static class ServeCommand
     /// <summary>Logs where each worker runs and which queue pairs it serves.</summary>
     private static void LogPlacement(DeviceGroup group, ILogger log)
     {
-        var pairs = group.PairWorkers;
         foreach (var worker in group.Server.Workers.Workers)
         {
-            var served = Enumerable.Range(0, group.Options.QueuePairs).Where(i => pairs[i % pairs.Count] == worker).ToList();
+            var served = group.PairsServedBy(worker);
             log.LogInformation("placement: {Worker} (thread {Tid}) on {Cpu}, queue pair(s) {Pairs}{Home}",
                 worker.Loop.Name, worker.Loop.Invoke(() => worker.ThreadId), worker.Cpu is { } cpu ? $"CPU {cpu}" : "any CPU",
                 served.Count == 0 ? "none" : string.Join(",", served), worker == group.DataPath ? " and the group's control work" : "");
@@ -200,10 +199,8 @@ internal static class ServeCommand
     /// <summary>Opens the control socket; on failure logs why and returns null.</summary>
     private static Control.ControlServer? StartControl(DaemonSettings settings, DeviceGroup group, LogLevelSwitch logLevel, ILoggerFactory loggers, ILogger log)
     {
-        var pairs = group.PairWorkers;
         var info = new Control.DaemonInfo(Environment.ProcessId, Control.ControlClient.Version, new DateTimeOffset(System.Diagnostics.Process.GetCurrentProcess().StartTime.ToUniversalTime()), settings.SocketDirectory,
-            group.Server.Workers.Workers.Select(w => new Control.WorkerInfo(w.Loop.Name, w.Cpu,
-                Enumerable.Range(0, settings.QueuePairs).Where(i => pairs[i % pairs.Count] == w).ToList())).ToList());
+            group.Server.Workers.Workers.Select(w => new Control.WorkerInfo(w.Loop.Name, w.Cpu, group.PairsServedBy(w))).ToList());
         var controlLog = loggers.CreateLogger("VhostUserVirtio.Control");
         var commands = new Control.ControlCommands(group.Status, logLevel, info, controlLog);
         try

@@ -66,6 +66,10 @@ public sealed class DeviceGroup : Admin.IAdminGroupState, IDisposable
     /// <summary>The workers the group's queue pairs run on, pair 0's (the home worker) first.</summary>
     public IReadOnlyList<Worker> PairWorkers => _pairWorkers;
 
+    /// <summary>The queue pairs <paramref name="worker"/> forwards (pair i runs on <see cref="PairWorkers"/>[i mod count]).</summary>
+    public IReadOnlyList<int> PairsServedBy(Worker worker) =>
+        Enumerable.Range(0, Options.QueuePairs).Where(i => _pairWorkers[i % _pairWorkers.Length] == worker).ToList();
+
     /// <summary>
     /// The worker of a port's ring: both rings of queue pair i on worker i mod W; the control queue
     /// (after the pairs) at home. Fixed per index, so a ring's starts, stops and pauses serialize there.
