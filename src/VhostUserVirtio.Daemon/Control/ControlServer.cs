@@ -45,49 +45,27 @@ internal sealed class ControlServer : IDisposable
 
     /// <summary>
     /// Listens on <paramref name="path"/>: a stale socket file left by a daemon that died is replaced;
-    /// one another daemon still answers on is not (IOException).
+    /// one another daemon still answers on is not, nor a file that is not a socket (IOException).
     /// </summary>
     public static ControlServer Listen(string path, ControlCommands commands, ControlLimits limits, ILogger log)
     {
-        if (UnixSocket.Identity(path) is { } existing)
-        {
-            if (!existing.IsSocket)
-                throw new IOException($"{path} exists and is not a socket");
-            if (Answers(path))
-                throw new IOException($"another daemon answers on {path}");
-            File.Delete(path);
-        }
+        if (UnixSocket.Identity(path) is { IsSocket: false })
+            throw new IOException($"{path} exists and is not a socket");
         if (System.IO.Path.GetDirectoryName(path) is { Length: > 0 } dir)
             Directory.CreateDirectory(dir);
-        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        Socket listener;
         try
         {
-            listener.Bind(new UnixDomainSocketEndPoint(path));
             // Owner only, set before anyone can connect: the control socket steers the daemon (log
             // level), so --socket-group, which opens the vhost-user sockets to the VMM's user, does not apply.
-            OwnerOnly.ApplyToSocket(path);
-            listener.Listen(limits.MaxClients);
+            using var bound = UnixSocket.Listen(path, limits.MaxClients, OwnerOnly);
+            listener = new Socket(new SafeSocketHandle(bound.Descriptor.Release(), ownsHandle: true));
         }
-        catch (Exception e) when (e is SocketException or NativeException)
+        catch (NativeException e)
         {
-            listener.Dispose();
             throw new IOException($"cannot listen on {path}: {e.Message}", e);
         }
         return new ControlServer(path, listener, commands, limits, log);
-    }
-
-    private static bool Answers(string path)
-    {
-        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            probe.Connect(new UnixDomainSocketEndPoint(path));
-            return true;
-        }
-        catch (SocketException)
-        {
-            return false;
-        }
     }
 
     private async Task AcceptLoop()
